@@ -1,0 +1,20 @@
+"""The diffusion math: schedules, objectives, variances, losses, samplers, guidance, likelihood.
+
+Depends on torch only (never on models, data, mlflow, optuna or pandas). Public contract in
+shared/DESIGN.md, 'Public contract of bench.diffusion'.
+"""
+
+from bench.diffusion.chain import VARIANCES, Chain
+from bench.diffusion.core import Diffusion, Prediction, is_conditional
+from bench.diffusion.losses import LOSSES
+from bench.diffusion.noise import NoiseSource
+from bench.diffusion.objectives import OBJECTIVES, convert
+from bench.diffusion.samplers import SAMPLERS, Denoiser
+from bench.diffusion.schedules import SCHEDULES, NoiseSchedule, make_schedule
+from bench.diffusion.spacing import SPACINGS, make_timesteps
+
+__all__ = [
+    "Diffusion", "Prediction", "Chain", "Denoiser", "NoiseSource", "NoiseSchedule",
+    "make_schedule", "make_timesteps", "convert", "is_conditional",
+    "SCHEDULES", "OBJECTIVES", "VARIANCES", "LOSSES", "SAMPLERS", "SPACINGS",
+]

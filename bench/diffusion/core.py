@@ -1,0 +1,239 @@
+"""The Diffusion object: forward process, model predictions, losses, sampling and likelihood.
+
+Samplers never branch on the objective or schedule: they ask :meth:`Diffusion.predict` for
+(eps, x0) at a chain index, and the chain for its coefficients (STYLE.md, point 1).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from bench.diffusion.chain import VARIANCES, Chain, gather
+from bench.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
+from bench.diffusion.noise import NoiseSource
+from bench.diffusion.objectives import OBJECTIVES
+from bench.diffusion.schedules import NoiseSchedule, make_schedule
+from bench.diffusion.spacing import make_timesteps
+from bench.errors import BenchError
+from bench.registry import Registry
+
+Model = Callable[..., torch.Tensor]
+
+
+@dataclass
+class Prediction:
+    eps: torch.Tensor
+    x0: torch.Tensor
+    var_out: torch.Tensor | None  # the learned-range interpolation value v, when the variance is learned
+
+
+def null_label(model: Model) -> int:
+    return int(model.num_classes)  # type: ignore[attr-defined]
+
+
+def is_conditional(model: Model) -> bool:
+    n = getattr(model, "num_classes", None)
+    return isinstance(n, int) and not isinstance(n, bool) and n > 0
+
+
+class Diffusion:
+    """``Diffusion(schedule="cosine", timesteps=1000, objective="eps", variance="fixed_small", loss="simple")``."""
+
+    def __init__(self, schedule: str | Sequence[float] | torch.Tensor | NoiseSchedule = "linear",
+                 timesteps: int | None = 1000, objective: str = "eps", variance: str = "fixed_small",
+                 loss: str = "simple", hybrid_weight: float = 0.001) -> None:
+        from bench.diffusion.losses import LOSSES
+
+        self.schedule = schedule if isinstance(schedule, NoiseSchedule) else make_schedule(
+            schedule, None if not isinstance(schedule, str) else timesteps)
+        self.timesteps = self.schedule.timesteps
+        self.objective_name = OBJECTIVES.check(objective, "diffusion.objective")
+        self.objective = OBJECTIVES.get(objective)
+        self.variance_name = VARIANCES.check(variance, "diffusion.variance")
+        self.variance = VARIANCES.get(variance)
+        self.learned_variance = bool(VARIANCES.meta(variance).get("learned"))
+        self.loss_name = LOSSES.check(loss, "diffusion.loss")
+        self.loss_fn = LOSSES.get(loss)
+        if self.learned_variance and not LOSSES.meta(loss).get("trains_variance"):
+            raise BenchError(f"variance {variance!r} is learned, but loss {loss!r} gives it no gradient; "
+                             "use loss 'hybrid' (Nichol & Dhariwal) or 'vlb'")
+        self.hybrid_weight = float(hybrid_weight)
+        self.alphas_cumprod = self.schedule.alphas_cumprod
+        self.full_chain = Chain.build(self.alphas_cumprod, torch.arange(self.timesteps))
+
+    def __repr__(self) -> str:
+        return (f"Diffusion(schedule={self.schedule.name!r}, timesteps={self.timesteps}, "
+                f"objective={self.objective_name!r}, variance={self.variance_name!r}, loss={self.loss_name!r})")
+
+    # --- forward process --------------------------------------------------------------------
+    def coefs(self, t: torch.Tensor | int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sqrt(abar_t), sqrt(1 - abar_t)) broadcastable against ``like`` (t: [B] or one int)."""
+        abar = gather(self.alphas_cumprod, t if isinstance(t, int) else t.cpu(), like)
+        return abar.sqrt(), (1.0 - abar).sqrt()
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        a, s = self.coefs(t, x0)
+        return a * x0 + s * noise
+
+    # --- the network -----------------------------------------------------------------------
+    def _call(self, model: Model, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None,
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        out = model(x_t, t, y)
+        c = x_t.shape[1]
+        want = 2 * c if self.learned_variance else c
+        if out.shape[0] != x_t.shape[0] or out.shape[2:] != x_t.shape[2:] or out.shape[1] != want:
+            extra = (" (prediction and variance: variance 'learned_range' needs 2C channels)"
+                     if self.learned_variance and out.shape[1] == c else "")
+            raise BenchError(f"the model returned shape {tuple(out.shape)} for input {tuple(x_t.shape)}; "
+                             f"expected {(x_t.shape[0], want, *x_t.shape[2:])}{extra}")
+        out = out.to(x_t.dtype)
+        return (out[:, :c], out[:, c:]) if self.learned_variance else (out, None)
+
+    def predict(self, model: Model, x_t: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None,
+                guidance: float = 0.0, clip_denoised: bool = False) -> Prediction:
+        """eps and x0 at (x_t, t), with classifier-free guidance in ONE network call on 2B.
+
+        ``t`` is an int64 tensor [B], or one int for the whole batch (the sampling fast path).
+
+        Guidance (Ho & Salimans 2022, eq. 6): eps~ = (1 + w) eps(x, y) - w eps(x, null). Every
+        objective is affine in the prediction at fixed (x_t, t), so mixing predictions then
+        converting equals mixing eps.
+        """
+        a, s = self.coefs(t, x_t)
+        if isinstance(t, int):
+            t = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+        if guidance != 0.0:
+            b = x_t.shape[0]
+            null = torch.full_like(y, null_label(model))
+            pred2, var2 = self._call(model, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
+            pred = (1.0 + guidance) * pred2[:b] - guidance * pred2[b:]
+            var_out = None if var2 is None else var2[:b]
+        else:
+            pred, var_out = self._call(model, x_t, t, y)
+        eps, x0 = self.objective.to_eps_x0(pred, x_t, a, s)
+        if clip_denoised:
+            x0 = x0.clamp(-1.0, 1.0)
+            eps = (x_t - a * x0) / s
+        return Prediction(eps, x0, var_out)
+
+    def p_mean_logvar(self, chain: Chain, i: torch.Tensor | int, x_t: torch.Tensor, pred: Prediction
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and log variance of p(x_{prev} | x_t) at chain index i (Ho et al. eq. 7 with x0-hat)."""
+        mean = gather(chain.coef_x0, i, x_t) * pred.x0 + gather(chain.coef_xt, i, x_t) * x_t
+        return mean, self.variance(chain, i, x_t, pred.var_out)
+
+    # --- training ------------------------------------------------------------------------------
+    def training_loss(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None = None,
+                      p_uncond: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean loss over the batch at uniformly drawn t (label dropout p_uncond for guidance)."""
+        b = x0.shape[0]
+        dev = x0.device
+        gen_dev = generator.device if generator is not None else dev
+        t = torch.randint(0, self.timesteps, (b,), generator=generator, device=gen_dev).to(dev)
+        noise = torch.randn(x0.shape, generator=generator, device=gen_dev, dtype=x0.dtype).to(dev)
+        if y is not None and p_uncond > 0.0:
+            if not is_conditional(model):
+                raise BenchError("p_uncond > 0 needs a class-conditional model (an int `num_classes`)")
+            drop = torch.rand(b, generator=generator, device=gen_dev).to(dev) < p_uncond
+            y = torch.where(drop, torch.full_like(y, null_label(model)), y)
+        x_t = self.q_sample(x0, t, noise)
+        pred, var_out = self._call(model, x_t, t, y)
+        return self.loss_fn(self, x0, x_t, t, noise, pred, var_out).mean()
+
+    def vb_term(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor,
+                var_out: torch.Tensor | None) -> torch.Tensor:
+        """L_t in bits per dim, per image: KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0,
+        the discretized-Gaussian decoder NLL -log p(x0 | x1) for t = 0 (Ho et al. eq. 5)."""
+        chain = self.full_chain
+        a, s = self.coefs(t, x_t)
+        _, x0_hat = self.objective.to_eps_x0(pred, x_t, a, s)
+        model_mean, model_logvar = self.p_mean_logvar(chain, t.cpu(), x_t, Prediction(pred, x0_hat, var_out))
+        true_mean = gather(chain.coef_x0, t.cpu(), x_t) * x0 + gather(chain.coef_xt, t.cpu(), x_t) * x_t
+        true_logvar = gather(chain.posterior_log_variance, t.cpu(), x_t)
+        kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar).flatten(1).mean(1)
+        nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar).flatten(1).mean(1)
+        return torch.where(t == 0, nll, kl) / math.log(2.0)
+
+    # --- likelihood ----------------------------------------------------------------------------
+    def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
+        """KL(q(x_T | x0) || N(0, I)) in bits per dim, per image."""
+        t = torch.full((x0.shape[0],), self.timesteps - 1, dtype=torch.long)
+        a, s = self.coefs(t, x0)
+        kl = normal_kl(a * x0, torch.log(s**2).expand_as(x0), torch.zeros_like(x0), torch.zeros_like(x0))
+        return kl.flatten(1).mean(1) / math.log(2.0)
+
+    @torch.no_grad()
+    def vlb_terms(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None = None,
+                  generator: torch.Generator | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
+        """Every term of the variational bound in bits per dim: ``prior`` [B], ``terms`` [B, T]."""
+        from tqdm.auto import tqdm
+
+        b, dev = x0.shape[0], x0.device
+        terms = torch.zeros(b, self.timesteps, dtype=torch.float64)
+        for t_i in tqdm(range(self.timesteps - 1, -1, -1), desc="nll", disable=not progress, leave=False):
+            t = torch.full((b,), t_i, dtype=torch.long, device=dev)
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
+                                device=generator.device if generator is not None else dev).to(dev)
+            x_t = self.q_sample(x0, t, noise)
+            pred, var_out = self._call(model, x_t, t, y)
+            terms[:, t_i] = self.vb_term(x0, x_t, t, pred, var_out).double().cpu()
+        return {"prior": self.prior_bpd(x0).double().cpu(), "terms": terms}
+
+    def bits_per_dim(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None = None,
+                     generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
+        """Negative variational bound in bits per dim, per image [B] (Ho et al. 2020, Sec. 4.2)."""
+        vb = self.vlb_terms(model, x0, y, generator, progress)
+        return vb["prior"] + vb["terms"].sum(1)
+
+    # --- sampling ---------------------------------------------------------------------------------
+    def sample(self, model: Model, shape: Sequence[int], sampler: str = "ddim", steps: int = 50,
+               eta: float = 0.0, spacing: str = "leading", guidance: float = 0.0,
+               y: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               x_T: torch.Tensor | None = None, seeds: Sequence[int] | None = None,
+               clip_denoised: bool = False, device: torch.device | str | None = None,
+               progress: bool = False) -> torch.Tensor:
+        """Draw images with a registered sampler. See DESIGN.md, 'Public contract of bench.diffusion'."""
+        from bench.diffusion.samplers import SAMPLERS, Denoiser
+
+        fn = SAMPLERS.get(SAMPLERS.check(sampler, "sample.sampler"))
+        if not 0.0 <= float(eta) <= 1.0:
+            raise BenchError(f"sample.eta={eta} is outside [0, 1]: 0 is deterministic DDIM, 1 is DDPM-like")
+        shape = tuple(int(v) for v in shape)
+        device = torch.device(device) if device is not None else (
+            x_T.device if x_T is not None else _model_device(model))
+        y = self._check_labels(model, y, shape[0], guidance, device)
+        chain = Chain.build(self.alphas_cumprod, make_timesteps(spacing, self.timesteps, steps))
+        noise = NoiseSource(shape, device, generator=generator, seeds=seeds)
+        x = noise() if x_T is None else x_T.to(device=device, dtype=torch.float32)
+        if tuple(x.shape) != shape:
+            raise BenchError(f"x_T has shape {tuple(x.shape)} but shape={shape}")
+        den = Denoiser(self, model, chain, y, float(guidance), clip_denoised)
+        with torch.no_grad():
+            return fn(den, x, noise, eta=float(eta), progress=progress)
+
+    def _check_labels(self, model: Model, y: torch.Tensor | None, batch: int, guidance: float,
+                      device: torch.device) -> torch.Tensor | None:
+        if guidance != 0.0:
+            if not is_conditional(model):
+                raise BenchError(f"guidance={guidance} needs a class-conditional model (an int attribute "
+                                 "`num_classes`, whose index is the null label); this model has none")
+            if y is None:
+                raise BenchError(f"guidance={guidance} needs class labels y; pass y=... (one per image)")
+        if y is None:
+            return None
+        y = torch.as_tensor(y, dtype=torch.long, device=device)
+        if y.shape != (batch,):
+            raise BenchError(f"y has shape {tuple(y.shape)}; expected ({batch},): one label per image")
+        return y
+
+
+def _model_device(model: Model) -> torch.device:
+    params = getattr(model, "parameters", None)
+    if params is not None:
+        for p in params():
+            return p.device
+    return torch.device("cpu")
