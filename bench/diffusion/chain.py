@@ -60,7 +60,7 @@ def gather(values: torch.Tensor, i: torch.Tensor | int, like: torch.Tensor) -> t
     return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 
-# A variance is log sigma^2 of p(x_{t-1} | x_t) at chain index i, given the model's extra output
+# A variance is log sigma^2 of p(x_{t-1} | x_t) at chain index i (broadcastable against x), given the model's extra output
 # (the interpolation value v in [-1, 1] for learned_range; None for fixed variances).
 VarianceFn = Callable[[Chain, torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]  # i: Tensor [B] or int
 VARIANCES: Registry[VarianceFn] = Registry("variance")
@@ -68,7 +68,7 @@ VARIANCES: Registry[VarianceFn] = Registry("variance")
 
 @VARIANCES.register("fixed_small", learned=False, paper="Ho et al. 2020: sigma^2 = beta-tilde")
 def fixed_small(chain: Chain, i: torch.Tensor, like: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
-    return gather(chain.posterior_log_variance, i, like).expand_as(like)
+    return gather(chain.posterior_log_variance, i, like)
 
 
 @VARIANCES.register("fixed_large", learned=False, paper="Ho et al. 2020: sigma^2 = beta (DDIM's sigma-hat)")
@@ -76,7 +76,7 @@ def fixed_large(chain: Chain, i: torch.Tensor, like: torch.Tensor, v: torch.Tens
     # improved-diffusion uses beta-tilde_1 at index 0 so the decoder variance is not beta_0's
     logvar = torch.log(torch.cat([chain.posterior_variance[1:2], chain.betas[1:]]) if len(chain) > 1
                        else chain.betas)
-    return gather(logvar, i, like).expand_as(like)
+    return gather(logvar, i, like)
 
 
 @VARIANCES.register("learned_range", learned=True, paper="Nichol & Dhariwal 2021, eq. 15")

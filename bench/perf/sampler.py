@@ -1,0 +1,89 @@
+"""Sampler overhead: time of sampling / (steps x one bare forward), and guided 2B vs 2 x B calls.
+
+Targets (issue 2): overhead ratio <= 1.05 for every sampler; one 2B call >= 1.3x faster than
+two B calls for guided sampling.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from bench.diffusion import SAMPLERS, Diffusion
+from bench.perf.timing import best_times, cpu_threads, print_table
+
+
+class SmallConvNet(torch.nn.Module):
+    """A small conditional conv net (4 convs, 64 channels) standing in for a real backbone."""
+
+    def __init__(self, channels: int = 3, width: int = 64, num_classes: int = 10) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.inp = torch.nn.Conv2d(channels, width, 3, padding=1)
+        self.mid = torch.nn.Sequential(*[torch.nn.Sequential(torch.nn.Conv2d(width, width, 3, padding=1),
+                                                             torch.nn.SiLU()) for _ in range(2)])
+        self.out = torch.nn.Conv2d(width, channels, 3, padding=1)
+        self.temb = torch.nn.Embedding(1000, width)
+        self.yemb = torch.nn.Embedding(num_classes + 1, width)
+
+    def forward(self, x, t, y=None):
+        y = torch.full_like(t, self.num_classes) if y is None else y
+        h = self.inp(x) + (self.temb(t) + self.yemb(y))[:, :, None, None]
+        return self.out(self.mid(h))
+
+
+class TwoCallCFG(torch.nn.Module):
+    """Guidance the naive way: a conditional and an unconditional call of B each."""
+
+    def __init__(self, net: SmallConvNet, w: float) -> None:
+        super().__init__()
+        self.net, self.w, self.num_classes = net, w, net.num_classes
+
+    def forward(self, x, t, y):
+        null = torch.full_like(y, self.num_classes)
+        return (1 + self.w) * self.net(x, t, y) - self.w * self.net(x, t, null)
+
+
+def main(device: str = "cpu", batch: int = 64, steps: int = 20, size: int = 16) -> list[dict]:
+    cpu_threads(device)
+    torch.manual_seed(0)
+    net = SmallConvNet().to(device).eval()
+    d = Diffusion("linear", 1000)
+    shape = (batch, 3, size, size)
+    x = torch.randn(shape, device=device)
+    t = torch.full((batch,), 500, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    x2, t2, y2 = torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, y])
+
+    def gen():
+        return torch.Generator(device).manual_seed(0)
+
+    def forwards(n, xx, tt, yy):
+        with torch.no_grad():
+            for _ in range(n):
+                net(xx, tt, yy)
+
+    cases = {f"{s}, batch {batch}": (lambda s=s: d.sample(net, shape, sampler=s, steps=steps, eta=1.0, y=y,
+                                                             generator=gen())) for s in SAMPLERS.names()}
+    cases["bare forward x steps"] = lambda: forwards(steps, x, t, y)
+    cases["bare 2B forward x steps"] = lambda: forwards(steps, x2, t2, y2)
+    cases["guided ddim, one 2B call"] = lambda: d.sample(net, shape, sampler="ddim", steps=steps, guidance=2.0,
+                                                          y=y, generator=gen())
+    cases["guided ddim, two B calls"] = lambda: d.sample(TwoCallCFG(net, 2.0), shape, sampler="ddim",
+                                                          steps=steps, y=y, generator=gen())
+    best = best_times(cases, device)
+    rows = []
+    for s in SAMPLERS.names():
+        name = f"{s}, batch {batch}"
+        rows.append({"case": name, "seconds": best[name], "bare forwards": best["bare forward x steps"],
+                     "ratio": best[name] / best["bare forward x steps"], "target": "<= 1.05"})
+    one, two = best["guided ddim, one 2B call"], best["guided ddim, two B calls"]
+    rows.append({"case": "guided ddim, one 2B call", "seconds": one, "bare forwards": best["bare 2B forward x steps"],
+                 "ratio": one / best["bare 2B forward x steps"], "target": "<= 1.05"})
+    rows.append({"case": "guided ddim, two B calls", "seconds": two, "bare forwards": 2 * best["bare forward x steps"],
+                 "ratio": two / one, "target": "2B speed-up >= 1.3"})
+    print_table(rows, f"Sampler overhead on {device} ({steps} steps, {shape}, small conv net, best of 5)")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
