@@ -5,15 +5,22 @@ A run *is* its config (as nanoGPT logs its resolved config and edm writes
 the run's identity. ``train_key`` hashes only the training-time sections, so every sampling
 variant of one model shares one TRAIN job; ``vae_key`` hashes the data and VAE sections, so all
 latent runs on one dataset share one VAE.
+
+Every field's default is written beside it below (and listed by :func:`defaults`). Values are
+type-checked by :func:`coerce_value` (ints are accepted for float fields and stored as floats, so
+``eta: 1`` and ``eta: 1.0`` are the same run). Canonical JSON is cached per section instance: a
+study shares section instances between grid points, so 100,000 keys cost 100,000 string joins.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 from bench.errors import BenchError
 
@@ -21,8 +28,21 @@ SCHEMA_VERSION = 1
 KEY_LENGTH = 16
 
 
+class _Spec:
+    """Base of the section dataclasses: stores ints given for float fields as floats (and -0.0
+    as 0.0), lists given for tuple fields as tuples, so equal settings have equal keys."""
+
+    def __post_init__(self) -> None:
+        for name in _float_fields(type(self)):
+            value = self.__dict__[name]
+            if type(value) is int or (type(value) is float and value == 0.0):  # -0.0 -> 0.0: JSON differs
+                self.__dict__[name] = float(value) + 0.0  # frozen: write the instance dict directly
+        if isinstance(self.__dict__.get("metrics"), list):
+            self.__dict__["metrics"] = tuple(self.__dict__["metrics"])
+
+
 @dataclass(frozen=True)
-class DataSpec:
+class DataSpec(_Spec):
     """Which images: a registered dataset, its size and where it lives."""
 
     dataset: str = "digits"  # registry bench.data.DATASETS
@@ -34,7 +54,7 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(_Spec):
     """The denoising network."""
 
     backbone: str = "unet-tiny"  # registry bench.models.MODELS
@@ -44,7 +64,7 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class VAESpec:
+class VAESpec(_Spec):
     """A KL autoencoder for latent diffusion, trained once per (data, vae) and cached."""
 
     factor: int = 2  # downsampling factor: 2, 4 or 8
@@ -59,7 +79,7 @@ class VAESpec:
 
 
 @dataclass(frozen=True)
-class DiffusionSpec:
+class DiffusionSpec(_Spec):
     """The forward process and what the network predicts."""
 
     schedule: str = "linear"  # registry bench.diffusion.SCHEDULES
@@ -71,7 +91,7 @@ class DiffusionSpec:
 
 
 @dataclass(frozen=True)
-class TrainSpec:
+class TrainSpec(_Spec):
     """The optimisation."""
 
     steps: int = 2000
@@ -89,7 +109,7 @@ class TrainSpec:
 
 
 @dataclass(frozen=True)
-class SampleSpec:
+class SampleSpec(_Spec):
     """How images are drawn from a trained model (inference-time axes)."""
 
     sampler: str = "ddim"  # registry bench.diffusion.SAMPLERS
@@ -102,7 +122,7 @@ class SampleSpec:
 
 
 @dataclass(frozen=True)
-class EvalSpec:
+class EvalSpec(_Spec):
     """What is measured, and under which protocol."""
 
     num_samples: int = 1000
@@ -121,7 +141,7 @@ class RunConfig:
 
     data: DataSpec = field(default_factory=DataSpec)
     model: ModelSpec = field(default_factory=ModelSpec)
-    vae: VAESpec | None = None
+    vae: VAESpec | None = None  # required (``vae: {}`` for the defaults) when model.space is latent
     diffusion: DiffusionSpec = field(default_factory=DiffusionSpec)
     train: TrainSpec = field(default_factory=TrainSpec)
     sample: SampleSpec = field(default_factory=SampleSpec)
@@ -133,27 +153,62 @@ class RunConfig:
         return {"schema": SCHEMA_VERSION, **_asdict(self)}
 
     def canonical_json(self, sections: tuple[str, ...] | None = None) -> str:
-        d = self.to_dict()
-        if sections is not None:
-            d = {"schema": SCHEMA_VERSION, **{s: d[s] for s in sections}}
-        return json.dumps(d, sort_keys=True, separators=(",", ":"))
+        """``json.dumps(to_dict(), sort_keys=True, separators=(",", ":"))``, restricted to
+        ``sections`` (names of fields, ``seed`` included) when given; built from cached parts."""
+        return self._canonical(_SORTED_NAMES if sections is None else sorted({*sections, "schema"})).decode()
+
+    def _canonical(self, names: Any) -> bytes:
+        entries = self.__dict__.get("_entries") or self._make_entries()
+        return b"{" + b",".join([entries[n] for n in names]) + b"}"
+
+    def _make_entries(self) -> dict[str, bytes]:
+        """``b'"name":<json>'`` per field (and schema), cached: the three keys share them."""
+        d = self.__dict__
+        seed = d["seed"]  # an int's JSON is its str(); anything else goes through json
+        entries = {
+            "schema": _SCHEMA_ENTRY,
+            "seed": _PREFIX["seed"] + (str(seed) if type(seed) is int else json.dumps(seed)).encode(),
+        }
+        for n in _SECTION_NAMES:
+            value = d[n]
+            if value is None:
+                entries[n] = _PREFIX[n] + b"null"
+                continue
+            entry = value.__dict__.get("_entry")  # a section's JSON is computed once per instance
+            if entry is None:
+                entry = value.__dict__["_entry"] = _PREFIX[n] + _dumps(_asdict(value))
+            entries[n] = entry
+        # frozen dataclass: caches live in the instance dict, outside fields, eq and repr
+        d["_entries"] = entries
+        return entries
 
     def key(self) -> str:
         """Key of the whole run (the EVAL job)."""
-        return _hash(self.canonical_json())
+        key = self.__dict__.get("_key")
+        if key is None:
+            key = self.__dict__["_key"] = _hash(self._canonical(_SORTED_NAMES))
+        return key
 
     def train_key(self) -> str:
-        """Key of the TRAIN job: training-time sections only."""
-        sections = ("data", "model", "diffusion", "train", "seed")
-        if self.model.space == "latent":
-            sections = (*sections, "vae")
-        return _hash(self.canonical_json(sections))
+        """Key of the TRAIN job: training-time sections only (data, model, diffusion, train,
+        seed, and vae for latent runs); equal across sampling / evaluation changes."""
+        key = self.__dict__.get("_train_key")
+        if key is None:
+            names = _TRAIN_SORTED[self.model.space == "latent"]
+            key = self.__dict__["_train_key"] = _hash(self._canonical(names))
+        return key
+
+    def train_sections(self) -> tuple[str, ...]:
+        return _TRAIN_LATENT if self.model.space == "latent" else _TRAIN_PIXEL
 
     def vae_key(self) -> str | None:
         """Key of the VAE job (shared by every latent run on the same data and VAE settings)."""
         if self.model.space != "latent" or self.vae is None:
             return None
-        return _hash(self.canonical_json(("data", "vae")))
+        key = self.__dict__.get("_vae_key")
+        if key is None:
+            key = self.__dict__["_vae_key"] = _hash(self._canonical(_VAE_SORTED))
+        return key
 
     # --- overrides ------------------------------------------------------------------------
     def flat(self) -> dict[str, Any]:
@@ -165,8 +220,18 @@ class RunConfig:
         return from_dict(merge(_asdict(self), unflatten(dotted)))
 
 
-def _hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:KEY_LENGTH]
+_TRAIN_PIXEL = ("data", "model", "diffusion", "train", "seed")
+_TRAIN_LATENT = (*_TRAIN_PIXEL, "vae")
+_TRAIN_SORTED = {False: sorted({*_TRAIN_PIXEL, "schema"}), True: sorted({*_TRAIN_LATENT, "schema"})}
+_VAE_SORTED = sorted({"data", "vae", "schema"})
+
+
+def _hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:KEY_LENGTH]
+
+
+def _dumps(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
 def _asdict(obj: Any) -> Any:
@@ -219,46 +284,140 @@ SECTIONS: dict[str, type] = {
     "sample": SampleSpec,
     "eval": EvalSpec,
 }
+_SORTED_NAMES = sorted({*(f.name for f in fields(RunConfig)), "schema"})
+_PREFIX = {n: f'"{n}":'.encode() for n in _SORTED_NAMES}
+_SECTION_NAMES = tuple(f.name for f in fields(RunConfig) if f.name != "seed")
+_SCHEMA_ENTRY = _PREFIX["schema"] + str(SCHEMA_VERSION).encode()
 
 
 def section_fields(section: str) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in fields(SECTIONS[section])}
 
 
+# --- types ----------------------------------------------------------------------------------
+
+
+class FieldType(NamedTuple):
+    """What a field accepts: ``base`` (bool, int, float, str), ``optional`` (None allowed),
+    ``items`` (the item type of a ``tuple[T, ...]`` field, else None)."""
+
+    base: type
+    optional: bool
+    items: type | None
+
+    def describe(self) -> str:
+        what = f"a list of {self.items.__name__}s" if self.items else _TYPE_WORDS[self.base]
+        return f"{what} or null" if self.optional else what
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _field_type(hint: Any) -> FieldType:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return FieldType(tuple, optional, typing.get_args(hint)[0])
+    return FieldType(hint, optional, None)
+
+
+FIELD_TYPES: dict[str, dict[str, FieldType]] = {
+    name: {k: _field_type(t) for k, t in typing.get_type_hints(cls).items()} for name, cls in SECTIONS.items()
+}
+_FLOATS: dict[type, tuple[str, ...]] = {}
+
+
+def _float_fields(cls: type) -> tuple[str, ...]:
+    names = _FLOATS.get(cls)
+    if names is None:
+        hints = typing.get_type_hints(cls)
+        names = _FLOATS[cls] = tuple(k for k, t in hints.items() if _field_type(t).base is float)
+    return names
+
+
+def defaults() -> dict[str, Any]:
+    """Every dotted key with its default (``vae.*`` apply once a ``vae:`` section is given)."""
+    out = {f"{s}.{f.name}": getattr(cls(), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
+    return out | {"seed": 0}
+
+
+ALL_KEYS: tuple[str, ...] = tuple(defaults())
+
+
+def resolve_key(dotted: str, where: str) -> tuple[str, str]:
+    """``"sample.eta"`` -> ``("sample", "eta")``; anything else raises with "did you mean"."""
+    section, _, name = str(dotted).partition(".")
+    if section in SECTIONS and name in FIELD_TYPES[section]:
+        return section, name
+    close = difflib.get_close_matches(str(dotted), [k for k in ALL_KEYS if k != "seed"], n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    if section in SECTIONS:
+        choices = ", ".join(f"{section}.{k}" for k in FIELD_TYPES[section])
+        raise BenchError(f"{where}: unknown key {dotted!r}.{hint} Keys of {section}: {choices}.")
+    raise BenchError(
+        f"{where}: unknown key {dotted!r}.{hint} Keys are <section>.<field> with sections "
+        f"{', '.join(SECTIONS)}."
+    )
+
+
+def coerce_value(section: str, name: str, value: Any, where: str) -> Any:
+    """Type-check ``value`` for ``section.name`` and return it normalised (int -> float for float
+    fields, list -> tuple for list fields); raises BenchError naming ``where`` otherwise."""
+    ft = FIELD_TYPES[section][name]
+    if value is None and ft.optional:
+        return None
+    if ft.items is not None:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, ft.items) for v in value):
+            return tuple(value)
+    elif ft.base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif ft.base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(value, ft.base):
+        return value
+    default = getattr(SECTIONS[section](), name)
+    example = f"[{', '.join(default)}]" if isinstance(default, tuple) else json.dumps(default)
+    raise BenchError(
+        f"{where}: must be {ft.describe()}, got {value!r} ({type(value).__name__}). "
+        f"Write e.g. {section}.{name}: {example} (the default)."
+    )
+
+
 def from_dict(d: dict[str, Any], where: str = "config") -> RunConfig:
-    """Build a RunConfig from nested dicts; unknown sections or keys raise BenchError."""
-    d = {k: v for k, v in d.items() if k != "schema"}
+    """Build a RunConfig from nested dicts; unknown sections or keys and wrong types raise
+    BenchError. Omitted keys take the defaults; ``vae: {}`` is a VAE with default settings."""
     kwargs: dict[str, Any] = {}
     for name, value in d.items():
+        if name == "schema":
+            continue
         if name == "seed":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise BenchError(f"{where}: seed must be an integer, got {value!r}")
             kwargs["seed"] = value
             continue
         if name not in SECTIONS:
-            raise BenchError(f"{where}: unknown section {name!r}. Sections: {', '.join(SECTIONS)}, seed.")
+            close = difflib.get_close_matches(str(name), list(SECTIONS), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise BenchError(
+                f"{where}: unknown section {name!r}.{hint} Sections: {', '.join(SECTIONS)}, seed."
+            )
         if value is None:
             if name != "vae":
-                raise BenchError(f"{where}: section {name!r} cannot be null")
+                raise BenchError(f"{where}: section {name!r} cannot be null; omit it for the defaults")
             kwargs[name] = None
             continue
         if not isinstance(value, dict):
             raise BenchError(f"{where}: section {name!r} must be a mapping, got {value!r}")
-        known = section_fields(name)
-        for k in value:
-            if k not in known:
-                import difflib
-
-                close = difflib.get_close_matches(k, list(known), n=1)
-                hint = f" Did you mean {name}.{close[0]!r}?" if close else ""
-                raise BenchError(
-                    f"{where}: unknown key {name}.{k}.{hint} Keys of {name}: {', '.join(known)}."
-                )
-        vals = dict(value)
-        if name == "eval" and "metrics" in vals and isinstance(vals["metrics"], list):
-            vals["metrics"] = tuple(vals["metrics"])
+        vals = {}
+        for k, v in value.items():
+            resolve_key(f"{name}.{k}", where)
+            vals[k] = coerce_value(name, k, v, f"{where}: {name}.{k}")
         kwargs[name] = SECTIONS[name](**vals)
     return RunConfig(**kwargs)
-
-
 
 
 __all__ = [
@@ -271,7 +430,14 @@ __all__ = [
     "EvalSpec",
     "RunConfig",
     "SECTIONS",
+    "FIELD_TYPES",
+    "FieldType",
+    "ALL_KEYS",
     "from_dict",
+    "coerce_value",
+    "resolve_key",
+    "defaults",
+    "section_fields",
     "flatten",
     "unflatten",
     "merge",

@@ -1,0 +1,135 @@
+"""``run_ablation.py`` sub-commands: run | plan | list | report | search."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from bench.errors import BenchError
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for p in pairs or []:
+        key, eq, value = p.partition("=")
+        if not eq or not key:
+            raise BenchError(f"--set {p!r}: write KEY=VALUE with a dotted key, e.g. --set eval.num_samples=200")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run_ablation.py", description="Diffusion ablation bench: one study file, "
+                                "one command, trustworthy and comparable numbers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("study", help="study file (YAML), e.g. ablations/quickstart.yaml")
+        sp.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+        sp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a base config key, e.g. --set eval.num_samples=200 (repeatable)")
+
+    run = sub.add_parser("run", help="train and evaluate every configuration of a study, then write its report")
+    common(run)
+    run.add_argument("--devices", default="auto",
+                     help="auto (every visible GPU, else CPU) | cpu | cpu*2 | cuda:0,cuda:1 (one worker each)")
+    run.add_argument("--retries", type=int, default=2, help="retries of a job whose worker died (default 2)")
+    run.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
+    run.add_argument("--executor", default="local", choices=("local", "ray", "slurm"),
+                     help="where jobs run (ray and slurm need the extras: pip install -e .[ray] / .[slurm])")
+    run.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT)")
+    run.add_argument("--partition", default=None, help="Slurm partition")
+    run.add_argument("--gpus-per-node", type=int, default=None, help="Slurm GPUs per node")
+    run.add_argument("--time-limit", type=int, default=None, help="Slurm time limit in minutes")
+    run.add_argument("--array-parallelism", type=int, default=None, help="Slurm jobs running at once")
+    run.add_argument("--shared-dir", default=None,
+                     help="checkpoint/cache folder every node can read and write (Ray/Slurm); sets BENCH_CACHE_DIR")
+    run.add_argument("--no-report", action="store_true", help="skip writing reports/<study>/")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    plan = sub.add_parser("plan", help="print the jobs of a study, which are done, and their order")
+    common(plan)
+
+    sub.add_parser("list", help="list every registry (samplers, schedules, models, ...) with its choices")
+
+    rep = sub.add_parser("report", help="write reports/<study>/report.{md,html} and runs.csv from MLflow")
+    common(rep)
+    rep.add_argument("--out", default="reports", help="folder for the report (default reports/)")
+
+    search = sub.add_parser("search", help="Optuna search over inference-time axes (the study's search: section)")
+    common(search)
+    search.add_argument("--storage", default=None,
+                        help="Optuna storage: a database URL (postgresql://...), a journal file (*.log), "
+                             "or default: an SQLite file per study in reports/<study>/")
+    search.add_argument("--devices", default="auto", help="device for training and trials (auto | cpu | cuda:0)")
+    search.add_argument("--n-trials", type=int, default=None, help="override search.n_trials")
+    return p
+
+
+def cmd_list() -> None:
+    from bench.data import DATASETS
+    from bench.diffusion import LOSSES, OBJECTIVES, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES
+    from bench.metrics import EXTRACTORS, METRICS
+    from bench.models import MODELS
+
+    for reg in (SAMPLERS, SCHEDULES, SPACINGS, OBJECTIVES, VARIANCES, LOSSES, MODELS, DATASETS, EXTRACTORS,
+                METRICS):
+        print(f"{reg.kind + 's':<12} {', '.join(reg.names())}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    import os
+
+    if args.command == "list":
+        cmd_list()
+        return 0
+    overrides = _overrides(args.set)
+    if args.command == "run":
+        from bench.runner import run_study
+
+        if args.shared_dir:
+            os.environ["BENCH_CACHE_DIR"] = args.shared_dir
+        options = {k: v for k, v in {"address": args.address, "partition": args.partition,
+                                     "gpus_per_node": args.gpus_per_node, "time_limit": args.time_limit,
+                                     "array_parallelism": args.array_parallelism}.items() if v is not None}
+        summary = run_study(args.study, tracking_uri=args.tracking_uri, devices=args.devices, retries=args.retries,
+                            dry_run=args.dry_run, progress=not args.quiet, report=not args.no_report,
+                            executor=args.executor, overrides=overrides, executor_options=options)
+        return 1 if summary is not None and summary.failed else 0
+    if args.command == "plan":
+        from bench.runner import done_keys, load_with_overrides
+        from bench.tracking import Tracker
+
+        study = load_with_overrides(args.study, overrides)
+        plan = study.plan()
+        done = done_keys(plan, Tracker(study.name, args.tracking_uri))
+        print(f"study {study.name!r}: {len(study.configs)} configurations")
+        print(plan.summary(done))
+        return 0
+    if args.command == "report":
+        from bench.report import build_report
+        from bench.runner import load_with_overrides
+
+        study = load_with_overrides(args.study, overrides)
+        print(build_report(study, tracking_uri=args.tracking_uri, out_dir=args.out))
+        return 0
+    if args.command == "search":
+        from bench.runner import load_with_overrides
+        from bench.search import run_search
+
+        study = load_with_overrides(args.study, overrides)
+        run_search(study, tracking_uri=args.tracking_uri, storage=args.storage, devices=args.devices,
+                   n_trials=args.n_trials)
+        return 0
+    raise AssertionError(args.command)

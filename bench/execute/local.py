@@ -1,0 +1,140 @@
+"""One worker process per device: ``--devices auto | cpu | cpu*2 | cuda:0,cuda:1``.
+
+GPU workers see only their GPU (``CUDA_VISIBLE_DEVICES``); CPU workers split the cores (torch
+threads = cores / workers). A worker that dies is replaced and its job handed back to the
+scheduler (bench.execute.base), which retries it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+from dataclasses import dataclass
+from typing import Any
+
+from bench.errors import BenchError
+from bench.execute.base import Outcome
+from bench.plan import Job
+
+
+@dataclass(frozen=True)
+class Slot:
+    device: str  # what the worker calls its device: "cpu" or "cuda"
+    visible: str | None  # CUDA_VISIBLE_DEVICES for the worker
+    label: str  # as the user wrote it: "cpu", "cuda:1"
+
+
+def parse_devices(spec: str = "auto", where: str = "--devices") -> list[Slot]:
+    """``auto`` = every visible GPU, else one CPU worker; ``cpu*N``; ``cuda:0,cuda:1``."""
+    spec = (spec or "auto").strip()
+    if spec == "auto":
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [Slot("cuda", str(i), f"cuda:{i}") for i in range(n)] or [Slot("cpu", None, "cpu")]
+    slots: list[Slot] = []
+    for part in (p.strip() for p in spec.split(",")):
+        name, _, count = part.partition("*")
+        if count and not count.isdigit() or count == "0":
+            raise BenchError(f"{where}: bad count in {part!r}; write cpu*2 for two CPU workers")
+        n = int(count or 1)
+        if name == "cpu":
+            slots += [Slot("cpu", None, "cpu")] * n
+        elif name.startswith("cuda:") and name[5:].isdigit():
+            slots += [Slot("cuda", name[5:], name)] * n
+        else:
+            raise BenchError(f"{where}: unknown device {part!r}. Use auto, cpu, cpu*N or cuda:0,cuda:1,...")
+    for s in slots:
+        if s.device == "cuda":
+            import torch
+
+            if not torch.cuda.is_available() or int(s.visible) >= torch.cuda.device_count():
+                raise BenchError(f"{where}: {s.label} is not a visible GPU "
+                                 f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible); "
+                                 "use --devices auto or cpu")
+    return slots
+
+
+class LocalPool:
+    """Worker processes (spawned: CUDA-safe), one job at a time each."""
+
+    def __init__(self, slots: list[Slot], progress: bool = True) -> None:
+        self.ctx = mp.get_context("spawn")
+        self.slots_spec = slots
+        self.slots = len(slots)
+        self.progress = progress
+        self.results: Any = self.ctx.Queue()
+        cpu_workers = sum(1 for s in slots if s.device == "cpu")
+        self.threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+        self.workers: list[dict[str, Any]] = [self._spawn(i) for i in range(len(slots))]
+        self.pending: list[Job] = []
+
+    def _spawn(self, i: int) -> dict[str, Any]:
+        slot = self.slots_spec[i]
+        tasks = self.ctx.Queue()
+        old = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if slot.visible is not None:
+            os.environ["CUDA_VISIBLE_DEVICES"] = slot.visible  # inherited by the spawned child
+        try:
+            p = self.ctx.Process(target=_entry, daemon=True, name=f"bench-worker-{i}",
+                                 args=(i, slot.device, self.threads, tasks, self.results, os.getpid(),
+                                       self.progress))
+            p.start()
+        finally:
+            if slot.visible is not None:
+                if old is None:
+                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+                else:
+                    os.environ["CUDA_VISIBLE_DEVICES"] = old
+        return {"proc": p, "tasks": tasks, "job": None}
+
+    def submit(self, job: Job) -> None:
+        self.pending.append(job)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for w in self.workers:
+            if not self.pending:
+                return
+            if w["job"] is None:
+                job = self.pending.pop(0)
+                w["job"] = job.key
+                w["tasks"].put((job.kind, job.config.to_dict(), job.key))
+
+    def wait(self, timeout: float) -> list[Outcome]:
+        out: list[Outcome] = []
+        try:
+            item = self.results.get(timeout=timeout)
+            while True:
+                wid, key, result, error = item
+                self.workers[wid]["job"] = None
+                out.append(Outcome(key, result=result, error=error))
+                item = self.results.get_nowait()
+        except queue.Empty:
+            pass
+        for i, w in enumerate(self.workers):
+            if not w["proc"].is_alive():
+                if w["job"] is not None:
+                    out.append(Outcome(w["job"], crashed=f"worker {i} exited with code {w['proc'].exitcode}"))
+                self.workers[i] = self._spawn(i)
+        self._dispatch()
+        return out
+
+    def worker_pids(self) -> list[int]:
+        return [w["proc"].pid for w in self.workers]
+
+    def close(self) -> None:
+        for w in self.workers:
+            if w["proc"].is_alive():
+                w["tasks"].put(None)
+        for w in self.workers:
+            w["proc"].join(timeout=5)
+            if w["proc"].is_alive():
+                w["proc"].kill()
+
+
+def _entry(*args: Any) -> None:
+    from bench.execute.worker import worker_main
+
+    worker_main(*args)

@@ -1,0 +1,45 @@
+"""A local worker process: takes jobs from its own queue, runs them, sends results back.
+
+This module imports nothing heavy at import time, so the parent can set ``CUDA_VISIBLE_DEVICES``
+for the child before torch is loaded there.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+import traceback
+from typing import Any
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit at once when the driver is gone (killed with -9), so no orphan keeps writing."""
+    while True:
+        if os.getppid() != parent_pid:
+            os._exit(3)
+        time.sleep(0.5)
+
+
+def worker_main(worker_id: int, device: str, threads: int, tasks: Any, results: Any, parent_pid: int,
+                progress: bool) -> None:
+    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    from bench.jobs import run_job
+
+    while True:
+        try:
+            task = tasks.get(timeout=1.0)
+        except queue.Empty:
+            continue
+        if task is None:
+            return
+        kind, config, key = task
+        try:
+            result = run_job(kind, config, key, device=device, progress=progress)
+            results.put((worker_id, key, result, None))
+        except Exception:
+            results.put((worker_id, key, None, traceback.format_exc()))

@@ -1,0 +1,79 @@
+"""The main job: study file -> plan -> executor -> MLflow -> report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bench.execute.base import RunSummary
+
+
+def load_with_overrides(path: str | Path, overrides: dict[str, Any] | None = None, **dotted: Any) -> Any:
+    """``dotted`` accepts ``eval__num_samples=100`` for ``eval.num_samples``."""
+    from bench.study import load_study
+
+    merged = dict(overrides or {})
+    merged.update({k.replace("__", "."): v for k, v in dotted.items()})
+    return load_study(path, merged or None)
+
+
+def done_keys(plan: Any, tracker: Any) -> set[str]:
+    """Keys with a FINISHED run whose files are still on disk (a wiped cache means redo)."""
+    from bench.jobs import is_done_on_disk
+
+    return {k for k in tracker.finished_keys() if k in plan and is_done_on_disk(plan[k].kind, plan[k].config)}
+
+
+def make_pool(executor: str, devices: str, progress: bool, **options: Any) -> Any:
+    from bench.errors import BenchError
+
+    if executor == "local":
+        from bench.execute.local import LocalPool, parse_devices
+
+        return LocalPool(parse_devices(devices), progress=progress)
+    if executor == "ray":
+        from bench.execute.ray import RayPool
+
+        return RayPool(devices=devices, **options)
+    if executor == "slurm":
+        from bench.execute.slurm import SlurmPool
+
+        return SlurmPool(**options)
+    raise BenchError(f"--executor: unknown executor {executor!r}. Choices: local, ray, slurm.")
+
+
+def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str = "auto", retries: int = 2,
+              dry_run: bool = False, progress: bool = True, report: bool = True, executor: str = "local",
+              overrides: dict[str, Any] | None = None, executor_options: dict[str, Any] | None = None,
+              **dotted: Any) -> RunSummary | None:
+    """Run a study: ``bench.run_study("ablations/quickstart.yaml", **{"eval.num_samples": 200})``.
+
+    Everything a user can get wrong (the study file, devices, the tracking server) is checked
+    before any work starts. Finished jobs are skipped; cut-off runs are marked KILLED and redone.
+    """
+    from bench.execute.base import run_plan
+    from bench.execute.local import parse_devices
+    from bench.tracking import Tracker
+
+    study = load_with_overrides(path, overrides, **dotted)
+    if executor == "local":
+        parse_devices(devices)
+    plan = study.plan()
+    tracker = Tracker(study.name, tracking_uri)
+    killed = tracker.mark_orphans_killed()
+    done = done_keys(plan, tracker)
+    print(f"study {study.name!r}: {len(study.configs)} configurations")
+    if killed:
+        print(f"{killed} run(s) cut off by an earlier stop were marked KILLED and will be redone")
+    print(plan.summary(done))
+    if dry_run:
+        return None
+    pool = make_pool(executor, devices, progress, **(executor_options or {}))
+    summary = run_plan(plan, pool, tracker, done, retries=retries, progress=progress)
+    print(summary)
+    if report:
+        from bench.report import build_report
+
+        out = build_report(study, tracking_uri=tracker.uri)
+        print(f"report: {out}")
+    return summary

@@ -1,0 +1,159 @@
+"""The only module that imports mlflow; the driver is its only caller (one writer, no lock races).
+
+Layout (DESIGN.md, 'Tracking contract'): experiment = study name; one run per job; tags
+``bench.key``, ``bench.train_key``, ``bench.study``, ``bench.kind``, ``bench.label``;
+params = the flattened config; metrics with fixed names; protocol as ``protocol.*`` tags;
+artifacts ``config.yaml``, ``samples.png`` (eval), ``loss_curve.png`` (train).
+Resume: a key with a FINISHED run is done; a RUNNING run whose driver is gone is marked KILLED.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+
+KEY_TAG = "bench.key"
+KIND_TAG = "bench.kind"
+DRIVER_TAG = "bench.driver"
+ERROR_TAG = "bench.error"
+MAX_PARAM_LEN = 6000
+
+
+def resolve_uri(tracking_uri: str | None) -> str | None:
+    """``--tracking-uri`` > ``$MLFLOW_TRACKING_URI`` > MLflow's default (./mlflow.db)."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def check_server(uri: str | None, timeout: float = 10.0) -> None:
+    """For an http(s) tracking URI, fail within ``timeout`` seconds with one clear message."""
+    if not uri or not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout).read()
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        raise BenchError(f"tracking server {uri} is unreachable ({e}); start it with "
+                         f"`mlflow server --host HOST --port PORT --backend-store-uri sqlite:///mlflow.db` "
+                         "or fix --tracking-uri / MLFLOW_TRACKING_URI") from None
+
+
+class Tracker:
+    """Writes one MLflow run per job of a study."""
+
+    def __init__(self, study_name: str, tracking_uri: str | None = None) -> None:
+        import mlflow
+        from mlflow.tracking import MlflowClient
+
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        self.uri = resolve_uri(tracking_uri)
+        check_server(self.uri)
+        if self.uri:
+            mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+        self.study = study_name
+        exp = self.client.get_experiment_by_name(study_name)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(study_name)
+        self.driver = f"{socket.gethostname()}:{os.getpid()}"
+
+    # --- reading ------------------------------------------------------------------------------
+    def runs(self, kind: str | None = None, status: str | None = None) -> list[Any]:
+        filters = [f"tags.`{KIND_TAG}` = '{kind}'"] if kind else []
+        if status:
+            filters.append(f"attributes.status = '{status}'")
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], " and ".join(filters), max_results=5000,
+                                           page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def finished_keys(self) -> set[str]:
+        return {r.data.tags[KEY_TAG] for r in self.runs(status="FINISHED") if KEY_TAG in r.data.tags}
+
+    def mark_orphans_killed(self) -> int:
+        """RUNNING runs whose driver process on this host is gone were cut off: mark them KILLED."""
+        n = 0
+        host = socket.gethostname()
+        for r in self.runs(status="RUNNING"):
+            driver = r.data.tags.get(DRIVER_TAG, "")
+            drv_host, _, pid = driver.partition(":")
+            if drv_host == host and pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+                continue  # another live driver on this machine owns it
+            if drv_host and drv_host != host:
+                continue  # a driver on another machine owns it
+            self.client.set_tag(r.info.run_id, ERROR_TAG, "cut off: its driver stopped before the job ended")
+            self.client.set_terminated(r.info.run_id, "KILLED")
+            n += 1
+        return n
+
+    # --- writing ------------------------------------------------------------------------------
+    def start(self, kind: str, key: str, label: str, params: dict[str, Any], tags: dict[str, str],
+              parent_run_id: str | None = None) -> str:
+        all_tags = {KEY_TAG: key, KIND_TAG: kind, "bench.study": self.study, "bench.label": label,
+                    DRIVER_TAG: self.driver, "mlflow.runName": f"{kind}:{label}"[:250], **tags}
+        if parent_run_id:
+            all_tags["mlflow.parentRunId"] = parent_run_id
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=f"{kind}:{label}"[:250])
+        self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_str(v)) for k, v in sorted(params.items())]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i:i + 100])
+
+    def finish(self, run_id: str, result: dict[str, Any]) -> None:
+        """Log a worker's result (metrics, histories, tags, artifacts) and end the run FINISHED."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, 0) for k, v in result.get("metrics", {}).items() if v is not None]
+        for name, history in result.get("history", {}).items():
+            metrics += [Metric(name, float(v), now, int(step)) for step, v in history]
+        for i in range(0, len(metrics), 900):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 900])
+        for k, v in result.get("tags", {}).items():
+            self.client.set_tag(run_id, k, str(v))
+        for path in result.get("artifacts", []):
+            if Path(path).exists():
+                self.client.log_artifact(run_id, str(path))
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def fail(self, run_id: str, reason: str, status: str = "FAILED") -> None:
+        self.client.set_tag(run_id, ERROR_TAG, reason[:5000])
+        self.client.set_terminated(run_id, status)
+
+    def log_config(self, run_id: str, config: dict[str, Any]) -> None:
+        import yaml
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "config.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            self.client.log_artifact(run_id, str(path))
+
+
+def _param_str(v: Any) -> str:
+    s = ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return s[:MAX_PARAM_LEN]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
