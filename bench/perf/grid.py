@@ -1,0 +1,75 @@
+"""Grid benchmarks (issue 5): trainings performed vs unique training configs for the quickstart,
+wall time of equal jobs on 1 vs 2 CPU workers, and the time to expand + plan a 100,000-point grid.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "ablations" / "quickstart.yaml"
+
+EQUAL_JOBS = {
+    "name": "perf-equal-jobs",
+    "question": "How much faster are 4 equal trainings on 2 CPU workers than on 1?",
+    "base": {
+        "data": {"dataset": "digits"},
+        "model": {"backbone": "unet-tiny"},
+        "diffusion": {"timesteps": 100},
+        "train": {"steps": 150, "batch_size": 64, "checkpoint_every": 1000, "log_every": 50},
+        "sample": {"sampler": "ddim", "steps": 10, "batch_size": 50},
+        "eval": {"metrics": ["nll"], "nll_samples": 8, "num_samples": 50},
+    },
+    "grid": {"diffusion.objective": ["eps", "v", "x0", "score"]},
+}
+
+
+def _run_once(study: dict, devices: str, root: Path) -> float:
+    from bench.runner import run_study
+
+    path = root / f"{study['name']}.yaml"
+    path.write_text(yaml.safe_dump(study))
+    os.environ["BENCH_CACHE_DIR"] = str(root / f"cache-{devices.replace('*', 'x')}")
+    t0 = time.perf_counter()
+    run_study(path, tracking_uri=f"sqlite:///{root}/mlflow-{devices.replace('*', 'x')}.db", devices=devices,
+              progress=False, report=False)
+    return time.perf_counter() - t0
+
+
+def trainings_vs_unique() -> dict:
+    from bench.study import load_study
+
+    study = load_study(QUICKSTART)
+    unique = len({c.train_key() for c in study.configs})
+    plan = study.plan()
+    return {"case": "quickstart: TRAIN jobs planned vs unique training configs",
+            "value": f"{len(plan.by_kind('train'))} vs {unique}",
+            "target": "equal"}
+
+
+def main(device: str = "cpu") -> list[dict]:
+    from bench.perf.plan import run as plan_run
+    from bench.perf.timing import print_table
+
+    rows = [trainings_vs_unique()]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        one = _run_once(dict(EQUAL_JOBS, name="perf-1-worker"), "cpu", root)
+        two = _run_once(dict(EQUAL_JOBS, name="perf-2-workers"), "cpu*2", root)
+    rows.append({"case": "4 equal jobs (train + eval), 1 CPU worker", "value": f"{one:.1f} s", "target": ""})
+    rows.append({"case": "4 equal jobs (train + eval), 2 CPU workers", "value": f"{two:.1f} s",
+                 "target": ""})
+    rows.append({"case": "2 workers / 1 worker wall time", "value": f"{two / one:.2f}x", "target": "<= 0.65x"})
+    total = next(r for r in plan_run() if r["phase"] == "total")
+    rows.append({"case": "expand + validate + plan a 100,000-point grid", "value": f"{total['wall_s']:.2f} s",
+                 "target": "< 5 s"})
+    print_table(rows, "Grid benchmarks")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
