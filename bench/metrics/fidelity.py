@@ -1,0 +1,318 @@
+"""FID, IS, KID and precision/recall of generated images, computed by torch-fidelity (or clean-fid).
+
+Our code checks and prepares the images and calls the libraries; it does not reimplement any
+metric. Reference features are cached on disk by torch-fidelity's own cache
+(``cache_root=cache_dir()/reference``, ``input2_cache_name`` = dataset, split, size, extractor and
+weights hash), so a study computes them once. Every result carries its protocol (sample counts,
+extractor and weights hash, reference split, backend, resizing), as edm's ``fid.py`` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.config import DataSpec
+from bench.errors import BenchError
+from bench.metrics.catalog import METRICS
+from bench.metrics.extractors import Extractor, extractor_meta, get_extractor
+from bench.paths import cache_dir
+from bench.registry import Registry
+
+FID_BACKENDS: Registry[str] = Registry("FID backend")
+FID_BACKENDS.register("torch-fidelity", "torch_fidelity.calculate_metrics")
+FID_BACKENDS.register("clean-fid", "cleanfid.fid.fid_from_feats")
+
+FID_UNBIASED_SAMPLES = 10_000  # below this FID is visibly biased upwards by the sample count
+KID_SUBSETS = 100
+PRC_NEIGHBORHOOD = 3
+RNG_SEED = 2020  # torch-fidelity's default seed (IS shuffling, KID subsets)
+_TF_KEYS = {
+    "frechet_inception_distance": "fid", "inception_score_mean": "is_mean", "inception_score_std": "is_std",
+    "kernel_inception_distance_mean": "kid_mean", "kernel_inception_distance_std": "kid_std",
+    "precision": "precision", "recall": "recall",
+}
+
+
+class FIDSampleSizeWarning(UserWarning):
+    """FID from fewer than 10,000 samples: valid, but biased upwards; compare only equal counts."""
+
+
+class MetricResult(dict):
+    """``{"fid": 3.1, "is_mean": ..., ...}`` plus ``.protocol``: how the numbers were obtained."""
+
+    def __init__(self, values: dict[str, float], protocol: dict[str, Any]) -> None:
+        super().__init__(values)
+        self.protocol = protocol
+
+    def __repr__(self) -> str:
+        return f"MetricResult({dict(self)!r}, protocol={self.protocol!r})"
+
+
+class UInt8Images(torch.utils.data.Dataset):
+    """A uint8 ``[N, C, H, W]`` tensor as the Dataset torch-fidelity reads: 3-channel uint8 items."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = self.images[i]
+        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+
+def compute_metrics(
+    images: torch.Tensor,
+    reference: str | torch.Tensor = "digits:test",
+    extractor: str = "domain:digits",
+    metrics: Sequence[str] = ("fid", "is", "kid", "precision", "recall"),
+    *,
+    fid_backend: str = "torch-fidelity",
+    inception_weights: str | None = None,
+    kid_subset_size: int = 1000,
+    image_size: int | None = None,
+    device: str = "cpu",
+    run_name: str | None = None,
+    data: DataSpec | None = None,
+    labels: torch.Tensor | None = None,
+    isc_splits: int = 10,
+    batch_size: int = 64,
+    progress: bool = True,
+) -> MetricResult:
+    """Fidelity metrics of ``images`` (uint8 ``[N, C, H, W]``) against ``reference``.
+
+    ``reference`` is a uint8 tensor or ``"dataset:split"``, loaded through :mod:`bench.data` at
+    ``image_size`` (default: the generated images' size) using ``data`` (root, download, filter).
+    ``extractor`` is ``"inception"`` or ``"domain:<dataset>"``. ``class_accuracy`` may be asked
+    for with ``labels`` (the requested classes). Bad input raises one BenchError naming ``run_name``.
+    ``progress`` shows a bar while a domain classifier is trained (once per dataset and size).
+    """
+    who = f"run {run_name!r}" if run_name else "compute_metrics"
+    images = check_images(images, who, "images")
+    wanted = _check_metric_names(metrics, who, labels)
+    FID_BACKENDS.check(fid_backend, f"{who}: fid_backend")
+    size = int(image_size or images.shape[-1])
+    if not extractor_meta(extractor, f"{who}: extractor").get("resizes", True) and images.shape[-2:] != (size, size):
+        raise BenchError(f"{who}: generated images are {images.shape[-2]}x{images.shape[-1]}, but extractor "
+                         f"{extractor!r} was asked for {size}x{size} (it is trained on {size}x{size} images and "
+                         "does not resize); pass image_size equal to the images' size")
+    ext = get_extractor(extractor, image_size=size, weights=inception_weights, data=data,
+                        where=f"{who}: extractor", progress=progress)
+    check_compatible(ext, images, who, "generated images")
+    proto: dict[str, Any] = {
+        "num_samples": len(images), "extractor": ext.name, "weights_sha256": ext.weights_sha256,
+        "feature_dim": ext.feature_dim, "resize": ext.resize, "image_size": size,
+        "backend": "torch-fidelity", "reference": None, "reference_count": None,
+    }
+    if ext.accuracy is not None:
+        proto["extractor_test_accuracy"] = ext.accuracy
+    ref = tag = None
+    if any(METRICS.get(m).needs_reference for m in wanted):
+        ref, proto["reference"], tag = _reference(reference, size, data, who)
+        check_compatible(ext, ref, who, "reference images")
+        proto["reference_count"] = len(ref)
+        if ref.shape[-2:] != images.shape[-2:]:
+            warnings.warn(f"{who}: generated {tuple(images.shape[-2:])} and reference {tuple(ref.shape[-2:])} "
+                          f"images differ in size; {ext.name} resizes both to 299x299", stacklevel=2)
+    _check_counts(wanted, ext, images, ref, who, proto, kid_subset_size, isc_splits)
+    values = _fidelity(wanted, ext, images, ref, tag, fid_backend, device, batch_size, proto)
+    if "class_accuracy" in wanted:
+        from bench.metrics.accuracy import class_accuracy
+
+        name = ext.name if ext.name.startswith("domain:") else f"domain:{_dataset_of(reference, who)}"
+        values["class_accuracy"] = class_accuracy(images, labels, name, data=data, device=device)
+        proto["class_accuracy_extractor"] = name
+    keep = {k for m in metrics for k in METRICS.get(m).outputs}
+    return MetricResult({k: v for k, v in values.items() if k in keep}, proto)
+
+
+def _fidelity(wanted: list[str], ext: Extractor, images: torch.Tensor, ref: torch.Tensor | None,
+              tag: str | None, fid_backend: str, device: str, batch_size: int,
+              proto: dict[str, Any]) -> dict[str, float]:
+    """One ``torch_fidelity.calculate_metrics`` call for everything it computes (FID by clean-fid
+    instead when asked); values under our output keys."""
+    values: dict[str, float] = {}
+    if "fid" in wanted and fid_backend == "clean-fid":
+        values["fid"] = _clean_fid(ext, images, ref, tag, device, batch_size)
+        proto["backend"] = "clean-fid (FID) + torch-fidelity" if len(wanted) > 1 else "clean-fid"
+        wanted = [m for m in wanted if m != "fid"]
+    flags = {METRICS.get(m).torch_fidelity_flag for m in wanted} - {None}
+    if flags:
+        import torch_fidelity
+
+        kw = _tf_kwargs(ext, images, ref, tag, device, batch_size, proto)
+        proto["reference_cache"] = _cache_state(ext, tag, flags)
+        with _on_device(device):
+            out = torch_fidelity.calculate_metrics(**kw, **{f: True for f in flags})
+        values.update({_TF_KEYS[k]: float(v) for k, v in out.items() if k in _TF_KEYS})
+    return values
+
+
+def check_images(x: Any, who: str, what: str) -> torch.Tensor:
+    """``x`` must be a uint8 ``[N, 1|3, H, W]`` tensor with N > 0; returns it contiguous on the CPU."""
+    if not torch.is_tensor(x):
+        raise BenchError(f"{who}: {what} must be a uint8 torch.Tensor [N, C, H, W], got {type(x).__name__}")
+    if x.is_floating_point() and bool(torch.isnan(x).any()):
+        bad = int(torch.isnan(x.flatten(1)).any(1).sum()) if x.dim() > 1 else -1
+        raise BenchError(f"{who}: {what} contain NaN ({bad} of {len(x)} images): sampling diverged; "
+                         "check the model, the sampler settings and the guidance scale")
+    if x.dtype != torch.uint8:
+        raise BenchError(f"{who}: {what} must be uint8 (8-bit images), got {x.dtype}; quantize with "
+                         "((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)")
+    if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
+        raise BenchError(f"{who}: {what} must be [N, C, H, W] with C = 1 or 3 and N > 0, got {tuple(x.shape)}")
+    return x.detach().cpu().contiguous()
+
+
+def check_compatible(ext: Extractor, x: torch.Tensor, who: str, what: str) -> None:
+    """Channels and size that ``ext`` can take (1 -> 3 channels repeated where it takes RGB)."""
+    c, h, w = x.shape[1:]
+    if c != ext.channels and not (c == 1 and ext.channels == 3):
+        raise BenchError(f"{who}: {what} have {c} channels, but extractor {ext.name!r} takes {ext.channels}-"
+                         "channel images; use an extractor of a dataset with as many channels, or 'inception'")
+    if ext.input_size is not None and (h, w) != (ext.input_size, ext.input_size):
+        raise BenchError(
+            f"{who}: {what} are {h}x{w}, but extractor {ext.name!r} is a classifier trained on "
+            f"{ext.input_size}x{ext.input_size} images and does not resize (its features would not mean the "
+            "same at another size); give images and reference at one size (image_size), or use 'inception'"
+        )
+
+
+def _check_metric_names(metrics: Sequence[str], who: str, labels: torch.Tensor | None) -> list[str]:
+    if isinstance(metrics, str) or not metrics:
+        raise BenchError(f"{who}: metrics must be a non-empty list of names, got {metrics!r}")
+    out = []
+    for m in metrics:
+        kind = METRICS.get(METRICS.check(m, f"{who}: metrics")).kind
+        if kind == "likelihood":
+            raise BenchError(f"{who}: metric {m!r} needs the model; compute it with bench.metrics.nll_bpd")
+        if kind == "labels" and labels is None:
+            raise BenchError(f"{who}: metric {m!r} needs labels= (the classes the images were generated for)")
+        if m not in out:
+            out.append(m)
+    return out
+
+
+def _check_counts(wanted: list[str], ext: Extractor, images: torch.Tensor, ref: torch.Tensor | None, who: str,
+                  proto: dict[str, Any], kid_subset_size: int, isc_splits: int) -> None:
+    n, m = len(images), (len(ref) if ref is not None else None)
+    if "fid" in wanted:
+        need = ext.feature_dim + 1
+        for count, what in ((n, "generated images"), (m, "reference images")):
+            if count is not None and count < need:
+                raise BenchError(
+                    f"{who}: FID with extractor {ext.name!r} needs at least {need} {what} (feature dimension "
+                    f"{ext.feature_dim} + 1, for a nonsingular covariance), got {count}; raise eval.num_samples "
+                    "or use KID, which works with few samples")
+        if min(n, m or n) < FID_UNBIASED_SAMPLES:
+            warnings.warn(f"{who}: FID from {min(n, m or n)} samples (< {FID_UNBIASED_SAMPLES}) is biased upwards "
+                          "by the sample count; compare only numbers with equal counts", FIDSampleSizeWarning,
+                          stacklevel=3)
+    if "kid" in wanted:
+        proto["kid_subset_size"] = min(kid_subset_size, n, m or n)
+        proto["kid_subsets"] = KID_SUBSETS
+        if proto["kid_subset_size"] < 2:
+            raise BenchError(f"{who}: KID needs at least 2 images on each side, got {n} and {m}")
+    if "is" in wanted:
+        proto["isc_splits"] = min(isc_splits, n)
+        if n < 2:
+            raise BenchError(f"{who}: IS needs at least 2 images, got {n}")
+    if {"precision", "recall"} & set(wanted):
+        proto["prc_neighborhood"] = PRC_NEIGHBORHOOD
+        if min(n, m or n) <= PRC_NEIGHBORHOOD:
+            raise BenchError(f"{who}: precision/recall need more than {PRC_NEIGHBORHOOD} images on each side")
+
+
+def _reference(reference: Any, size: int, data: DataSpec | None, who: str) -> tuple[torch.Tensor, str, str]:
+    """(images, protocol label, cache tag) of a "dataset:split" string or a tensor."""
+    if torch.is_tensor(reference):
+        ref = check_images(reference, who, "reference images")
+        digest = hashlib.sha256(ref.numpy().tobytes()).hexdigest()
+        return ref, f"tensor:{digest[:16]}", f"tensor-{digest[:16]}"
+    from bench.data import data_root, dataset_info, load_images
+
+    if not isinstance(reference, str) or reference.count(":") != 1:
+        raise BenchError(f"{who}: reference must be 'dataset:split' (e.g. 'digits:test') or a uint8 tensor, "
+                         f"got {reference!r}")
+    name, split = reference.split(":")
+    info = dataset_info(name, f"{who}: reference")
+    if split not in info.splits:
+        raise BenchError(f"{who}: reference {reference!r}: dataset {name!r} has splits {', '.join(info.splits)}")
+    spec = replace(data or DataSpec(), dataset=name, image_size=size)
+    tag = f"{name}-{split}-{size}px-{spec.resize_filter}"
+    if info.needs_root:  # other files, other features
+        tag += "-" + hashlib.sha256(str(data_root(spec).resolve()).encode()).hexdigest()[:8]
+    return check_images(load_images(spec, split).images, who, "reference images"), reference, tag
+
+
+def _dataset_of(reference: Any, who: str) -> str:
+    if isinstance(reference, str) and ":" in reference:
+        return reference.split(":")[0]
+    raise BenchError(f"{who}: class_accuracy needs a domain extractor ('domain:<dataset>') or a 'dataset:split' "
+                     "reference to know which classifier to ask")
+
+
+def reference_cache_root() -> Path:
+    """Folder of cached reference features / statistics (torch-fidelity's cache files)."""
+    return cache_dir() / "reference"
+
+
+def _tf_kwargs(ext: Extractor, images: torch.Tensor, ref: torch.Tensor | None, tag: str | None, device: str,
+               batch_size: int, proto: dict[str, Any]) -> dict[str, Any]:
+    kw: dict[str, Any] = {
+        "input1": UInt8Images(images), "cuda": str(device).startswith("cuda"), "batch_size": batch_size,
+        "verbose": False, "save_cpu_ram": True,  # in-memory tensors: no worker processes
+        "cache": True, "cache_root": str(reference_cache_root()), "rng_seed": RNG_SEED,
+        "kid_subsets": KID_SUBSETS, "kid_subset_size": proto.get("kid_subset_size", 1000),
+        "isc_splits": proto.get("isc_splits", 10), "prc_neighborhood": PRC_NEIGHBORHOOD, **ext.tf_kwargs(),
+    }
+    if ref is not None:
+        kw.update(input2=UInt8Images(ref), input2_cache_name=f"{tag}-{ext.slug}")
+    return kw
+
+
+def _cache_state(ext: Extractor, tag: str | None, flags: set[str]) -> str | None:
+    """"hit" when torch-fidelity will find the reference features (or FID statistics) cached."""
+    if tag is None:
+        return None
+    root, prefix = reference_cache_root(), f"{tag}-{ext.slug}-{ext.tf_name}"
+    layers = {ext.logits_layer if f == "isc" else ext.feature_layer for f in flags}
+    feats = all((root / f"{prefix}-features-{layer}.pt").exists() for layer in layers)
+    stats = flags == {"fid"} and (root / f"{prefix}-stat-fid-{ext.feature_layer}.pt").exists()
+    return "hit" if feats or stats else "miss"
+
+
+def _clean_fid(ext: Extractor, images: torch.Tensor, ref: torch.Tensor | None, tag: str | None, device: str,
+               batch_size: int) -> float:
+    """FID by clean-fid's ``fid_from_feats`` (mean, covariance, its Frechet distance) on features of
+    the same extractor, extracted (and the reference cached) by torch-fidelity."""
+    import numpy as np
+    from cleanfid.fid import fid_from_feats
+    from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
+
+    kw = _tf_kwargs(ext, images, ref, tag, device, batch_size, {})
+    with _on_device(device):
+        fe = create_feature_extractor(ext.tf_name, [ext.feature_layer], **kw)
+        f1 = extract_featuresdict_from_input_id_cached(1, fe, **kw)[ext.feature_layer]
+        f2 = extract_featuresdict_from_input_id_cached(2, fe, **kw)[ext.feature_layer]
+    return float(fid_from_feats(f1.numpy().astype(np.float64), f2.numpy().astype(np.float64)))
+
+
+def _on_device(device: str) -> Any:
+    """torch-fidelity takes ``cuda=True`` and uses the current CUDA device: select it."""
+    import contextlib
+
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return contextlib.nullcontext()
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        raise BenchError(f"metrics run on 'cpu' or an available 'cuda' device, got {device!r}")
+    return torch.cuda.device(dev)
