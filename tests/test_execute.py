@@ -38,7 +38,8 @@ def tiny_study(name: str, grid: dict, train_steps: int = 30, **base_overrides) -
 @pytest.fixture
 def env(tmp_path):
     e = dict(os.environ)
-    e.update(BENCH_CACHE_DIR=str(tmp_path / "cache"), MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1")
+    e.update(BENCH_CACHE_DIR=str(tmp_path / "cache"), MLFLOW_DISABLE_TELEMETRY="true", PYTHONUNBUFFERED="1",
+             BENCH_THREADS="1")
     return e
 
 

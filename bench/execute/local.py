@@ -66,7 +66,9 @@ class LocalPool:
         self.progress = progress
         self.results: Any = self.ctx.Queue()
         cpu_workers = sum(1 for s in slots if s.device == "cpu")
-        self.threads = max(1, (os.cpu_count() or 1) // max(1, cpu_workers))
+        # torch threads per worker = cores / CPU workers; $BENCH_THREADS overrides (on a machine
+        # shared with other work, 1 avoids OpenMP threads spinning against each other)
+        self.threads = int(os.environ.get("BENCH_THREADS") or max(1, (os.cpu_count() or 1) // max(1, cpu_workers)))
         self.workers: list[dict[str, Any]] = [self._spawn(i) for i in range(len(slots))]
         self.pending: list[Job] = []
 
