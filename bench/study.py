@@ -29,6 +29,7 @@ from typing import Any
 from bench import study_checks as checks
 from bench.config import SECTIONS, RunConfig, coerce_value, resolve_key
 from bench.errors import BenchError
+from bench.report.specs import validate_report_specs
 from bench.study_checks import StudyError, load_yaml
 
 __all__ = ["Study", "StudyError", "load_study", "build_study", "read_study_file", "TOP_KEYS"]
@@ -98,6 +99,16 @@ def build_study(
         raise
     except BenchError as e:
         raise StudyError(f"{source}: {e}") from None
+
+
+def _check_report_specs(raw: dict[str, Any], axes: tuple[str, ...], configs: list[RunConfig],
+                        path: Path | None) -> None:
+    """Tables and plots may name only axes that vary and metrics the study measures."""
+    from bench.report.baselines import baselines_dir_for, load_baselines
+
+    produced, _ = checks.produced_outputs(configs)
+    known = set(load_baselines(baselines_dir_for(path)))
+    validate_report_specs(raw.get("tables"), raw.get("plots"), set(axes), produced, where="", baselines=known)
 
 
 def read_study_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -204,9 +215,13 @@ class _Builder:
                 "exclude: every point of the grid is excluded; nothing would run. Loosen `exclude:`"
             )
         axes = tuple(a.key for f in self.factors[:-1] for a in f) + (("seed",) if len(seeds) > 1 else ())
-        tables = checks.check_reports(raw.get("tables"), "tables", axes, configs)
-        plots = checks.check_reports(raw.get("plots"), "plots", axes, configs)
+        tables, plots = list(raw.get("tables") or []), list(raw.get("plots") or [])
+        _check_report_specs(raw, axes, configs, path)
         search = checks.mapping(raw.get("search"), "search")
+        if search:  # checked against the base point, where the search runs (bench.search_spec)
+            from bench.search_spec import parse_search
+
+            parse_search(search, configs[0])
         return Study(name, question, path, configs, axes, tables, plots, search, dict(raw))
 
     # --- base and overrides ------------------------------------------------------------------

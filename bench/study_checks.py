@@ -401,14 +401,6 @@ def _data_module() -> Any:
 # --- tables and plots ------------------------------------------------------------------------
 
 ALWAYS_OUTPUTS = ("train_seconds", "sample_seconds", "eval_seconds", "seconds_per_image", "nfe", "train_loss")
-_ROLES = {
-    "tables": {"rows": "axis", "columns": "axis", "values": "metric"},
-    "plots": {"x": "either", "y": "metric", "hue": "axis", "style": "axis", "size": "axis", "col": "axis",
-              "row": "axis"},
-}  # fmt: skip
-_REQUIRED = {"tables": ("rows", "values"), "plots": ("x", "y")}
-
-
 def produced_outputs(configs: list[RunConfig]) -> tuple[set[str], dict[str, str]]:
     """(metric names the study's runs produce, every known output -> the metric that makes it)."""
     metrics = registry("eval.metrics")
@@ -418,51 +410,3 @@ def produced_outputs(configs: list[RunConfig]) -> tuple[set[str], dict[str, str]
     return produced, maker
 
 
-def check_reports(
-    items: Any, kind: str, axes: tuple[str, ...], configs: list[RunConfig]
-) -> list[dict[str, Any]]:
-    """Each table's rows / columns (plots' x / hue / ...) must be axes, values metrics produced."""
-    if items is None:
-        return []
-    if not isinstance(items, list):
-        raise BenchError(f"{kind}: must be a list of mappings, e.g. {kind}: [{{rows: sample.eta, ...}}]")
-    produced, maker = produced_outputs(configs)
-    for i, item in enumerate(items):
-        where = f"{kind}[{i}]"
-        for req in _REQUIRED[kind]:
-            if req not in mapping(item, where):
-                raise BenchError(
-                    f"{where}: missing `{req}:`; a {kind[:-1]} needs {' and '.join(_REQUIRED[kind])}"
-                )
-        for fld, role in _ROLES[kind].items():
-            names = item.get(fld)
-            names = [names] if isinstance(names, str) else names
-            if names is None:
-                continue
-            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise BenchError(f"{where}.{fld}: must be a name or a list of names, got {item[fld]!r}")
-            for n in names:
-                _check_report_name(n, role, f"{where}.{fld}", axes, produced, maker)
-    return list(items)
-
-
-def _check_report_name(name: str, role: str, where: str, axes: tuple[str, ...], produced: set[str],
-                       maker: dict[str, str]) -> None:  # fmt: skip
-    if role in ("axis", "either") and name in axes:
-        return
-    if role in ("metric", "either") and name in produced:
-        return
-    if role != "axis" and name in maker:
-        raise BenchError(
-            f"{where}: {name!r} is not measured by this study; add {maker[name]!r} to eval.metrics "
-            f"(measured: {', '.join(sorted(produced))})"
-        )
-    if role == "axis":
-        raise BenchError(
-            f"{where}: {name!r} does not vary in this study.{did_you_mean(name, axes)} "
-            f"Axes: {', '.join(axes) or '(none)'}. Add it to grid/zip or pick an axis"
-        )
-    choices = sorted(produced) + (list(axes) if role == "either" else [])
-    raise BenchError(
-        f"{where}: unknown metric {name!r}.{did_you_mean(name, choices)} Available: {', '.join(choices)}."
-    )

@@ -128,7 +128,10 @@ def test_schedules_match_their_papers():
     assert lin.betas[0].item() == pytest.approx(1e-4) and lin.betas[-1].item() == pytest.approx(0.02)
     cos = make_schedule("cosine", 1000)
     assert cos.betas.max().item() == pytest.approx(0.999)  # clipped (Nichol & Dhariwal)
-    f = lambda u: torch.cos(torch.tensor((u + 0.008) / 1.008 * torch.pi / 2, dtype=torch.float64)) ** 2
+
+    def f(u):
+        return torch.cos(torch.tensor((u + 0.008) / 1.008 * torch.pi / 2, dtype=torch.float64)) ** 2
+
     assert cos.alphas_cumprod[499].item() == pytest.approx((f(0.5) / f(0.0)).item(), rel=1e-9)
     sl = make_schedule("scaled_linear", 1000)
     assert sl.betas[0].item() == pytest.approx(0.00085) and sl.betas[-1].item() == pytest.approx(0.012)

@@ -19,7 +19,6 @@ from bench.diffusion.objectives import OBJECTIVES
 from bench.diffusion.schedules import NoiseSchedule, make_schedule
 from bench.diffusion.spacing import make_timesteps
 from bench.errors import BenchError
-from bench.registry import Registry
 
 Model = Callable[..., torch.Tensor]
 

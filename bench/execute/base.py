@@ -95,7 +95,7 @@ def run_plan(plan: Plan, pool: Pool, tracker: Any, done: set[str], retries: int 
                 del running[out.key]
                 bar.update(1)
     except BaseException as e:
-        for key, run_id in running.items():  # the driver is stopping: nothing stays RUNNING
+        for run_id in running.values():  # the driver is stopping: nothing stays RUNNING
             tracker.fail(run_id, f"driver stopped: {type(e).__name__}", status="KILLED")
         raise
     finally:

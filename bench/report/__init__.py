@@ -1,0 +1,27 @@
+"""Reports: a study's MLflow runs -> paper-style tables (Markdown / HTML), seaborn plots, and
+published numbers beside ours.
+
+>>> from bench.report import build_report
+>>> folder = build_report(load_study("ablations/ddim_steps_eta.yaml"))   # reports/ddim-steps-eta/
+>>> (folder / "report.html").exists(), (folder / "report.md").exists(), (folder / "runs.csv").exists()
+
+mlflow, seaborn and matplotlib are imported when a report is built, not on ``import bench.report``
+(which imports pandas and PyYAML only).
+"""
+
+from bench.report.baselines import Baseline, BaselineResult, PaperValue, Protocol, load_baselines
+from bench.report.render import build_report
+from bench.report.specs import PLOT_KINDS, PlotSpec, TableSpec, validate_report_specs
+
+__all__ = [
+    "PLOT_KINDS",
+    "Baseline",
+    "BaselineResult",
+    "PaperValue",
+    "PlotSpec",
+    "Protocol",
+    "TableSpec",
+    "build_report",
+    "load_baselines",
+    "validate_report_specs",
+]

@@ -1,0 +1,223 @@
+"""``build_report``: a study's MLflow runs -> ``reports/<study>/report.md``, ``report.html`` (one
+self-contained file, images inlined as base64 PNG) and ``runs.csv`` (every run, every param and
+metric). Every file is written atomically (temp file + rename), so a report is never half-written.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from bench.paths import atomic_write_bytes
+from bench.report.baselines import Baseline, baselines_dir_for, load_baselines
+from bench.report.plots import Figure, render_plot
+from bench.report.runs import MISSING, StudyRuns, axis_order, collect_runs, fetch_runs, short_names, tracking
+from bench.report.specs import validate_report_specs
+from bench.report.tables import Table, make_table
+
+if TYPE_CHECKING:
+    from bench.study import Study
+
+__all__ = ["build_report", "FIXED_METRICS", "runs_csv"]
+
+# The tracking contract's metric names (DESIGN.md): always valid in a report spec.
+FIXED_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "nll_bpd",
+                 "class_accuracy", "train_seconds", "sample_seconds", "eval_seconds", "seconds_per_image",
+                 "nfe", "train_loss")  # fmt: skip
+_FIRST_COLUMNS = ("run_id", "status", "tags.bench.kind", "tags.bench.label", "tags.bench.key",
+                  "tags.bench.train_key", "tags.bench.error", "start_time", "end_time")  # fmt: skip
+
+
+@dataclass
+class _Report:
+    """Everything the two templates show."""
+
+    study: Any
+    data: StudyRuns
+    tables: list[Table]
+    figures: list[Figure]
+    generated: str
+
+    def summary(self) -> str:
+        counts = self.data.jobs["_status"].value_counts()
+        parts = [f"{int(n)} {s.lower()}" for s, n in counts.items()]
+        return f"{len(self.data.jobs)} expected evaluations: {', '.join(parts)}; {len(self.data.runs)} MLflow runs."
+
+    def failures(self) -> pd.DataFrame:
+        jobs = self.data.jobs
+        bad = jobs[~jobs["_status"].isin(["FINISHED", MISSING])]
+        axes = [a for a in self.study.axes if a in jobs]
+        names = short_names(list(self.study.axes))
+        out = bad[[*axes, "_status", "_kind", "_reason", "_run_id"]].copy()
+        out.columns = [*(names[a] for a in axes), "status", "job", "reason", "run"]
+        return out.astype(str)
+
+    def protocol(self) -> pd.DataFrame:
+        p = self.data.protocol
+        rows = [(k.replace("_", " "), ", ".join(v) or "—") for k, v in p.items()]
+        return pd.DataFrame(rows, columns=["protocol", "ours"])
+
+
+def build_report(
+    study: Study,
+    tracking_uri: str | None = None,
+    out_dir: str | Path = "reports",
+    baselines_dir: str | Path | None = None,
+) -> Path:
+    """Write ``<out_dir>/<study.name>/report.md``, ``report.html`` and ``runs.csv``; return the folder.
+
+    ``tracking_uri`` defaults to MLflow's current one. Baselines are read from ``baselines_dir``
+    (default: ``./baselines``, else the ``baselines/`` beside the study file's folder).
+    """
+    with tracking(tracking_uri) as uri:
+        runs = fetch_runs(study.name)
+    data = collect_runs(study, runs, uri)
+    baselines = load_baselines(_baselines_dir(study, baselines_dir))
+    metrics = set(FIXED_METRICS) | set(data.metrics)
+    table_specs, plot_specs = validate_report_specs(
+        study.tables, study.plots, set(study.axes), metrics, str(study.path or study.name), set(baselines)
+    )
+    order, names = axis_order(study), short_names(list(study.axes))
+    tables = [make_table(s, data, order, names, _baseline(baselines, s.baseline)) for s in table_specs]
+    figures = [render_plot(s, data, order, names) for s in plot_specs]
+    report = _Report(study, data, tables, figures, dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
+    folder = Path(out_dir) / study.name
+    images = _write_images(folder, figures)
+    _write(folder / "runs.csv", runs_csv(runs).encode())
+    _write(folder / "report.md", _markdown(report, images).encode())
+    _write(folder / "report.html", _html(report).encode())
+    return folder
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Atomic write; readable by all (the temp file behind the rename is created 0600)."""
+    atomic_write_bytes(path, data)
+    os.chmod(path, 0o644)
+
+
+def _baselines_dir(study: Any, given: str | Path | None) -> Path:
+    return Path(given) if given is not None else baselines_dir_for(study.path)
+
+
+def _baseline(baselines: dict[str, Baseline], bid: str | None) -> Baseline | None:
+    return baselines[bid] if bid else None
+
+
+def runs_csv(runs: pd.DataFrame) -> str:
+    """One row per run: identity and status first, then params, metrics and the other tags."""
+    cols = list(runs.columns)
+    first = [c for c in _FIRST_COLUMNS if c in cols]
+    rest = sorted(c for c in cols if c not in first)
+    ordered = first + [c for prefix in ("params.", "metrics.", "tags.") for c in rest if c.startswith(prefix)]
+    ordered += [c for c in rest if c not in ordered]
+    frame = runs[ordered].copy()
+    for c in ("start_time", "end_time"):
+        if c in frame:
+            frame[c] = pd.to_datetime(frame[c], utc=True).map(lambda t: t.isoformat() if pd.notna(t) else "")
+    return frame.to_csv(index=False)
+
+
+def _write_images(folder: Path, figures: list[Figure]) -> list[list[str]]:
+    """PNG files for the Markdown report (``figures/plot-<i>-<j>.png``); returns their paths."""
+    paths = []
+    for i, fig in enumerate(figures, 1):
+        mine = []
+        for j, (_, png) in enumerate(fig.images, 1):
+            rel = f"figures/plot-{i}-{fig.kind}-{j}.png"
+            _write(folder / rel, png)
+            mine.append(rel)
+        paths.append(mine)
+    return paths
+
+
+def _markdown(r: _Report, images: list[list[str]]) -> str:
+    s = r.study
+    out = [f"# {s.name}", ""]
+    if s.question:
+        out += [f"> {s.question.strip()}", ""]
+    out += [f"Generated {r.generated} from `{r.data.tracking_uri}`"
+            + (f"; study file `{s.path}`." if s.path else "."), "", f"**Runs:** {r.summary()}", ""]  # fmt: skip
+    if r.tables:
+        out += ["## Tables", ""]
+    for t in r.tables:
+        out += [f"### {t.title}", "", t.markdown(), "", *[f"*{n}*  " for n in t.notes], ""]
+    if r.figures:
+        out += ["## Plots", ""]
+    for fig, paths in zip(r.figures, images):
+        out += [f"### {fig.title}", ""]
+        many = len(fig.images) > 1 or fig.kind == "samples"
+        for (caption, _), p in zip(fig.images, paths):
+            out += [f"![{caption}]({p})" + (f"  \n*{caption}*" if many else ""), ""]
+        out += [*[f"*{n}*  " for n in fig.notes], ""]
+    failures = r.failures()
+    if len(failures):
+        out += ["## Failed runs", "", failures.to_markdown(index=False, disable_numparse=True), ""]
+    out += ["## Protocol", "", r.protocol().to_markdown(index=False, disable_numparse=True), "",
+            "Full per-run data: `runs.csv` (every param and metric).", ""]  # fmt: skip
+    return "\n".join(out)
+
+
+def _html(r: _Report) -> str:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    failures = r.failures()
+    return env.from_string(_TEMPLATE).render(
+        r=r, study=r.study,
+        tables=[(t, t.html(uuid=f"t{i}")) for i, t in enumerate(r.tables)],
+        figures=[(f, [(c, base64.b64encode(png).decode("ascii")) for c, png in f.images]) for f in r.figures],
+        failures=failures.to_html(index=False, classes="bench-table kv", border=0) if len(failures) else "",
+        protocol=r.protocol().to_html(index=False, classes="bench-table kv", border=0),
+    )  # fmt: skip
+
+
+_TEMPLATE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{ study.name }} — ablation report</title>
+<style>
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2rem auto;
+       max-width: 1150px; padding: 0 1rem; color: #1f2328; line-height: 1.45; }
+h1 { margin-bottom: .2rem; } h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .3rem; margin-top: 2rem; }
+.question { font-size: 1.1rem; color: #444; border-left: 4px solid #6f42c1; padding-left: .8rem; }
+.meta { color: #57606a; font-size: .9rem; }
+table.bench-table { border-collapse: collapse; margin: .6rem 0; font-size: .92rem; }
+table.bench-table th, table.bench-table td { border: 1px solid #d0d7de; padding: .3rem .6rem; text-align: right; }
+table.bench-table th { background: #f6f8fa; text-align: center; }
+table.kv td { text-align: left; }
+table.bench-table caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3rem; }
+.note { color: #57606a; font-size: .85rem; margin: .2rem 0; }
+.legend span { display: inline-block; padding: 0 .4rem; margin-right: .5rem; border: 1px solid #d0d7de; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+.grids { display: flex; flex-wrap: wrap; gap: 1rem; }
+.grids figure { width: 240px; } .grids img { width: 240px; image-rendering: pixelated; }
+figcaption { font-size: .85rem; color: #57606a; }
+</style></head><body>
+<h1>{{ study.name }}</h1>
+{% if study.question %}<p class="question">{{ study.question }}</p>{% endif %}
+<p class="meta">Generated {{ r.generated }} from <code>{{ r.data.tracking_uri }}</code>{% if study.path %};
+study file <code>{{ study.path }}</code>{% endif %}.<br><strong>Runs:</strong> {{ r.summary() }}</p>
+<p class="legend note"><span style="font-weight:700;background:#dff3e4">best in column</span>
+<span style="color:#b3261e;font-style:italic">failed</span><span style="color:#9e9e9e">— not run</span>
+<span style="background:#f4f6f8;color:#455a64">published</span></p>
+{% if tables %}<h2>Tables</h2>{% endif %}
+{% for t, html in tables %}<section class="table">{{ html | safe }}
+{% for n in t.notes %}<p class="note">{{ n }}</p>{% endfor %}</section>{% endfor %}
+{% if figures %}<h2>Plots</h2>{% endif %}
+{% for f, images in figures %}<section class="plot"><h3>{{ f.title }}</h3>
+{% if f.kind == "samples" %}<div class="grids">{% endif %}
+{% for caption, b64 in images %}<figure><img alt="{{ caption }}" src="data:image/png;base64,{{ b64 }}">
+{% if images | length > 1 or f.kind == "samples" %}<figcaption>{{ caption }}</figcaption>{% endif %}</figure>{% endfor %}
+{% if f.kind == "samples" %}</div>{% endif %}
+{% for n in f.notes %}<p class="note">{{ n }}</p>{% endfor %}</section>{% endfor %}
+{% if failures %}<h2>Failed runs</h2>{{ failures | safe }}{% endif %}
+<h2>Protocol</h2>{{ protocol | safe }}
+<p class="note">Every run with every param and metric: <code>runs.csv</code> beside this file.</p>
+</body></html>
+"""

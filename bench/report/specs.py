@@ -1,0 +1,369 @@
+"""Table and plot specs of a study file: their schema, normalisation and validation.
+
+A study's ``tables:`` and ``plots:`` name axes (dotted config keys that vary, ``seed`` when there
+are several seeds) and metrics (the fixed MLflow metric names: ``fid``, ``is_mean``, ...). A typo
+in either would otherwise surface only after hours of training, as an empty report; so
+:func:`validate_report_specs` checks them when the study is loaded and raises one
+:class:`~bench.errors.BenchError` naming the file, the key and the choices.
+
+Table spec (one mapping per table)::
+
+    rows: sample.eta                  # an axis or a list of axes (required)
+    columns: sample.steps             # an axis (optional)
+    values: fid                       # a metric or a list of metrics (required)
+    title: DDIM table 1               # (``caption`` is accepted as a synonym)
+    baseline: ddim-cifar10            # a baselines/*.yaml id: "ours | paper" side by side
+    format: {fid: 2}                  # decimals or a format spec (".3g") per metric, or one for all
+    where: {sample.sampler: ddim}     # keep only these axis values (a value or a list)
+    labels: {fixed_large: "σ̂"}        # display names for axis values in rows / columns
+
+Plot spec: ``kind`` is one of :data:`PLOT_KINDS` (default ``line``, or ``tradeoff`` when ``x``
+is a metric); ``y`` is always the plotted metric; ``x``/``hue``/``style``/``col``/``row`` are
+axes (``x`` is a metric for ``tradeoff``). See :data:`PLOT_FIELDS` for what each kind takes::
+
+    {kind: line, x: sample.steps, y: fid, hue: sample.eta, style: sample.sampler}  # log x if x spans 10x
+    {kind: tradeoff, x: fid, y: is_mean, hue: train.p_uncond, label: sample.guidance}
+    {kind: heatmap, x: sample.steps, row: sample.eta, y: fid}
+    {kind: bars, x: model.backbone, y: fid, hue: model.space}         # error bars: sd over seeds
+    {kind: loss, hue: diffusion.objective}     # train_loss history of the TRAIN runs, x = step
+    {kind: samples, by: [model.space], y: fid, seed: 0, max: 16}     # samples.png of EVAL runs
+
+Every kind takes ``where`` (keep only these axis values) and ``title``. Unlike the study loader's
+generic check, ``loss`` and ``samples`` plots need no ``x`` / ``y``.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.errors import BenchError
+
+__all__ = [
+    "METRIC_ALIASES",
+    "PLOT_FIELDS",
+    "PLOT_KINDS",
+    "TABLE_KEYS",
+    "TRAIN_SECTIONS",
+    "PlotSpec",
+    "TableSpec",
+    "canonical_metric",
+    "validate_report_specs",
+]
+
+# A metric's registry name -> the output key a table shows (``values: is`` means IS mean +- std).
+METRIC_ALIASES = {"is": "is_mean", "kid": "kid_mean", "nll": "nll_bpd"}
+
+TABLE_KEYS = ("rows", "columns", "values", "title", "caption", "baseline", "format", "where", "labels")
+
+PLOT_KINDS = ("line", "tradeoff", "heatmap", "bars", "loss", "samples")
+
+# kind -> {field: role}; roles: "axis", "metric", "axes" (list of axes), "value" (free-form).
+_COMMON = {"kind": "value", "title": "value", "caption": "value", "where": "where"}
+PLOT_FIELDS: dict[str, dict[str, str]] = {
+    "line": {"x": "axis", "y": "metric", "hue": "axis", "style": "axis", "col": "axis", "row": "axis",
+             "logx": "value", "logy": "value"},
+    "tradeoff": {"x": "metric", "y": "metric", "hue": "axis", "style": "axis", "col": "axis",
+                 "label": "axis"},
+    "heatmap": {"x": "axis", "y": "metric", "row": "axis", "col": "axis", "format": "value"},
+    "bars": {"x": "axis", "y": "metric", "hue": "axis", "col": "axis", "logy": "value"},
+    "loss": {"x": "value", "y": "metric", "hue": "axis", "style": "axis", "col": "axis",
+             "smooth": "value", "logy": "value"},
+    "samples": {"by": "axes", "y": "metric", "seed": "value", "max": "value"},
+}  # fmt: skip
+_REQUIRED = {
+    "line": ("x", "y"),
+    "tradeoff": ("x", "y"),
+    "heatmap": ("x", "y", "row"),
+    "bars": ("x", "y"),
+    "loss": (),
+    "samples": (),
+}
+# Sections that define a TRAIN job: a loss curve can only be told apart by these axes.
+TRAIN_SECTIONS = ("data", "model", "vae", "diffusion", "train")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A normalised table spec (lists where the file may give one name)."""
+
+    rows: tuple[str, ...]
+    values: tuple[str, ...]
+    columns: str | None = None
+    title: str = ""
+    baseline: str | None = None
+    format: dict[str, str] = field(default_factory=dict)
+    where: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlotSpec:
+    """A normalised plot spec; fields a kind does not take stay None."""
+
+    kind: str
+    x: str | None = None
+    y: str | None = None
+    hue: str | None = None
+    style: str | None = None
+    col: str | None = None
+    row: str | None = None
+    label: str | None = None
+    by: tuple[str, ...] = ()
+    title: str = ""
+    where: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)  # logx, logy, smooth, seed, max, format
+
+
+def canonical_metric(name: str) -> str:
+    """``is`` -> ``is_mean``; output keys are returned unchanged."""
+    return METRIC_ALIASES.get(name, name)
+
+
+def validate_report_specs(
+    tables: Any,
+    plots: Any,
+    axes: set[str] | Iterable[str],
+    metrics: set[str] | Iterable[str],
+    where: str,
+    baselines: set[str] | Iterable[str] | None = None,
+) -> tuple[list[TableSpec], list[PlotSpec]]:
+    """Check a study's ``tables:`` and ``plots:`` against its axes and measured metrics.
+
+    ``axes`` are the dotted keys that vary (plus ``seed`` with several seeds), ``metrics`` the
+    MLflow metric names the study's runs produce, ``where`` the study file (prefix of every
+    error; "" for none, e.g. when the caller prefixes errors itself), ``baselines`` the known
+    baseline ids (unchecked when None). Returns the normalised specs; raises
+    :class:`BenchError` naming the file, the key and the choices otherwise.
+    """
+    checker = _Checker(set(axes), set(metrics), where, None if baselines is None else set(baselines))
+    return (
+        [checker.table(t, f"tables[{i}]") for i, t in enumerate(_as_list(tables, "tables", where))],
+        [checker.plot(p, f"plots[{i}]") for i, p in enumerate(_as_list(plots, "plots", where))],
+    )
+
+
+def _metric_producing(output: str) -> str | None:
+    """The eval.metrics entry whose outputs include ``output`` (``kid_mean`` -> ``kid``)."""
+    try:
+        from bench.metrics import METRICS
+    except ImportError:  # pragma: no cover - bench.metrics is part of the package
+        return None
+    return next((m for m in METRICS.names() if output in METRICS.meta(m).get("outputs", ())), None)
+
+
+def _as_list(items: Any, kind: str, where: str) -> list[Any]:
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        prefix = f"{where}: " if where else ""
+        raise BenchError(f"{prefix}{kind}: must be a list of mappings, e.g. {kind}: [{{...}}]; got {items!r}")
+    return items
+
+
+def _did_you_mean(name: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(str(name), sorted(choices), n=3, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+class _Checker:
+    def __init__(self, axes: set[str], metrics: set[str], where: str, baselines: set[str] | None) -> None:
+        self.axes, self.metrics, self.where, self.baselines = axes, metrics, where, baselines
+
+    def fail(self, at: str, message: str) -> BenchError:
+        return BenchError(f"{self.where}: {at}: {message}" if self.where else f"{at}: {message}")
+
+    # --- names ---------------------------------------------------------------------------
+    def axis(self, name: Any, at: str) -> str:
+        if isinstance(name, str) and name in self.axes:
+            return name
+        if not isinstance(name, str):
+            raise self.fail(at, f"must be an axis name (a dotted key such as sample.eta), got {name!r}")
+        choices = ", ".join(sorted(self.axes)) or "(none: the study has a single configuration)"
+        extra = " (a metric; it cannot be an axis here)" if canonical_metric(name) in self.metrics else ""
+        raise self.fail(
+            at, f"{name!r} does not vary in this study{extra}.{_did_you_mean(name, self.axes)} "
+            f"Axes: {choices}. Add it to grid/zip, or pick an axis",
+        )  # fmt: skip
+
+    def metric(self, name: Any, at: str) -> str:
+        if isinstance(name, str) and canonical_metric(name) in self.metrics:
+            return canonical_metric(name)
+        if not isinstance(name, str):
+            raise self.fail(at, f"must be a metric name (fid, is_mean, ...), got {name!r}")
+        maker = _metric_producing(canonical_metric(name))
+        todo = f"add {maker!r} to eval.metrics" if maker else "add its metric to eval.metrics"
+        raise self.fail(
+            at, f"unknown metric {name!r} (not measured by this study).{_did_you_mean(name, self.metrics)} "
+            f"Measured: {', '.join(sorted(self.metrics))}. To report it, {todo}; or pick one of these",
+        )  # fmt: skip
+
+    def names(self, value: Any, at: str, one: Any) -> tuple[str, ...]:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, list) or not items:
+            raise self.fail(at, f"must be a name or a non-empty list of names, got {value!r}")
+        out = tuple(one(v, f"{at}[{i}]" if isinstance(value, list) else at) for i, v in enumerate(items))
+        if len(set(out)) < len(out):
+            raise self.fail(at, f"lists a name twice: {value!r}; list each once")
+        return out
+
+    def keys(self, spec: Any, at: str, allowed: Iterable[str], what: str) -> dict[str, Any]:
+        if not isinstance(spec, dict):
+            raise self.fail(at, f"must be a mapping ({what}), got {spec!r}")
+        allowed = list(allowed)
+        for k in spec:
+            if k not in allowed:
+                raise self.fail(
+                    f"{at}.{k}", f"unknown key for {what}.{_did_you_mean(str(k), allowed)} Keys: {', '.join(allowed)}"
+                )
+        return spec
+
+    def where_filter(self, value: Any, at: str) -> dict[str, tuple[Any, ...]]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not value:
+            raise self.fail(at, f"must be a mapping of axis -> value (or list of values), got {value!r}")
+        return {
+            self.axis(k, f"{at}.{k}"): tuple(v) if isinstance(v, list) else (v,) for k, v in value.items()
+        }
+
+    def text(self, value: Any, at: str) -> str:
+        if value is None:
+            return ""
+        if not isinstance(value, str):
+            raise self.fail(at, f"must be text, got {value!r}")
+        return value
+
+    # --- tables --------------------------------------------------------------------------
+    def table(self, spec: Any, at: str) -> TableSpec:
+        spec = self.keys(spec, at, TABLE_KEYS, "a table")
+        for req in ("rows", "values"):
+            if req not in spec:
+                raise self.fail(at, f"missing `{req}:`; a table needs rows (axes) and values (metrics)")
+        rows = self.names(spec["rows"], f"{at}.rows", self.axis)
+        values = self.names(spec["values"], f"{at}.values", self.metric)
+        columns = spec.get("columns")
+        if columns is not None:
+            if not isinstance(columns, str):
+                raise self.fail(f"{at}.columns", f"must be one axis name, got {columns!r}")
+            columns = self.axis(columns, f"{at}.columns")
+            if columns in rows:
+                raise self.fail(f"{at}.columns", f"{columns!r} is already in rows; an axis goes in one of them")
+        baseline = spec.get("baseline")
+        if baseline is not None:
+            if not isinstance(baseline, str):
+                raise self.fail(f"{at}.baseline", f"must be a baseline id (text), got {baseline!r}")
+            if self.baselines is not None and baseline not in self.baselines:
+                raise self.fail(
+                    f"{at}.baseline", f"unknown baseline {baseline!r}.{_did_you_mean(baseline, self.baselines)} "
+                    f"Available (baselines/*.yaml): {', '.join(sorted(self.baselines)) or '(none)'}",
+                )  # fmt: skip
+        title = self.text(spec.get("title"), f"{at}.title") or self.text(spec.get("caption"), f"{at}.caption")
+        labels = spec.get("labels") or {}
+        if not isinstance(labels, dict):
+            raise self.fail(f"{at}.labels", f"must map axis values to display names, got {labels!r}")
+        return TableSpec(
+            rows=rows, values=values, columns=columns, title=title, baseline=baseline,
+            format=self.formats(spec.get("format"), values, f"{at}.format"),
+            where=self.where_filter(spec.get("where"), f"{at}.where"),
+            labels={str(k): str(v) for k, v in labels.items()},
+        )  # fmt: skip
+
+    def formats(self, value: Any, values: tuple[str, ...], at: str) -> dict[str, str]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            return {m: self.format_spec(value, at) for m in values}
+        out = {}
+        for k, v in value.items():
+            m = canonical_metric(str(k))
+            if m not in values:
+                raise self.fail(f"{at}.{k}", f"not one of this table's values ({', '.join(values)})")
+            out[m] = self.format_spec(v, f"{at}.{k}")
+        return out
+
+    def format_spec(self, value: Any, at: str) -> str:
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 12:
+            return f".{value}f"
+        if isinstance(value, str):
+            try:
+                format(1.5, value)
+                return value
+            except ValueError:
+                pass
+        raise self.fail(at, f"must be a number of decimals (e.g. 2) or a format spec (e.g. '.3g'), got {value!r}")
+
+    # --- plots ---------------------------------------------------------------------------
+    def plot(self, spec: Any, at: str) -> PlotSpec:
+        if not isinstance(spec, dict):
+            raise self.fail(at, f"must be a mapping (a plot), got {spec!r}")
+        kind = spec.get("kind")
+        if kind is None:
+            x = spec.get("x")
+            kind = "tradeoff" if isinstance(x, str) and canonical_metric(x) in self.metrics and x not in self.axes \
+                else "line"  # fmt: skip
+        if kind not in PLOT_KINDS:
+            raise self.fail(
+                f"{at}.kind", f"unknown plot kind {kind!r}.{_did_you_mean(str(kind), PLOT_KINDS)} "
+                f"Kinds: {', '.join(PLOT_KINDS)}",
+            )  # fmt: skip
+        fields = PLOT_FIELDS[kind]
+        self.keys(spec, at, [*_COMMON, *fields], f"a {kind} plot")
+        for req in _REQUIRED[kind]:
+            if spec.get(req) is None:
+                raise self.fail(at, f"a {kind} plot needs `{req}:` ({', '.join(_REQUIRED[kind])} are required)")
+        out: dict[str, Any] = {"kind": kind, "options": {}}
+        for name, role in fields.items():
+            value = spec.get(name)
+            if value is None:
+                continue
+            loc = f"{at}.{name}"
+            if role == "axis":
+                out[name] = self.axis(value, loc)
+            elif role == "metric":
+                out[name] = self.metric(value, loc)
+            elif role == "axes":
+                out[name] = self.names(value, loc, self.axis)
+            else:
+                out["options"][name] = value
+        self.plot_rules(kind, spec, out, at)
+        out["where"] = self.where_filter(spec.get("where"), f"{at}.where")
+        out["title"] = self.text(spec.get("title"), f"{at}.title") or self.text(spec.get("caption"), f"{at}.caption")
+        return PlotSpec(**out)
+
+    def plot_rules(self, kind: str, spec: dict[str, Any], out: dict[str, Any], at: str) -> None:
+        """Checks particular to one kind of plot."""
+        if kind == "loss":
+            x = out["options"].pop("x", "step")
+            if x != "step":
+                raise self.fail(f"{at}.x", f"a loss plot's x is the training step (x: step, the default), got {x!r}")
+            out["options"]["x"] = x
+            if out.setdefault("y", "train_loss") != "train_loss":
+                raise self.fail(f"{at}.y", f"a loss plot shows train_loss, got {out['y']!r}")
+            for name in ("hue", "style", "col"):
+                axis = out.get(name)
+                if axis and axis != "seed" and axis.split(".")[0] not in TRAIN_SECTIONS:
+                    raise self.fail(
+                        f"{at}.{name}", f"{axis!r} is a sampling/evaluation axis, but loss curves belong to "
+                        f"trainings; use an axis of {', '.join(TRAIN_SECTIONS)} or seed",
+                    )  # fmt: skip
+        for opt in ("logx", "logy"):
+            if opt in out["options"] and not isinstance(out["options"][opt], bool):
+                raise self.fail(f"{at}.{opt}", f"must be true or false, got {out['options'][opt]!r}")
+        for opt in ("smooth", "max", "seed"):
+            v = out["options"].get(opt)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < (0 if opt == "seed" else 1)):
+                raise self.fail(f"{at}.{opt}", f"must be a positive integer, got {v!r}")
+        if "format" in out["options"]:
+            out["options"]["format"] = self.format_spec(out["options"]["format"], f"{at}.format")
+        used = [out.get(n) for n in ("x", "hue", "style", "col", "row", "label") if fields_is_axis(kind, n)]
+        used = [u for u in used if u]
+        if len(set(used)) < len(used):
+            raise self.fail(at, f"uses an axis twice ({', '.join(used)}); give each role its own axis")
+
+
+def fields_is_axis(kind: str, name: str) -> bool:
+    """Whether ``name`` is an axis-valued field of a ``kind`` plot."""
+    return PLOT_FIELDS[kind].get(name) == "axis"

@@ -1,0 +1,274 @@
+"""Paper-style tables: the study's jobs -> rows x columns of mean ± std over seeds.
+
+Every cell is computed from the configs the study expects there, never only from the runs that
+happened to finish: a cell whose runs all failed reads "failed", one not run yet reads "—", and
+one missing some seeds shows how many it has ("(n=2/3)"). The best cell of each column is marked
+(bold in Markdown, styled in HTML) in the direction of the metric's ``higher_is_better``, and the
+headers carry arrows (FID ↓, IS ↑). Markdown goes through ``DataFrame.to_markdown`` and HTML
+through pandas' Styler; no table is assembled by hand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+from pandas.io.formats.style import Styler
+
+from bench.report.baselines import Baseline, values_equal
+from bench.report.runs import FAILED, FINISHED, KILLED, RUNNING, StudyRuns
+from bench.report.specs import TableSpec
+
+__all__ = ["Table", "make_table", "metric_label", "direction", "format_value", "DEFAULT_FORMATS"]
+
+# Per-metric display: papers print FID with one or two decimals, IS as 9.46 ± 0.11, KID x 1e3...
+DEFAULT_FORMATS = {
+    "fid": ".1f", "is_mean": ".2f", "kid_mean": ".4g", "precision": ".3f", "recall": ".3f",
+    "nll_bpd": ".2f", "class_accuracy": ".3f", "train_seconds": ".0f", "sample_seconds": ".1f",
+    "eval_seconds": ".1f", "seconds_per_image": ".3g", "nfe": ".0f", "train_loss": ".4f",
+}  # fmt: skip
+NAMES = {
+    "fid": "FID", "is_mean": "IS", "kid_mean": "KID", "precision": "Precision", "recall": "Recall",
+    "nll_bpd": "NLL (bits/dim)", "class_accuracy": "Class acc.", "train_seconds": "Train s",
+    "sample_seconds": "Sample s", "eval_seconds": "Eval s", "seconds_per_image": "s / image",
+    "nfe": "NFE", "train_loss": "Train loss",
+}  # fmt: skip
+# Output keys whose own spread is logged beside them (IS over splits, KID over subsets).
+SPREAD = {"is_mean": "is_std", "kid_mean": "kid_std"}
+# Used only when bench.metrics cannot be imported: the fixed metric names' directions.
+_FALLBACK_DIRECTION = {"fid": False, "is_mean": True, "kid_mean": False, "precision": True, "recall": True,
+                       "nll_bpd": False, "class_accuracy": True}  # fmt: skip
+MISSING_TEXT, FAILED_TEXT, RUNNING_TEXT = "—", "failed", "running"
+CSS = {
+    "best": "font-weight: 700; background-color: #dff3e4;",
+    "failed": "color: #b3261e; font-style: italic;",
+    "missing": "color: #9e9e9e;",
+    "running": "color: #8a6d00; font-style: italic;",
+    "paper": "color: #455a64; background-color: #f4f6f8;",
+    "ok": "",
+}
+
+
+def direction(metric: str) -> bool | None:
+    """True if higher is better, False if lower is, None if neither (from bench.metrics' registry)."""
+    try:
+        from bench.metrics import higher_is_better
+    except ImportError:  # the report must still render without torch & co.
+        return _FALLBACK_DIRECTION.get(metric)
+    return higher_is_better(metric)
+
+
+def metric_label(metric: str) -> str:
+    """``fid`` -> ``FID ↓``, ``is_mean`` -> ``IS ↑``."""
+    arrow = {True: " ↑", False: " ↓", None: ""}[direction(metric)]
+    return NAMES.get(metric, metric) + arrow
+
+
+def format_value(x: float, spec: str) -> str:
+    return format(x, spec)
+
+
+@dataclass
+class Cell:
+    """The statistics of one cell: finished values over the configs expected there."""
+
+    mean: float | None = None
+    std: float | None = None
+    n: int = 0
+    expected: int = 0
+    failed: int = 0
+    running: int = 0
+
+    def state(self) -> str:
+        if self.n:
+            return "ok"
+        return "failed" if self.failed else "running" if self.running else "missing"
+
+    def text(self, fmt: str) -> str:
+        if self.mean is None:
+            return {"failed": FAILED_TEXT, "running": RUNNING_TEXT}.get(self.state(), MISSING_TEXT)
+        out = format_value(self.mean, fmt)
+        if self.std is not None:
+            out += " ± " + format_value(self.std, fmt)
+        notes = [f"n={self.n}/{self.expected}"] if self.n < self.expected else []
+        if self.failed:
+            notes.append(f"{self.failed} failed")
+        return out + (f" ({', '.join(notes)})" if notes else "")
+
+
+@dataclass
+class Table:
+    """A rendered table: display strings, marks, statistics, and its Markdown / HTML."""
+
+    title: str
+    spec: TableSpec
+    text: pd.DataFrame  # display strings (MultiIndex rows / columns)
+    state: pd.DataFrame  # ok | failed | missing | running | paper
+    best: pd.DataFrame  # bool
+    stats: pd.DataFrame  # long form: row keys, column, metric, source, mean, std, n, expected, failed
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        shown = self.text.where(~self.best, "**" + self.text + "**")
+        flat = shown.copy()
+        levels = shown.columns.names
+        flat.columns = [" · ".join(f"{n}={p}" if n else str(p) for n, p in zip(levels, c)) if isinstance(c, tuple)
+                        else str(c) for c in shown.columns]  # fmt: skip
+        flat = flat.reset_index()
+        return flat.to_markdown(index=False, disable_numparse=True)
+
+    def styler(self, uuid: str = "") -> Styler:
+        css = self.state.map(CSS.get).where(~self.best, CSS["best"])
+        styler = Styler(self.text, uuid=uuid or None, cell_ids=False)
+        styler.apply(lambda _: css, axis=None)
+        styler.set_table_attributes('class="bench-table"')
+        if self.title:
+            styler.set_caption(self.title)
+        return styler
+
+    def html(self, uuid: str = "") -> str:
+        return self.styler(uuid).to_html()
+
+
+def make_table(
+    spec: TableSpec,
+    data: StudyRuns,
+    order: dict[str, list[Any]],
+    names: dict[str, str],
+    baseline: Baseline | None = None,
+) -> Table:
+    """Build one table of ``spec`` from the study's jobs (see the module docstring)."""
+    jobs = _filter(data.jobs, spec.where)
+    keys = [*spec.rows, *([spec.columns] if spec.columns else [])]
+    row_vals = _combos(jobs, list(spec.rows), order)
+    col_vals = _combos(jobs, [spec.columns], order) if spec.columns else [()]
+    sources: tuple[str, ...] = ("ours", "paper") if baseline else ()
+    col_tuples = [_col(m, c, s, spec.labels) for m in spec.values for c in col_vals for s in sources or (None,)]
+    level_names = [None, *([names.get(spec.columns)] if spec.columns else []), *([None] if baseline else [])]
+    columns = (pd.MultiIndex.from_tuples(col_tuples, names=level_names) if len(level_names) > 1
+               else pd.Index(col_tuples))  # fmt: skip
+    index = pd.MultiIndex.from_tuples(
+        [tuple(_label(v, spec.labels) for v in r) for r in row_vals], names=[names.get(k, k) for k in spec.rows]
+    )
+    text = pd.DataFrame("", index=index, columns=columns)
+    state = pd.DataFrame("ok", index=index, columns=columns)
+    best = pd.DataFrame(False, index=index, columns=columns)
+    stats = []
+    for m in spec.values:
+        fmt = spec.format.get(m, DEFAULT_FORMATS.get(m, ".4g"))
+        for c in col_vals:
+            cells = []
+            for r, label in zip(row_vals, index):
+                where = dict(zip(keys, (*r, *c)))
+                cell = _cell(jobs, where, m)
+                col = _col(m, c, "ours" if baseline else None, spec.labels)
+                text.loc[label, col], state.loc[label, col] = cell.text(fmt), cell.state()
+                cells.append((label, col, cell))
+                stats.append({**where, "metric": m, "source": "ours", **vars(cell)})
+                if baseline:
+                    paper = baseline.lookup(where, m)
+                    pcol = _col(m, c, "paper", spec.labels)
+                    text.loc[label, pcol] = paper.text() if paper else MISSING_TEXT
+                    state.loc[label, pcol] = "paper" if paper else "missing"
+                    stats.append({**where, "metric": m, "source": "paper", "mean": paper and paper.value})
+            _mark_best(best, cells, direction(m))
+    title = spec.title or _default_title(spec, names)
+    return Table(title, spec, text, state, best, pd.DataFrame(stats), _notes(spec, jobs, names, data, baseline))
+
+
+def _col(metric: str, col: tuple[Any, ...], source: str | None, labels: dict[str, str]) -> Any:
+    """A column: (metric label[, column axis value][, ours | paper]); a plain label when alone."""
+    parts = (metric_label(metric), *(_label(v, labels) for v in col), *((source,) if source else ()))
+    return parts if len(parts) > 1 else parts[0]
+
+
+def _filter(jobs: pd.DataFrame, where: dict[str, tuple[Any, ...]]) -> pd.DataFrame:
+    keep = pd.Series(True, index=jobs.index)
+    for k, allowed in where.items():
+        col = jobs["seed"] if k == "seed" else jobs[k]
+        keep &= col.map(lambda v, a=allowed: any(values_equal(v, x) for x in a))
+    return jobs[keep]
+
+
+def _combos(jobs: pd.DataFrame, keys: list[str], order: dict[str, list[Any]]) -> list[tuple[Any, ...]]:
+    """The distinct value tuples of ``keys`` present in ``jobs``, in study order."""
+    present = {tuple(r) for r in jobs[keys].itertuples(index=False, name=None)}
+
+    def rank(t: tuple[Any, ...]) -> tuple[int, ...]:
+        return tuple(order.get(k, []).index(v) if v in order.get(k, []) else 10**6 for k, v in zip(keys, t))
+
+    return sorted(present, key=rank)
+
+
+def _label(value: Any, labels: dict[str, str]) -> str:
+    return labels.get(str(value), str(value))
+
+
+def _cell(jobs: pd.DataFrame, where: dict[str, Any], metric: str) -> Cell:
+    mask = pd.Series(True, index=jobs.index)
+    for k, v in where.items():
+        mask &= jobs[k].map(lambda x, v=v: x == v or values_equal(x, v))
+    group = jobs[mask]
+    status = group["_status"]
+    done = group[status == FINISHED]
+    values = pd.to_numeric(done[metric], errors="coerce").dropna() if metric in done else pd.Series([], dtype=float)
+    cell = Cell(expected=len(group), failed=int(status.isin([FAILED, KILLED]).sum()),
+                running=int((status == RUNNING).sum()), n=len(values))  # fmt: skip
+    if cell.n:
+        cell.mean = float(values.mean())
+        if cell.n >= 2:
+            cell.std = float(values.std(ddof=1))
+        elif metric in SPREAD and SPREAD[metric] in done:
+            spread = pd.to_numeric(done.loc[values.index, SPREAD[metric]], errors="coerce").dropna()
+            cell.std = float(spread.iloc[0]) if len(spread) else None
+    return cell
+
+
+def _mark_best(best: pd.DataFrame, cells: list[tuple[Any, Any, Cell]], higher: bool | None) -> None:
+    scored = [(label, col, c.mean) for label, col, c in cells if c.mean is not None and math.isfinite(c.mean)]
+    if higher is None or len(scored) < 2:
+        return
+    target = (max if higher else min)(s for _, _, s in scored)
+    for label, col, score in scored:
+        if math.isclose(score, target, rel_tol=1e-12, abs_tol=1e-12):
+            best.loc[label, col] = True
+
+
+def _default_title(spec: TableSpec, names: dict[str, str]) -> str:
+    what = ", ".join(NAMES.get(m, m) for m in spec.values)
+    by = " × ".join(names.get(k, k) for k in spec.rows)
+    return f"{what} by {by}" + (f" (rows) × {names.get(spec.columns, spec.columns)} (columns)" if spec.columns else "")
+
+
+def _notes(spec: TableSpec, jobs: pd.DataFrame, names: dict[str, str], data: StudyRuns,
+           baseline: Baseline | None) -> list[str]:  # fmt: skip
+    notes = ["Mean ± sample std (ddof=1) over seeds; with one seed IS / KID show their own spread "
+             "(over splits / subsets). (n=k/N): k of N expected runs finished. "
+             "'failed': every run of the cell failed; '—': not run (yet)."]  # fmt: skip
+    shown = {*spec.rows, *([spec.columns] if spec.columns else []), *spec.where}
+    pooled = [a for a in jobs.columns if not a.startswith("_") and a not in shown and a != "seed"
+              and a in names and jobs[a].map(str).nunique() > 1]  # fmt: skip
+    if pooled:
+        notes.append(f"Cells pool over {', '.join(names.get(a, a) for a in pooled)} (not a row or column of this "
+                     "table); add `where:` to the table spec to pick one value.")  # fmt: skip
+    if baseline:
+        notes.append(protocol_note(baseline, data))
+    return notes
+
+
+def protocol_note(baseline: Baseline, data: StudyRuns) -> str:
+    """One sentence naming where our protocol differs from the paper's (numbers compare only if none)."""
+    p = baseline.protocol
+    ours = {k: ", ".join(v) or "?" for k, v in data.protocol.items()}
+    pairs = [("dataset", ours["dataset"], p.dataset), ("image size", ours["image_size"], p.image_size),
+             ("samples", ours["num_samples"], p.samples), ("reference set", ours["reference"], p.reference),
+             ("extractor", ours["extractor"], p.extractor)]  # fmt: skip
+    diff = [f"{name}: ours {a} vs paper {b}" for name, a, b in pairs if b is not None and not values_equal(a, b)]
+    setting = ", ".join(f"{k}={v}" for k, v in baseline.setting.items())
+    head = f"Paper: {baseline.citation()}." + (f" Paper setting: {setting}." if setting else "")
+    if not diff:
+        return f"{head} Same protocol (dataset, samples, reference set, extractor)."
+    extra = f" {p.notes}" if p.notes else ""
+    return f"{head} Protocol differs — {'; '.join(diff)}; the numbers are not directly comparable.{extra}"
