@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml Makefile
 system-deps:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 		dpkg -s chromium postgresql >/dev/null 2>&1 || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium postgresql >/dev/null) || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core postgresql >/dev/null) || \
 		echo "system-deps: apt-get could not install chromium/postgresql; their tests will be skipped"; \
 	else echo "system-deps: not root or no apt-get; the Chromium/PostgreSQL tests will be skipped"; fi
 

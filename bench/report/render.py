@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,16 +88,10 @@ def build_report(
     report = _Report(study, data, tables, figures, dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     folder = Path(out_dir) / study.name
     images = _write_images(folder, figures)
-    _write(folder / "runs.csv", runs_csv(runs).encode())
-    _write(folder / "report.md", _markdown(report, images).encode())
-    _write(folder / "report.html", _html(report).encode())
+    atomic_write_bytes(folder / "runs.csv", runs_csv(runs).encode())
+    atomic_write_bytes(folder / "report.md", _markdown(report, images).encode())
+    atomic_write_bytes(folder / "report.html", _html(report).encode())
     return folder
-
-
-def _write(path: Path, data: bytes) -> None:
-    """Atomic write; readable by all (the temp file behind the rename is created 0600)."""
-    atomic_write_bytes(path, data)
-    os.chmod(path, 0o644)
 
 
 def _baselines_dir(study: Any, given: str | Path | None) -> Path:
@@ -130,7 +123,7 @@ def _write_images(folder: Path, figures: list[Figure]) -> list[list[str]]:
         mine = []
         for j, (_, png) in enumerate(fig.images, 1):
             rel = f"figures/plot-{i}-{fig.kind}-{j}.png"
-            _write(folder / rel, png)
+            atomic_write_bytes(folder / rel, png)
             mine.append(rel)
         paths.append(mine)
     return paths
