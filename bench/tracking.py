@@ -60,7 +60,8 @@ class Tracker:
         self.client = MlflowClient(tracking_uri=self.uri)
         self.study = study_name
         exp = self.client.get_experiment_by_name(study_name)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(study_name)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            study_name, artifact_location=_artifact_location(self.uri, study_name))
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
 
     # --- reading ------------------------------------------------------------------------------
@@ -142,6 +143,15 @@ class Tracker:
             path = Path(tmp) / "config.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             self.client.log_artifact(run_id, str(path))
+
+
+def _artifact_location(uri: str | None, study: str) -> str | None:
+    """With a SQLite store, artifacts go beside the database file (not into the working folder)."""
+    if not uri or not uri.startswith("sqlite:///"):
+        return None  # MLflow's default, or the server's own artifact store
+    db = Path(uri[len("sqlite:///"):]).resolve()
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study)
+    return (db.parent / "mlartifacts" / safe).as_uri()
 
 
 def _param_str(v: Any) -> str:

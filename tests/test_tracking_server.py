@@ -1,0 +1,117 @@
+"""Shared tracking: a grid logged to an ``mlflow server`` this test starts (and stops) on 127.0.0.1,
+read back with MlflowClient and turned into a report from the server; an unreachable server
+fails before any work, in well under 30 s, with one clear message."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bench.errors import BenchError
+
+STUDY = {
+    "name": "server-grid", "question": "do runs reach a shared tracking server?",
+    "base": {"data": {"dataset": "digits"}, "model": {"backbone": "unet-tiny"}, "diffusion": {"timesteps": 100},
+             "train": {"steps": 10, "batch_size": 16, "checkpoint_every": 10, "log_every": 5, "warmup_steps": 5},
+             "sample": {"sampler": "ddim", "steps": 3, "batch_size": 50},
+             "eval": {"num_samples": 20, "metrics": ["nll"], "nll_samples": 4}},
+    "grid": {"sample.steps": [2, 3]},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``mlflow server`` on 127.0.0.1:<free port>, SQLite backend, proxied artifacts; stopped after."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--artifacts-destination", str(tmp_path / "art")]
+    log = open(tmp_path / "server.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).read()
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "mlflow server did not come up in 120 s"
+                time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker: the group we started
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_grid_on_a_tracking_server(server, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from bench.cli import main
+    from bench.runner import run_study
+
+    monkeypatch.setenv("BENCH_THREADS", "1")
+    monkeypatch.chdir(tmp_path)  # nothing may land in ./mlflow.db: everything goes to the server
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    summary = run_study(path, tracking_uri=server, devices="cpu", progress=False, report=False)
+    assert summary is not None and len(summary.finished) == 3 and not summary.failed
+
+    client = MlflowClient(tracking_uri=server)
+    exp = client.get_experiment_by_name("server-grid")
+    runs = client.search_runs([exp.experiment_id])
+    assert sorted(r.data.tags["bench.kind"] for r in runs) == ["eval", "eval", "train"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    evals = [r for r in runs if r.data.tags["bench.kind"] == "eval"]
+    assert sorted(r.data.params["sample.steps"] for r in evals) == ["2", "3"]
+    assert all("nll_bpd" in r.data.metrics for r in evals)
+    names = {a.path for a in client.list_artifacts(evals[0].info.run_id)}
+    assert {"config.yaml", "samples.png"} <= names  # uploaded through the server's artifact proxy
+    assert any((tmp_path / "art").rglob("samples.png"))
+    assert not (tmp_path / "mlflow.db").exists()
+
+    # one report from the server's runs, as a second machine would write it
+    assert main(["report", str(path), "--tracking-uri", server, "--out", str(tmp_path / "reports")]) == 0
+    assert (tmp_path / "reports" / "server-grid" / "report.md").exists()
+
+
+def test_unreachable_server_fails_fast_before_any_work(tmp_path, monkeypatch):
+    from bench.runner import run_study
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(STUDY))
+    silent = socket.socket()  # accepts connections and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        for uri in (f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{silent.getsockname()[1]}"):
+            t0 = time.monotonic()
+            with pytest.raises(BenchError, match="tracking server .* is unreachable"):
+                run_study(path, tracking_uri=uri, devices="cpu", progress=False, report=False)
+            assert time.monotonic() - t0 < 30
+    finally:
+        silent.close()
+    assert not Path(tmp_path / "cache" / "train").exists()
