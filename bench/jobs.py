@@ -105,7 +105,8 @@ def run_train(cfg: RunConfig, key: str, device: str, progress: bool = True) -> d
     _plot_loss(res.loss_history, curve, title=f"train {key}")
     return {"metrics": {k: float(v) for k, v in summary.items()},
             "history": {"train_loss": [(int(s), float(v)) for s, v in res.loss_history]},
-            "tags": {"bench.checkpoint": str(res.checkpoint)}, "artifacts": [str(curve)]}
+            "tags": {"bench.checkpoint": str(res.checkpoint), "bench.resumed_from": str(res.resumed_from)},
+            "artifacts": [str(curve)]}
 
 
 def _plot_loss(history: list[tuple[int, float]], path: Path, title: str) -> None:

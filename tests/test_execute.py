@@ -78,7 +78,8 @@ def runs(db: Path) -> list[dict]:
         if r in by_run:
             by_run[r][k] = v
     return [{"run": r, "key": d.get("bench.key"), "kind": d.get("bench.kind"), "status": d["status"],
-             "error": d.get("bench.error"), "attempts": d.get("bench.attempts")} for r, d in by_run.items()]
+             "error": d.get("bench.error"), "attempts": d.get("bench.attempts"),
+             "resumed_from": d.get("bench.resumed_from")} for r, d in by_run.items()]
 
 
 def wait_for(cond, timeout: float = 240, what: str = "") -> None:
@@ -141,6 +142,7 @@ def test_killed_worker_job_is_retried_and_resumes(tmp_path, env):
     train = [r for r in final if r["kind"] == "train"]
     assert len(train) == 1 and train[0]["status"] == "FINISHED", out
     assert train[0]["attempts"] == "2"
+    assert int(train[0]["resumed_from"]) >= 10  # the retry continued from a checkpoint, not step 0
     assert [r["status"] for r in final if r["kind"] == "eval"] == ["FINISHED"]
 
 
