@@ -178,10 +178,10 @@ def test_tables_and_plots_are_kept(tmp_path: Path) -> None:
         plots:
           - {x: sample.steps, y: fid, hue: sample.eta}
           - {x: seconds_per_image, y: fid}
-        search: {metric: fid, trials: 5}
+        search: {params: {sample.guidance: {type: float, low: 0.0, high: 4.0}}, objectives: [fid], n_trials: 5}
         """,
     )
-    assert s.tables[0]["caption"] == "DDIM table 1" and len(s.plots) == 2 and s.search["trials"] == 5
+    assert s.tables[0]["caption"] == "DDIM table 1" and len(s.plots) == 2 and s.search["n_trials"] == 5
 
 
 # --- one clear error per bad study file -------------------------------------------------------

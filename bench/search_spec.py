@@ -1,0 +1,316 @@
+"""The ``search:`` section of a study file, read and validated without importing Optuna.
+
+::
+
+    search:
+      params:                               # inference-time keys only (sample.*)
+        sample.guidance: {type: float, low: 0.0, high: 8.0}          # log: true needs low > 0
+        sample.steps: {type: categorical, choices: [10, 20, 50]}     # or {type: int, low:, high:}
+        sample.sampler: {choices: [ddim, ddpm]}                      # type defaults from the field
+      objectives: [{metric: fid, direction: minimize}]   # one, or two for a Pareto front;
+                                                         # "fid" alone takes the metric's direction
+      budget: {seconds_per_image: 0.05}     # optional: trials above a bound are infeasible
+      n_trials: 20                          # COMPLETED trials wanted (default 20)
+      sampler: tpe                          # tpe (default) | gp | cmaes | nsga2 | random
+      seed: 0
+
+The search runs on the study's base point, ``study.configs[0]`` (the first grid point, seed
+included): its model is trained once and every trial is an evaluation of that checkpoint with
+the searched keys overridden. Training-time keys (data, model, vae, diffusion, train, seed) each
+need their own model: they belong in ``grid:``. :func:`parse_search` is run when the study is
+loaded and again when the search starts; every problem is one BenchError naming the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bench.config import FIELD_TYPES, RunConfig, coerce_value, resolve_key
+from bench.errors import BenchError
+
+SEARCH_KEYS = ("params", "objectives", "budget", "n_trials", "sampler", "seed")
+PARAM_TYPES = ("float", "int", "categorical")
+DEFAULT_N_TRIALS = 20
+DEFAULT_SAMPLER = "tpe"
+_TRAINING = ("data", "model", "vae", "diffusion", "train")
+_LOWER_IS_BETTER = {"seconds_per_image", "sample_seconds", "eval_seconds", "train_seconds", "nfe"}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searched key: a float / int range (``log`` scale, optional ``step``) or choices."""
+
+    key: str
+    type: str  # float | int | categorical
+    low: float | int | None = None
+    high: float | int | None = None
+    log: bool = False
+    step: float | int | None = None
+    choices: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Objective:
+    metric: str  # an MLflow metric name the evaluation produces (fid, is_mean, ...)
+    direction: str  # minimize | maximize
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    params: tuple[Param, ...]
+    objectives: tuple[Objective, ...]
+    budget: dict[str, float] = field(default_factory=dict)  # metric -> largest feasible value
+    n_trials: int = DEFAULT_N_TRIALS
+    sampler: str = DEFAULT_SAMPLER
+    seed: int = 0
+
+    @property
+    def keys(self) -> list[str]:
+        return [p.key for p in self.params]
+
+    def identity(self, base: RunConfig) -> str:
+        """Hash of what makes two searches the same Optuna study: the base run, the space, the
+        objectives and the budget (not n_trials, sampler or seed: those may change on resume)."""
+        what = {"base": base.key(), "params": [asdict(p) for p in self.params],
+                "objectives": [asdict(o) for o in self.objectives], "budget": self.budget}
+        return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def optuna_study_name(study_name: str, base: RunConfig, spec: SearchSpec) -> str:
+    """The Optuna study (and the parent MLflow run's ``bench.key``) of a search."""
+    return f"{study_name}:search-{spec.identity(base)}"
+
+
+def parse_search(section: Any, base: RunConfig, where: str = "search") -> SearchSpec:
+    """Validate a ``search:`` mapping against the base config; one BenchError per problem."""
+    if not isinstance(section, dict) or not section:
+        raise BenchError(f"{where}: the study has no `search:` section; add one with `params:` and "
+                         "`objectives:` (see ablations/guidance_search.yaml)")
+    for k in section:
+        if k not in SEARCH_KEYS:
+            raise BenchError(f"{where}.{k}: unknown key.{_did_you_mean(str(k), SEARCH_KEYS)} "
+                             f"Keys: {', '.join(SEARCH_KEYS)}.")
+    params = _read_params(section.get("params"), base, f"{where}.params")
+    objectives = _read_objectives(section.get("objectives"), base, f"{where}.objectives")
+    budget = _read_budget(section.get("budget"), base, f"{where}.budget")
+    n_trials = positive_int(section.get("n_trials", DEFAULT_N_TRIALS), f"{where}.n_trials")
+    seed = section.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise BenchError(f"{where}.seed: must be an integer, got {seed!r}")
+    sampler = section.get("sampler", DEFAULT_SAMPLER)
+    from bench.search import SAMPLERS  # the registry lives beside Optuna; importing it is cheap
+
+    SAMPLERS.check(sampler, f"{where}.sampler")
+    if len(objectives) > 1 and not SAMPLERS.meta(sampler)["multi_objective"]:
+        multi = [n for n in SAMPLERS.names() if SAMPLERS.meta(n)["multi_objective"]]
+        raise BenchError(f"{where}.sampler: {sampler!r} optimizes one objective, but {len(objectives)} are "
+                         f"given; use one of {', '.join(multi)} for a Pareto front")
+    return SearchSpec(params, objectives, budget, n_trials, sampler, seed)
+
+
+def positive_int(value: Any, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BenchError(f"{where}: must be a positive integer, got {value!r}")
+    return value
+
+
+# --- params ----------------------------------------------------------------------------------
+
+
+def _read_params(value: Any, base: RunConfig, where: str) -> tuple[Param, ...]:
+    if not isinstance(value, dict) or not value:
+        raise BenchError(f"{where}: give at least one key to search, e.g. "
+                         "params: {sample.guidance: {type: float, low: 0.0, high: 8.0}}")
+    params = tuple(_read_param(str(k), v, base, f"{where}.{k}") for k, v in value.items())
+    _check_guidance(params, base, where)
+    return params
+
+
+def _read_param(key: str, spec: Any, base: RunConfig, where: str) -> Param:
+    section, name = resolve_key(key, where)
+    if section in _TRAINING:
+        raise BenchError(f"{where}: {key} is a training-time key: every value needs its own trained model, "
+                         "which a search on one checkpoint cannot give. Put it in `grid:` (e.g. grid: "
+                         f"{{{key}: [...]}}) and search the inference-time keys (sample.*) instead")
+    if section == "eval" or key == "sample.batch_size":
+        what = "sets the measurement protocol" if section == "eval" else "does not change the images"
+        raise BenchError(f"{where}: {key} {what}; keep it fixed in `base:` and search sample.guidance, "
+                         "sample.eta, sample.steps, sample.sampler or sample.spacing")
+    if not isinstance(spec, dict):
+        raise BenchError(f"{where}: must be a mapping, e.g. {{type: float, low: 0.0, high: 8.0}} or "
+                         f"{{type: categorical, choices: [...]}}; got {spec!r}")
+    ftype = FIELD_TYPES[section][name]
+    kind = spec.get("type") or ("categorical" if "choices" in spec or ftype.base not in (int, float)
+                                else ftype.base.__name__)
+    if kind not in PARAM_TYPES:
+        raise BenchError(f"{where}.type: unknown type {kind!r}.{_did_you_mean(str(kind), PARAM_TYPES)} "
+                         f"Types: {', '.join(PARAM_TYPES)}.")
+    allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
+               "categorical": {"type", "choices"}}[kind]
+    for k in spec:
+        if k not in allowed:
+            raise BenchError(f"{where}.{k}: not a setting of a {kind} parameter; give {', '.join(sorted(allowed))}")
+    if kind == "categorical":
+        return _read_choices(key, section, name, spec.get("choices"), base, where)
+    if ftype.base not in (int, float) or (kind == "float" and ftype.base is int):
+        hint = "type: int or type: categorical" if ftype.base is int else "type: categorical with choices"
+        raise BenchError(f"{where}: {key} is {ftype.describe()}, not a {kind} range; use {hint}")
+    return _read_range(key, section, name, kind, spec, base, where)
+
+
+def _read_range(key: str, section: str, name: str, kind: str, spec: dict[str, Any], base: RunConfig,
+                where: str) -> Param:
+    number = (int,) if kind == "int" else (int, float)
+    bounds = {}
+    for b in ("low", "high"):
+        v = spec.get(b)
+        if not isinstance(v, number) or isinstance(v, bool) or not math.isfinite(v):
+            raise BenchError(f"{where}.{b}: a {kind} range needs `{b}:` as {'an integer' if kind == 'int' else 'a number'}"
+                             f", got {v!r}")
+        bounds[b] = v
+    low, high = bounds["low"], bounds["high"]
+    if low >= high:
+        what = "empty" if low == high else "inverted"
+        raise BenchError(f"{where}: the range [{low}, {high}] is {what}; `low` must be below `high` "
+                         f"(to fix {key} at one value, set it in `base:` instead)")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise BenchError(f"{where}.log: must be true or false, got {log!r}")
+    if log and low <= 0:
+        raise BenchError(f"{where}: a log-scale range needs low > 0, got low = {low}; raise `low` or set log: false")
+    step = spec.get("step")
+    if step is not None:
+        if not isinstance(step, number) or isinstance(step, bool) or step <= 0:
+            raise BenchError(f"{where}.step: must be a positive {kind}, got {step!r}")
+        if log:
+            raise BenchError(f"{where}: `step` and `log: true` cannot be combined (Optuna); drop one")
+    for b, v in bounds.items():
+        _check_point(key, section, name, v, base, f"{where}.{b}")
+    if kind == "float":
+        low, high = float(low), float(high)
+    return Param(key, kind, low, high, log, step)
+
+
+def _read_choices(key: str, section: str, name: str, choices: Any, base: RunConfig, where: str) -> Param:
+    if not isinstance(choices, list) or not choices:
+        raise BenchError(f"{where}.choices: give a non-empty list of values, e.g. choices: [a, b]; got {choices!r}")
+    values = []
+    for i, c in enumerate(choices):
+        v = coerce_value(section, name, c, f"{where}.choices[{i}]")
+        _check_point(key, section, name, v, base, f"{where}.choices[{i}]")
+        if v in values:
+            raise BenchError(f"{where}.choices[{i}]: {c!r} is listed twice; list each value once")
+        values.append(v)
+    if len(values) == 1:
+        raise BenchError(f"{where}.choices: a single choice is not a search; set {key}: {choices[0]!r} in `base:`")
+    return Param(key, "categorical", choices=tuple(values))
+
+
+def _check_point(key: str, section: str, name: str, value: Any, base: RunConfig, where: str) -> None:
+    """One value of a searched key must be valid on its own and with the base config."""
+    from bench.study_checks import check_value
+
+    value = coerce_value(section, name, value, where)
+    check_value(key, value, where)
+    if key == "sample.steps" and value > base.diffusion.timesteps:
+        raise BenchError(f"{where}: {value} steps is more than diffusion.timesteps = {base.diffusion.timesteps}; "
+                         "a sampler takes at most one step per training timestep. Lower it")
+
+
+def _check_guidance(params: tuple[Param, ...], base: RunConfig, where: str) -> None:
+    """Classifier-free guidance needs a class-conditional model trained with label dropout."""
+    for p in params:
+        if p.key != "sample.guidance":
+            continue
+        if p.choices is not None and all(c == 0 for c in p.choices):
+            return
+        why = ("model.class_cond is false" if not base.model.class_cond
+               else "train.p_uncond is 0 (no label dropout)" if base.train.p_uncond == 0 else None)
+        if why:
+            raise BenchError(f"{where}.sample.guidance: guidance needs a class-conditional model that also "
+                             f"learned the unconditional score, but the base run's {why}; set "
+                             "model.class_cond: true and train.p_uncond: 0.1 in `base:`, or search other keys")
+
+
+# --- objectives and budget -------------------------------------------------------------------
+
+
+def _produced(base: RunConfig) -> tuple[set[str], dict[str, str]]:
+    from bench.study_checks import produced_outputs
+
+    return produced_outputs([base])
+
+
+def _check_metric(metric: Any, base: RunConfig, where: str) -> str:
+    produced, maker = _produced(base)
+    produced -= {"train_loss", "train_seconds"}  # not per trial: one number for the checkpoint
+    if isinstance(metric, str) and metric in produced:
+        return metric
+    if isinstance(metric, str) and metric in maker:
+        raise BenchError(f"{where}: {metric!r} is not measured by the base run; add {maker[metric]!r} to "
+                         f"base.eval.metrics (measured: {', '.join(sorted(produced))})")
+    raise BenchError(f"{where}: unknown metric {metric!r}.{_did_you_mean(str(metric), sorted(produced))} "
+                     f"Measured: {', '.join(sorted(produced))}.")
+
+
+def default_direction(metric: str) -> str:
+    """``minimize`` for FID, KID, NLL and times; ``maximize`` for IS, precision, recall, accuracy."""
+    if metric in _LOWER_IS_BETTER:
+        return "minimize"
+    from bench.metrics import METRICS
+
+    for name in METRICS.names():
+        meta = METRICS.meta(name)
+        if metric in meta.get("outputs", (name,)):
+            return "maximize" if meta.get("higher_is_better", False) else "minimize"
+    return "minimize"
+
+
+def _read_objectives(value: Any, base: RunConfig, where: str) -> tuple[Objective, ...]:
+    if value is None:
+        value = [{"metric": "fid"}]
+    if isinstance(value, (str, dict)):
+        value = [value]
+    if not isinstance(value, list) or not 1 <= len(value) <= 2:
+        raise BenchError(f"{where}: give one objective, or two for a Pareto front, e.g. "
+                         "[{metric: fid, direction: minimize}, {metric: is_mean, direction: maximize}]")
+    out: list[Objective] = []
+    for i, item in enumerate(value):
+        at = f"{where}[{i}]"
+        item = {"metric": item} if isinstance(item, str) else item
+        if not isinstance(item, dict) or set(item) - {"metric", "direction"}:
+            raise BenchError(f"{at}: must be a metric name or {{metric: NAME, direction: minimize|maximize}}, "
+                             f"got {item!r}")
+        metric = _check_metric(item.get("metric"), base, f"{at}.metric")
+        direction = item.get("direction", default_direction(metric))
+        if direction not in ("minimize", "maximize"):
+            raise BenchError(f"{at}.direction: must be minimize or maximize, got {direction!r}")
+        if any(o.metric == metric for o in out):
+            raise BenchError(f"{at}.metric: {metric} is already an objective; list each metric once")
+        out.append(Objective(metric, direction))
+    return tuple(out)
+
+
+def _read_budget(value: Any, base: RunConfig, where: str) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise BenchError(f"{where}: must map a metric to its largest allowed value, e.g. "
+                         f"budget: {{seconds_per_image: 0.05}}; got {value!r}")
+    out = {}
+    for metric, bound in value.items():
+        _check_metric(metric, base, f"{where}.{metric}")
+        if not isinstance(bound, (int, float)) or isinstance(bound, bool) or not bound > 0:
+            raise BenchError(f"{where}.{metric}: the bound must be a positive number, got {bound!r}")
+        out[str(metric)] = float(bound)
+    return out
+
+
+def _did_you_mean(name: str, choices: Any) -> str:
+    from bench.study_checks import did_you_mean
+
+    return did_you_mean(name, choices)

@@ -1,0 +1,437 @@
+"""The Optuna search over inference-time axes: real Optuna, real MLflow (SQLite), a tiny trained model.
+
+One model is trained once for the module (through the planner, as ``search`` does); every test
+searches guidance on it with its own Optuna storage and its own range, so each is a separate
+Optuna study (and MLflow parent run) in the same experiment.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bench.errors import BenchError
+from bench.study import build_study, load_study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BASE: dict[str, Any] = {
+    "data": {"dataset": "digits"},
+    "model": {"backbone": "unet-tiny", "class_cond": True},
+    "diffusion": {"timesteps": 100},
+    "train": {"steps": 30, "batch_size": 16, "lr": 1.0e-3, "warmup_steps": 5, "ema_decay": 0.9,
+              "p_uncond": 0.1, "checkpoint_every": 30, "log_every": 10},
+    "sample": {"steps": 2, "batch_size": 65},
+    "eval": {"num_samples": 65, "extractor": "domain:digits", "metrics": ["fid", "is"]},  # FID: > 64 features
+}
+
+
+def study_dict(high: float = 4.0, n_trials: int = 6, **search: Any) -> dict[str, Any]:
+    params = search.pop("params", {"sample.guidance": {"type": "float", "low": 0.0, "high": high}})
+    return {"name": "search-test", "question": "which guidance?", "base": BASE,
+            "search": {"params": params, "objectives": ["fid"], "n_trials": n_trials, **search}}
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A workspace (folder, MLflow store, cache) with the base model trained through the planner."""
+    from bench.search import train_base
+    from bench.tracking import Tracker
+
+    root = tmp_path_factory.mktemp("search")
+    cache = os.environ.get("BENCH_CACHE_DIR") or str(tmp_path_factory.getbasetemp() / "bench_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_CACHE_DIR", cache)
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+        uri = f"sqlite:///{root / 'mlflow.db'}"
+        study = build_study(study_dict())
+        t0 = time.perf_counter()
+        train_base(study.configs[0], Tracker(study.name, uri), "cpu", progress=False)
+        print(f"trained the base model in {time.perf_counter() - t0:.1f} s")
+        yield type("WS", (), {"root": root, "uri": uri, "cache": cache})
+
+
+def write_study(ws: Any, name: str, **kw: Any) -> Path:
+    path = ws.root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(study_dict(**kw)))
+    return path
+
+
+def trial_runs(uri: str, study: Any) -> list[Any]:
+    """The MLflow trial runs of ``study``'s current search."""
+    from bench.search_spec import optuna_study_name, parse_search
+    from bench.search_store import trial_runs as runs
+    from bench.tracking import Tracker
+
+    name = optuna_study_name(study.name, study.configs[0], parse_search(study.search, study.configs[0]))
+    return runs(Tracker(study.name, uri), name)
+
+
+def optuna_trials(storage: str, study: Any) -> list[Any]:
+    import optuna
+
+    from bench.search import open_storage
+    from bench.search_spec import optuna_study_name, parse_search
+
+    store, _ = open_storage(storage, study.name)
+    name = optuna_study_name(study.name, study.configs[0], parse_search(study.search, study.configs[0]))
+    try:
+        return optuna.load_study(study_name=name, storage=store).get_trials(deepcopy=False)
+    except KeyError:  # not created yet
+        return []
+
+
+def states(trials: list[Any]) -> Counter:
+    return Counter(t.state.name for t in trials)
+
+
+def assert_consistent(uri: str, storage: str, study: Any, n: int) -> list[Any]:
+    """``n`` COMPLETE trials, unique numbers, one FINISHED MLflow run per COMPLETE trial, none else."""
+    trials = optuna_trials(storage, study)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    complete = sorted(t.number for t in trials if t.state.name == "COMPLETE")
+    assert len(complete) == n, states(trials)
+    finished = [int(r.data.tags["optuna.trial_number"]) for r in trial_runs(uri, study)
+                if r.info.status == "FINISHED"]
+    assert sorted(finished) == complete  # exactly one FINISHED run per completed trial
+    return trials
+
+
+def cli(ws: Any, path: Path, storage: str, n_trials: int, log: Path) -> subprocess.Popen:
+    env = dict(os.environ, BENCH_CACHE_DIR=ws.cache, MLFLOW_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1",
+               BENCH_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, str(ROOT / "run_ablation.py"), "search", str(path), "--tracking-uri", ws.uri,
+           "--storage", storage, "--devices", "cpu", "--n-trials", str(n_trials)]
+    return subprocess.Popen(cmd, cwd=ws.root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_for(cond: Any, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        assert proc.poll() is None, f"search exited early ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        assert time.monotonic() - t0 < timeout, f"timed out:\n{log.read_text()[-3000:]}"
+        time.sleep(0.1)
+
+
+# --- end to end --------------------------------------------------------------------------------
+
+
+def test_guidance_search_end_to_end_with_a_failing_trial(ws: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """6 trials; the 2nd evaluation produces NaN images: FAIL / FAILED with the reason, search goes on.
+    The reported best is the best FINISHED trial in MLflow and Optuna's best trial."""
+    import bench.jobs
+    from bench.search import run_search
+    from bench.search_report import search_section
+
+    real, calls = bench.jobs.generate, []
+
+    def flaky(cfg: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(cfg.sample.guidance)
+        if len(calls) == 2:
+            raise FloatingPointError(f"3 of {cfg.eval.num_samples} generated images contain NaN or inf")
+        return real(cfg, *args, **kw)
+
+    monkeypatch.setattr(bench.jobs, "generate", flaky)
+    study = load_study(write_study(ws, "e2e", high=4.0))
+    storage = str(ws.root / "e2e.db")
+    summary = run_search(study, tracking_uri=ws.uri, storage=storage, devices="cpu", progress=False)
+    assert summary.n_complete == 6 and summary.failed_here == 1
+    trials = assert_consistent(ws.uri, storage, study, 6)
+    assert states(trials) == {"COMPLETE": 6, "FAIL": 1}
+    runs = trial_runs(ws.uri, study)
+    failed = [r for r in runs if r.info.status == "FAILED"]
+    assert len(failed) == 1 and "NaN" in failed[0].data.tags["bench.error"]
+    assert failed[0].data.tags["optuna.trial_number"] == str(next(t.number for t in trials if t.state.name == "FAIL"))
+    ok = [r for r in runs if r.info.status == "FINISHED"]
+    r0 = ok[0]
+    assert r0.data.params["sample.guidance"] and r0.data.params["train.p_uncond"] == "0.1"  # full config
+    assert r0.data.tags["mlflow.parentRunId"] == summary.parent_run_id
+    parent = r0.data.tags["mlflow.parentRunId"]
+    from mlflow.tracking import MlflowClient
+
+    p = MlflowClient(ws.uri).get_run(parent)
+    assert p.data.tags["bench.kind"] == "search" and p.info.status == "FINISHED"
+    assert p.data.tags["optuna.study_name"] == summary.study_name and storage in p.data.tags["optuna.storage"]
+
+    best_mlflow = min(ok, key=lambda r: r.data.metrics["fid"])
+    sec = search_section(study, tracking_uri=ws.uri, storage=storage)
+    assert [b["trial"] for b in sec["best"]] == [int(best_mlflow.data.tags["optuna.trial_number"])]
+    assert sec["best"][0]["metrics"]["fid"] == pytest.approx(best_mlflow.data.metrics["fid"])
+    assert summary.best[0]["number"] == sec["best"][0]["trial"]
+    assert len(sec["trials"]) == 7 and set(sec["trials"]["state"]) == {"FINISHED", "FAILED"}
+    assert sec["images"]["search_objective.png"].startswith(b"\x89PNG")
+    assert "sample.guidance" in sec["markdown"] and "search_objective.png" in sec["html"]
+    assert sec["optuna"]["counts"] == {"COMPLETE": 6, "FAIL": 1}
+
+
+def test_killed_search_resumes_without_duplicates(ws: Any) -> None:
+    """kill -9 mid-trial after 3 complete trials; the rerun ends with 6 COMPLETE, no duplicates."""
+    from bench.search import run_search
+
+    path = write_study(ws, "kill", high=3.0)
+    study = load_study(path)
+    storage = str(ws.root / "kill.db")
+    log = ws.root / "kill.out"
+    proc = cli(ws, path, storage, 6, log)
+    try:
+        wait_for(lambda: (s := states(optuna_trials(storage, study)))["COMPLETE"] >= 3 and s["RUNNING"] == 1,
+                 proc, log)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    cut = [t for t in optuna_trials(storage, study) if t.state.name == "RUNNING"]
+    assert len(cut) == 1 and 3 <= states(optuna_trials(storage, study))["COMPLETE"] < 6
+    summary = run_search(study, tracking_uri=ws.uri, storage=storage, devices="cpu", progress=False)
+    assert summary.n_complete == 6
+    trials = assert_consistent(ws.uri, storage, study, 6)
+    assert {t.number: t.state.name for t in trials}[cut[0].number] == "FAIL"  # the stale trial
+    killed = [r for r in trial_runs(ws.uri, study) if r.data.tags["optuna.trial_number"] == str(cut[0].number)]
+    assert [r.info.status for r in killed] == ["KILLED"]
+
+
+@pytest.fixture(scope="module")
+def postgres() -> Any:
+    """A throwaway PostgreSQL server on 127.0.0.1 (skipped without psycopg2 or the server binaries)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url("postgresql://u@h/db").get_dialect().import_dbapi()
+    except ImportError as e:
+        pytest.skip(f"no PostgreSQL driver for SQLAlchemy ({e}): pip install 'psycopg[binary]'")
+    found = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None)
+    if not found:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed: apt-get install postgresql")
+    bindir = Path(found).parent
+    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))  # outside pytest's root-only folders
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        import pwd
+
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    data = root / "data"
+    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                    "--no-sync"], check=True, capture_output=True)
+    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
+                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.mark.parametrize("kind", ["journal", "postgresql"])
+def test_two_workers_share_a_storage(ws: Any, kind: str, request: pytest.FixtureRequest) -> None:
+    """A CLI worker and this process on one journal file (one machine) or one PostgreSQL database
+    (several machines) complete 6 trials between them, each trial number run once."""
+    from bench.search import run_search
+
+    path = write_study(ws, f"workers-{kind}", high={"journal": 5.0, "postgresql": 6.0}[kind])
+    study = load_study(path)
+    storage = f"journal:{ws.root / 'workers.log'}" if kind == "journal" else request.getfixturevalue("postgres")
+    log = ws.root / f"workers-{kind}.out"
+    proc = cli(ws, path, storage, 6, log)
+    try:
+        wait_for(lambda: len(optuna_trials(storage, study)) >= 1, proc, log)
+        run_search(study, tracking_uri=ws.uri, storage=storage, devices="cpu", progress=False)
+        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    trials = assert_consistent(ws.uri, storage, study, 6)
+    owners = {t.user_attrs["bench.owner"] for t in trials if t.state.name == "COMPLETE"}
+    assert len(owners) == 2  # both processes ran trials
+    surplus = [t for t in trials if t.state.name == "FAIL"]
+    assert all(t.user_attrs.get("bench.surplus") for t in surplus)
+
+
+# --- bad input: one clear BenchError each, before any work -------------------------------------
+
+
+def load_bad(**kw: Any) -> BenchError:
+    with pytest.raises(BenchError) as e:
+        build_study(study_dict(**kw), source="bad.yaml")
+    return e.value
+
+
+@pytest.mark.parametrize("key", ["diffusion.objective", "model.backbone", "train.lr"])
+def test_training_time_axis_needs_a_grid(key: str) -> None:
+    spec = {"type": "categorical", "choices": ["eps", "v"]} if key == "diffusion.objective" else {
+        "type": "categorical", "choices": ["unet-tiny", "unet-small"]} if key == "model.backbone" else {
+        "type": "float", "low": 1e-4, "high": 1e-3, "log": True}
+    msg = str(load_bad(params={key: spec}))
+    assert msg.startswith("bad.yaml: search.params.") and key in msg and "training-time" in msg and "grid" in msg
+
+
+@pytest.mark.parametrize(("low", "high", "word"), [(2.0, 2.0, "empty"), (5.0, 1.0, "inverted")])
+def test_empty_or_inverted_range(low: float, high: float, word: str) -> None:
+    msg = str(load_bad(params={"sample.guidance": {"type": "float", "low": low, "high": high}}))
+    assert "search.params.sample.guidance" in msg and word in msg
+
+
+@pytest.mark.parametrize("change", [{"model": {"class_cond": False}, "train": {"p_uncond": 0.0}},
+                                    {"train": {"p_uncond": 0.0}}])
+def test_guidance_needs_a_conditional_model_with_label_dropout(change: dict[str, Any]) -> None:
+    bad = study_dict()
+    bad["base"] = {k: {**v, **change.get(k, {})} for k, v in BASE.items()}
+    with pytest.raises(BenchError, match=r"search\.params\.sample\.guidance: guidance needs a class-conditional"):
+        build_study(bad)
+
+
+def test_unknown_sampler_did_you_mean() -> None:
+    msg = str(load_bad(sampler="tpee"))
+    assert "search.sampler" in msg and "Did you mean 'tpe'" in msg and "gp" in msg and "cmaes" in msg
+
+
+def test_other_bad_sections() -> None:
+    assert "Did you mean 'objectives'" in str(load_bad(objective=["fid"]))
+    assert "kid" in str(load_bad(objectives=["kid_mean"]))  # not measured: add kid to eval.metrics
+    assert "Pareto" in str(load_bad(objectives=["fid", "is_mean"], sampler="cmaes"))
+    assert "eval.num_samples" in str(load_bad(params={"eval.num_samples": {"type": "int", "low": 70, "high": 90}}))
+    assert "integer" in str(load_bad(params={"sample.steps": {"type": "float", "low": 2, "high": 5}}))
+    assert "diffusion.timesteps" in str(load_bad(params={"sample.steps": {"choices": [5, 500]}}))
+    assert "eta" in str(load_bad(params={"sample.eta": {"type": "float", "low": 0.0, "high": 2.0}}))
+    assert "log" in str(load_bad(params={"sample.guidance": {"type": "float", "low": 0.0, "high": 4.0, "log": True}}))
+
+
+def test_two_objectives_and_budget_parse() -> None:
+    from bench.search_spec import parse_search
+
+    s = build_study(study_dict(objectives=[{"metric": "fid", "direction": "minimize"}, "is_mean"],
+                               budget={"seconds_per_image": 0.05}, sampler="nsga2"))
+    spec = parse_search(s.search, s.configs[0])
+    assert [(o.metric, o.direction) for o in spec.objectives] == [("fid", "minimize"), ("is_mean", "maximize")]
+    assert spec.budget == {"seconds_per_image": 0.05} and spec.sampler == "nsga2"
+
+
+def test_unreachable_storage_fails_fast_before_any_work(tmp_path: Path) -> None:
+    from bench.search import run_search
+
+    study = build_study(study_dict())
+    t0 = time.perf_counter()
+    with pytest.raises(BenchError, match=r"--storage postgresql://user@127\.0\.0\.1:1/db: .*"
+                                         r"(the database driver .* is not installed .*; pip install|unreachable)"):
+        run_search(study, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", storage="postgresql://user@127.0.0.1:1/db",
+                   devices="cpu", progress=False)
+    assert time.perf_counter() - t0 < 15
+    assert not (tmp_path / "m.db").exists()  # nothing was started
+
+
+def test_server_port_closed_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the driver present, a closed port answers 'unreachable' within seconds."""
+    import bench.search_store
+    from bench.search_store import resolve_storage
+
+    monkeypatch.setattr(bench.search_store, "load_driver", lambda url: None)  # as if installed
+    for dialect in ("postgresql", "mysql"):
+        with pytest.raises(BenchError, match="127.0.0.1:1 is unreachable"):
+            resolve_storage(f"{dialect}://user:secret@127.0.0.1:1/db", "s")
+    with pytest.raises(BenchError, match="journal file"):
+        resolve_storage("nonsense", "s")
+
+
+def test_missing_database_driver_says_what_to_install() -> None:
+    import importlib.util
+
+    from bench.search_store import resolve_storage
+
+    if importlib.util.find_spec("psycopg2") is not None:
+        pytest.skip("psycopg2 is installed")
+    with pytest.raises(BenchError, match=r"driver 'psycopg2' is not installed .*; pip install psycopg2-binary"):
+        resolve_storage("postgresql+psycopg2://user@127.0.0.1:1/db", "s")
+
+
+def test_cmaes_needs_its_package_or_penalizes_over_budget_trials(tmp_path: Path) -> None:
+    """cmaes cannot use Optuna constraints: over-budget values are pushed behind every feasible one."""
+    import importlib.util
+
+    from bench.search import PENALTY, _Runner, run_search
+    from bench.search_spec import parse_search
+
+    study = build_study(study_dict(sampler="cmaes", budget={"seconds_per_image": 0.01}))
+    if importlib.util.find_spec("cmaes") is None:
+        with pytest.raises(BenchError, match="pip install cmaes"):
+            run_search(study, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", storage=str(tmp_path / "o.db"),
+                       devices="cpu", progress=False)
+        assert not (tmp_path / "m.db").exists()
+    spec = parse_search(study.search, study.configs[0])
+    runner = _Runner(None, None, None, spec, study.configs[0], "n", "p", "cpu", False)
+    ok = {"metrics": {"fid": 50.0, "seconds_per_image": 0.005}}
+    over = {"metrics": {"fid": 10.0, "seconds_per_image": 0.02}}
+    assert runner._constrain(None, ok, [50.0]) == ([50.0], True)
+    values, feasible = runner._constrain(None, over, [10.0])
+    assert not feasible and values == [10.0 + PENALTY * 2] and values[0] > 50.0
+    assert "search.penalized_values" in over["tags"]
+
+
+def test_pareto_front_of_two_objectives_skips_infeasible_and_failed() -> None:
+    import pandas as pd
+
+    from bench.search_report import best_trials
+    from bench.search_spec import parse_search
+
+    s = build_study(study_dict(objectives=["fid", "is_mean"], budget={"seconds_per_image": 0.1}))
+    spec = parse_search(s.search, s.configs[0])
+    trials = pd.DataFrame({
+        "trial": [0, 1, 2, 3, 4, 5], "state": ["FINISHED"] * 5 + ["FAILED"], "run_id": list("abcdef"),
+        "sample.guidance": [0.0, 1.0, 2.0, 3.0, 4.0, 5.0],
+        "fid": [10.0, 12.0, 11.0, 5.0, 20.0, 1.0], "is_mean": [2.0, 3.0, 1.5, 9.0, 4.0, 9.0],
+        "feasible": [True, True, True, False, True, False]})
+    front = best_trials(trials, spec)
+    assert [b["trial"] for b in front] == [0, 1, 4]  # 2 is dominated by 0; 3 over budget; 5 failed
+    assert front[0]["params"] == {"sample.guidance": 0.0} and front[1]["metrics"]["is_mean"] == 3.0
+
+
+def _sampler_names() -> list[str]:
+    from bench.search import SAMPLERS
+
+    return SAMPLERS.names()
+
+
+@pytest.mark.parametrize("name", _sampler_names())
+def test_every_registered_sampler_runs_with_a_budget(name: str) -> None:
+    """Each search sampler: built from its seed, asks/tells a few trials (two objectives where it
+    can) with a constraint where it reads them; a missing optional package is one BenchError."""
+    import optuna
+
+    from bench.search import SAMPLERS, _suggest
+    from bench.search_spec import Param
+
+    meta = SAMPLERS.meta(name)
+    try:
+        sampler = SAMPLERS.get(name)(0)
+    except BenchError as e:
+        assert "pip install" in str(e)
+        pytest.skip(str(e))
+    directions = ["minimize", "maximize"] if meta["multi_objective"] else ["minimize"]
+    study = optuna.create_study(sampler=sampler, directions=directions)
+    for _ in range(4):
+        trial = study.ask()
+        w = _suggest(trial, Param("sample.guidance", "float", 0.0, 8.0))
+        steps = _suggest(trial, Param("sample.steps", "categorical", choices=(10, 20)))
+        if meta["constraints"]:
+            trial.set_constraint("seconds_per_image", steps / 10 - 1.5)
+        study.tell(trial, [(w - 2) ** 2, w][: len(directions)])
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 4
