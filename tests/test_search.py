@@ -176,6 +176,13 @@ def test_guidance_search_end_to_end_with_a_failing_trial(ws: Any, monkeypatch: p
     assert "sample.guidance" in sec["markdown"] and "search_objective.png" in sec["html"]
     assert sec["optuna"]["counts"] == {"COMPLETE": 6, "FAIL": 1}
 
+    from bench.report import build_report  # the study report carries the search section
+
+    folder = build_report(study, tracking_uri=ws.uri, out_dir=ws.root / "reports")
+    assert sec["markdown"].splitlines()[0] in (folder / "report.md").read_text()
+    assert (folder / "search_objective.png").read_bytes().startswith(b"\x89PNG")
+    assert "data:image/png;base64," in (folder / "report.html").read_text().split(sec["title"])[-1]
+
 
 def test_killed_search_resumes_without_duplicates(ws: Any) -> None:
     """kill -9 mid-trial after 3 complete trials; the rerun ends with 6 COMPLETE, no duplicates."""

@@ -42,6 +42,8 @@ class _Report:
     tables: list[Table]
     figures: list[Figure]
     generated: str
+    search_md: str = ""  # the Optuna search section (bench.search_report), when the study has one
+    search_html: str = ""
 
     def summary(self) -> str:
         counts = self.data.jobs["_status"].value_counts()
@@ -87,6 +89,14 @@ def build_report(
     figures = [render_plot(s, data, order, names) for s in plot_specs]
     report = _Report(study, data, tables, figures, dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     folder = Path(out_dir) / study.name
+    if study.search:
+        from bench.search_report import search_section
+
+        section = search_section(study, tracking_uri=uri)
+        for name, png in section["images"].items():
+            atomic_write_bytes(folder / name, png)
+        report.search_md = section["markdown"]
+        report.search_html = search_section(study, tracking_uri=uri, inline_images=True)["html"]
     images = _write_images(folder, figures)
     atomic_write_bytes(folder / "runs.csv", runs_csv(runs).encode())
     atomic_write_bytes(folder / "report.md", _markdown(report, images).encode())
@@ -148,6 +158,8 @@ def _markdown(r: _Report, images: list[list[str]]) -> str:
         for (caption, _), p in zip(fig.images, paths):
             out += [f"![{caption}]({p})" + (f"  \n*{caption}*" if many else ""), ""]
         out += [*[f"*{n}*  " for n in fig.notes], ""]
+    if r.search_md:
+        out += [r.search_md, ""]
     failures = r.failures()
     if len(failures):
         out += ["## Failed runs", "", failures.to_markdown(index=False, disable_numparse=True), ""]
@@ -209,6 +221,7 @@ study file <code>{{ study.path }}</code>{% endif %}.<br><strong>Runs:</strong> {
 {% if images | length > 1 or f.kind == "samples" %}<figcaption>{{ caption }}</figcaption>{% endif %}</figure>{% endfor %}
 {% if f.kind == "samples" %}</div>{% endif %}
 {% for n in f.notes %}<p class="note">{{ n }}</p>{% endfor %}</section>{% endfor %}
+{% if r.search_html %}{{ r.search_html | safe }}{% endif %}
 {% if failures %}<h2>Failed runs</h2>{{ failures | safe }}{% endif %}
 <h2>Protocol</h2>{{ protocol | safe }}
 <p class="note">Every run with every param and metric: <code>runs.csv</code> beside this file.</p>
