@@ -254,13 +254,16 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def unflatten(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``; the caller's values are copied, never written into."""
+    import copy
+
     out: dict[str, Any] = {}
     for k, v in dotted.items():
         parts = k.split(".")
         node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = v
+        node[parts[-1]] = copy.deepcopy(v)
     return out
 
 

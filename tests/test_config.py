@@ -173,3 +173,12 @@ def test_coerce_and_resolve() -> None:
     with pytest.raises(BenchError, match="Did you mean 'sample.eta'"):
         resolve_key("sampel.eta", "w")
     assert defaults()["sample.steps"] == 50 and defaults()["eval.metrics"] == ("fid",)
+
+
+def test_override_never_writes_into_the_callers_values() -> None:
+    from bench.config import unflatten
+
+    section = {"latent_channels": 4}
+    out = unflatten({"vae": section, "vae.factor": 4})
+    assert out == {"vae": {"latent_channels": 4, "factor": 4}}
+    assert section == {"latent_channels": 4}
