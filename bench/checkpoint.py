@@ -24,7 +24,7 @@ from torch import nn
 
 from bench.config import DiffusionSpec, RunConfig, from_dict
 from bench.errors import BenchError
-from bench.paths import atomic_torch_save
+from bench.paths import atomic_torch_save, load_torch_file
 
 FORMAT = "bench.TrainCheckpoint/1"
 FILENAME = "checkpoint.pt"
@@ -48,22 +48,8 @@ def write_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
 
 def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a file written by :func:`write_checkpoint`; anything else raises :class:`CheckpointError`."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist; train the model first (re-run the study)")
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-        if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} file")
-        missing = [k for k in ("config", "step", "model_args", "ema") if k not in blob]
-        if missing:
-            raise ValueError(f"keys {missing} are missing")
-    except Exception as e:  # torch.load raises many kinds of error on a cut or garbled file
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} is truncated or corrupt ({type(e).__name__}: {e}); delete it and "
-            "re-run so the model is trained again"
-        ) from e
-    return blob
+    return load_torch_file(path, FORMAT, ("config", "step", "model_args", "ema"), "checkpoint",
+                           map_location=map_location, error=CheckpointError)
 
 
 def quarantine(path: str | os.PathLike) -> Path:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
 
 
 def cache_dir() -> Path:
@@ -51,3 +54,25 @@ def atomic_torch_save(obj: object, path: str | os.PathLike) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def load_torch_file(path: str | os.PathLike, fmt: str, required: tuple[str, ...], what: str,
+                    map_location: Any = "cpu", error: type[BenchError] = BenchError) -> dict[str, Any]:
+    """Read a dict saved with a ``format`` tag (checkpoints, VAEs). A missing file, or one that is
+    truncated, garbled or of another format, raises ``error`` naming the file and what to do."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {str(path)!r} does not exist; re-run the study so it is built")
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+        if not isinstance(blob, dict) or blob.get("format") != fmt:
+            raise ValueError(f"not a {fmt} file")
+        missing = [k for k in required if k not in blob]
+        if missing:
+            raise ValueError(f"keys {missing} are missing")
+    except Exception as e:  # torch.load raises many kinds of error on a cut or garbled file
+        raise error(f"{what} {str(path)!r} is truncated or corrupt ({type(e).__name__}: {e}); delete it and "
+                    "re-run so it is built again") from e
+    return blob

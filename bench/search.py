@@ -45,6 +45,7 @@ from bench.plan import Plan
 from bench.registry import Registry
 from bench.search_spec import Param, SearchSpec, optuna_study_name, parse_search, positive_int
 from bench.search_store import parent_runs, resolve_storage, trial_runs
+from bench.tracking import pid_alive
 
 OWNER_ATTR = "bench.owner"
 PENALTY = 1.0e6
@@ -332,16 +333,6 @@ class _Heartbeat:
 # --- stale trials, MLflow runs ---------------------------------------------------------------
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _is_stale(trial: Any, host: str) -> bool:
     """A RUNNING trial whose process on this host is gone (ownerless ones after two minutes)."""
     owner = trial.user_attrs.get(OWNER_ATTR)
@@ -349,7 +340,7 @@ def _is_stale(trial: Any, host: str) -> bool:
         started = trial.datetime_start.timestamp() if trial.datetime_start else time.time()
         return time.time() - started > 120
     h, _, pid = owner.rpartition(":")
-    return h == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))
+    return h == host and pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))
 
 
 def _fail_stale(ostudy: Any, store: Any, tracker: Any, name: str) -> int:

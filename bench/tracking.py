@@ -88,7 +88,7 @@ class Tracker:
         for r in self.runs(status="RUNNING"):
             driver = r.data.tags.get(DRIVER_TAG, "")
             drv_host, _, pid = driver.partition(":")
-            if drv_host == host and pid.isdigit() and _alive(int(pid)) and int(pid) != os.getpid():
+            if drv_host == host and pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid():
                 continue  # another live driver on this machine owns it
             if drv_host and drv_host != host:
                 continue  # a driver on another machine owns it
@@ -159,7 +159,8 @@ def _param_str(v: Any) -> str:
     return s[:MAX_PARAM_LEN]
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

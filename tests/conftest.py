@@ -4,7 +4,9 @@ import pytest
 import torch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One intra-op thread: the tests run tiny networks, where extra OpenMP threads only spin against
+# the other processes the suite starts (workers, servers) and cost up to 10x.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

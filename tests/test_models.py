@@ -23,13 +23,6 @@ PRESETS = MODELS.names()
 REAL_FORWARD_MAX_PARAMS = 200_000_000  # above this only shapes are inferred (meta device)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convs on a shared 2-core machine: OpenMP threads spinning against other jobs cost 10x
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _size(name: str) -> int:

@@ -35,13 +35,6 @@ LATENT_BAR = 0.30  # 3x chance: a 300-step latent model (decoded through a 200-s
 VAE = VAESpec(factor=2, latent_channels=4, base_channels=16, steps=200, batch_size=64, lr=2e-3, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny networks on a shared 2-core machine: extra OpenMP threads only spin against other jobs
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def config(backbone: str, steps: int, class_cond: bool = True, batch: int = 64, lr: float = 2e-3,

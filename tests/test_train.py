@@ -21,13 +21,6 @@ from bench.train import EMA, EpochSampler, NonFiniteLossError, Trainer, train_mo
 STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny networks on a shared 2-core machine: extra OpenMP threads only spin against other jobs
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(backbone: str = "unet-tiny", **train) -> RunConfig:

@@ -18,13 +18,6 @@ N_FIT = 1500  # digits used for fitting; the remaining 297 are never seen by the
 SPEC = VAESpec(factor=2, latent_channels=4, base_channels=8, steps=200, batch_size=64, lr=2e-3, seed=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convs on a shared 2-core machine: OpenMP threads spinning against other jobs cost 10x
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from bench.config import VAESpec
 from bench.errors import BenchError
 from bench.models.embeddings import group_norm
 from bench.models.unet import AttnBlock, Downsample, Upsample
-from bench.paths import atomic_torch_save
+from bench.paths import atomic_torch_save, load_torch_file
 
 FACTORS = (2, 4, 8)
 CHANNEL_MULT = (1, 2, 4, 4)  # LDM's f=8 KL autoencoder; truncated for f=2, 4
@@ -198,12 +198,9 @@ class LatentCodec:
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> LatentCodec:
         """Read a file written by :meth:`save`; a missing, truncated or corrupt file raises BenchError."""
         path = Path(path)
-        if not path.is_file():
-            raise BenchError(f"VAE file {str(path)!r} does not exist; train the VAE again (re-run the study)")
+        blob = load_torch_file(path, FORMAT, ("arch", "state_dict", "scale_factor", "spec", "metrics"),
+                               "VAE file", map_location=map_location)
         try:
-            blob = torch.load(path, map_location=map_location, weights_only=True)
-            if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-                raise ValueError(f"not a {FORMAT} file")
             arch = dict(blob["arch"])
             if "pretrained" in arch:
                 vae: nn.Module = load_pretrained_vae(arch["pretrained"]).vae
@@ -212,9 +209,9 @@ class LatentCodec:
             vae.load_state_dict(blob["state_dict"])
         except BenchError:
             raise
-        except Exception as e:  # torch.load raises many kinds on a cut or garbled file
+        except Exception as e:  # weights that do not fit the stored architecture
             raise BenchError(
-                f"VAE file {str(path)!r} is truncated or corrupt ({type(e).__name__}: {e}); "
+                f"VAE file {str(path)!r} is corrupt ({type(e).__name__}: {e}); "
                 "delete it and re-run so the VAE is trained again"
             ) from e
         return cls(vae.to(map_location), blob["scale_factor"], blob["spec"], blob["metrics"])
