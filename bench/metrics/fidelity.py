@@ -213,7 +213,8 @@ def _check_counts(wanted: list[str], ext: Extractor, images: torch.Tensor, ref: 
                     f"{ext.feature_dim} + 1, for a nonsingular covariance), got {count}; raise eval.num_samples "
                     "or use KID, which works with few samples")
         if min(n, m or n) < FID_UNBIASED_SAMPLES:
-            warnings.warn(f"{who}: FID from {min(n, m or n)} samples (< {FID_UNBIASED_SAMPLES}) is biased upwards "
+            # no run name in the text: Python then shows it once per process, not once per run
+            warnings.warn(f"FID from {min(n, m or n)} samples (< {FID_UNBIASED_SAMPLES}) is biased upwards "
                           "by the sample count; compare only numbers with equal counts", FIDSampleSizeWarning,
                           stacklevel=3)
     if "kid" in wanted:

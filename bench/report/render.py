@@ -127,8 +127,11 @@ def runs_csv(runs: pd.DataFrame) -> str:
 
 
 def _write_images(folder: Path, figures: list[Figure]) -> list[list[str]]:
-    """PNG files for the Markdown report (``figures/plot-<i>-<j>.png``); returns their paths."""
+    """PNG files for the Markdown report (``figures/plot-<i>-<j>.png``); returns their paths.
+    Figures of an earlier report of this study that this one does not write are removed."""
     paths = []
+    for old in (folder / "figures").glob("plot-*.png"):
+        old.unlink()
     for i, fig in enumerate(figures, 1):
         mine = []
         for j, (_, png) in enumerate(fig.images, 1):
