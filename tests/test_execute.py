@@ -16,23 +16,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import tiny_study
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_study(name: str, grid: dict, train_steps: int = 30, **base_overrides) -> dict:
-    base = {
-        "data": {"dataset": "digits"},
-        "model": {"backbone": "unet-tiny"},
-        "diffusion": {"timesteps": 100},
-        "train": {"steps": train_steps, "batch_size": 32, "checkpoint_every": 10, "log_every": 5,
-                  "warmup_steps": 5},
-        "sample": {"sampler": "ddim", "steps": 5, "batch_size": 50},
-        "eval": {"num_samples": 20, "metrics": ["nll"], "nll_samples": 4},
-    }
-    for section, values in base_overrides.items():
-        base[section] = {**base.get(section, {}), **values}
-    return {"name": name, "question": "reliability test", "base": base, "grid": grid}
 
 
 @pytest.fixture

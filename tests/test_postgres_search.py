@@ -17,13 +17,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import tiny_study
 
 STUDY = {
-    "name": "pg-search", "question": "do search trials land in a shared PostgreSQL storage?",
-    "base": {"data": {"dataset": "digits"}, "model": {"backbone": "unet-tiny"}, "diffusion": {"timesteps": 100},
-             "train": {"steps": 10, "batch_size": 16, "checkpoint_every": 10, "log_every": 5, "warmup_steps": 5},
-             "sample": {"sampler": "ddim", "steps": 2, "batch_size": 50},
-             "eval": {"num_samples": 10, "metrics": ["nll"], "nll_samples": 2}},
+    **tiny_study("pg-search", train_steps=10, question="do search trials land in a shared PostgreSQL storage?",
+                 train={"batch_size": 16}, sample={"steps": 2}, eval={"num_samples": 10, "nll_samples": 2}),
     "search": {"params": {"sample.steps": {"type": "categorical", "choices": [2, 3]}},
                "objectives": [{"metric": "seconds_per_image", "direction": "minimize"}],
                "n_trials": 2, "sampler": "random", "seed": 0},

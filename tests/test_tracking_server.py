@@ -15,17 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import tiny_study
 
 from bench.errors import BenchError
 
-STUDY = {
-    "name": "server-grid", "question": "do runs reach a shared tracking server?",
-    "base": {"data": {"dataset": "digits"}, "model": {"backbone": "unet-tiny"}, "diffusion": {"timesteps": 100},
-             "train": {"steps": 10, "batch_size": 16, "checkpoint_every": 10, "log_every": 5, "warmup_steps": 5},
-             "sample": {"sampler": "ddim", "steps": 3, "batch_size": 50},
-             "eval": {"num_samples": 20, "metrics": ["nll"], "nll_samples": 4}},
-    "grid": {"sample.steps": [2, 3]},
-}
+STUDY = tiny_study("server-grid", {"sample.steps": [2, 3]}, train_steps=10,
+                   question="do runs reach a shared tracking server?", train={"batch_size": 16})
 
 
 def free_port() -> int:

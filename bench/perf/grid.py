@@ -20,7 +20,7 @@ EQUAL_JOBS = {
         "data": {"dataset": "digits"},
         "model": {"backbone": "unet-tiny"},
         "diffusion": {"timesteps": 100},
-        "train": {"steps": 150, "batch_size": 64, "checkpoint_every": 1000, "log_every": 50},
+        "train": {"steps": 500, "batch_size": 64, "checkpoint_every": 1000, "log_every": 50},
         "sample": {"sampler": "ddim", "steps": 10, "batch_size": 50},
         "eval": {"metrics": ["nll"], "nll_samples": 8, "num_samples": 50},
     },
@@ -28,16 +28,22 @@ EQUAL_JOBS = {
 }
 
 
-def _run_once(study: dict, devices: str, root: Path) -> float:
+def _run_once(study: dict, devices: str, root: Path) -> tuple[float, int, int]:
+    """Wall seconds of the whole run, TRAIN runs performed (FINISHED in MLflow), unique train keys."""
     from bench.runner import run_study
+    from bench.study import load_study
+    from bench.tracking import Tracker
 
     path = root / f"{study['name']}.yaml"
     path.write_text(yaml.safe_dump(study))
     os.environ["BENCH_CACHE_DIR"] = str(root / f"cache-{devices.replace('*', 'x')}")
+    uri = f"sqlite:///{root}/mlflow-{devices.replace('*', 'x')}.db"
     t0 = time.perf_counter()
-    run_study(path, tracking_uri=f"sqlite:///{root}/mlflow-{devices.replace('*', 'x')}.db", devices=devices,
-              progress=False, report=False)
-    return time.perf_counter() - t0
+    run_study(path, tracking_uri=uri, devices=devices, progress=False, report=False)
+    seconds = time.perf_counter() - t0
+    performed = len(Tracker(study["name"], uri).runs(kind="train", status="FINISHED"))
+    unique = len({c.train_key() for c in load_study(path).configs})
+    return seconds, performed, unique
 
 
 def trainings_vs_unique() -> dict:
@@ -58,8 +64,10 @@ def main(device: str = "cpu") -> list[dict]:
     rows = [trainings_vs_unique()]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        one = _run_once(dict(EQUAL_JOBS, name="perf-1-worker"), "cpu", root)
-        two = _run_once(dict(EQUAL_JOBS, name="perf-2-workers"), "cpu*2", root)
+        one, performed, unique = _run_once(dict(EQUAL_JOBS, name="perf-1-worker"), "cpu", root)
+        two, _, _ = _run_once(dict(EQUAL_JOBS, name="perf-2-workers"), "cpu*2", root)
+    rows.append({"case": "4-model grid: trainings performed vs unique training configs",
+                 "value": f"{performed} vs {unique}", "target": "equal"})
     rows.append({"case": "4 equal jobs (train + eval), 1 CPU worker", "value": f"{one:.1f} s", "target": ""})
     rows.append({"case": "4 equal jobs (train + eval), 2 CPU workers", "value": f"{two:.1f} s",
                  "target": ""})
