@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from without_package import make_pool_without
 
 from bench.config import from_dict
 from bench.errors import BenchError
@@ -176,22 +177,8 @@ def test_unreachable_address_fails_fast(cluster):
 
 
 def test_missing_ray_names_the_extra(tmp_path):
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'ray' or name.startswith('ray.'):\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "from bench.errors import BenchError\n"
-        "from bench.runner import make_pool\n"
-        "try:\n"
-        "    make_pool('ray', 'auto', False)\n"
-        "except BenchError as e:\n"
-        "    print('BenchError:', e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert "BenchError:" in out.stdout and "pip install -e .[ray]" in out.stdout, out.stdout + out.stderr
+    out = make_pool_without('ray', "make_pool('ray', 'auto', False)", tmp_path)
+    assert "BenchError:" in out and "pip install -e .[ray]" in out, out
 
 
 def test_cli_run_on_the_cluster_by_address(cluster, tmp_path):

@@ -11,13 +11,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from without_package import make_pool_without
 
 from bench.config import from_dict
 from bench.errors import BenchError
@@ -132,22 +131,8 @@ def test_bad_setups_fail_before_submitting(tmp_path, monkeypatch):
 
 
 def test_missing_submitit_names_the_extra(tmp_path):
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'submitit' or name.startswith('submitit.'):\n"
-        "            raise ModuleNotFoundError(f'No module named {name!r}')\n"
-        "sys.meta_path.insert(0, Block())\n"
-        "from bench.errors import BenchError\n"
-        "from bench.runner import make_pool\n"
-        "try:\n"
-        "    make_pool('slurm', 'auto', False, partition='gpu')\n"
-        "except BenchError as e:\n"
-        "    print('BenchError:', e)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert "BenchError:" in out.stdout and "pip install -e .[slurm]" in out.stdout, out.stdout + out.stderr
+    out = make_pool_without('submitit', "make_pool('slurm', 'auto', False, partition='gpu')", tmp_path)
+    assert "BenchError:" in out and "pip install -e .[slurm]" in out, out
 
 
 def test_run_study_through_submitit(tmp_path, monkeypatch):
