@@ -76,7 +76,9 @@ def run_vae(cfg: RunConfig, key: str, device: str, progress: bool = True) -> dic
         try:
             codec = LatentCodec.load(path)
         except BenchError:
-            path.rename(path.with_suffix(".pt.corrupt"))
+            from bench.checkpoint import quarantine
+
+            quarantine(path)  # kept aside as vae.pt.corrupt; the VAE is trained again
     if codec is None:
         t0 = time.perf_counter()
         if cfg.vae.pretrained:
