@@ -63,18 +63,22 @@ def run_plan(plan: Plan, pool: Pool, tracker: Any, done: set[str], retries: int 
     attempts: dict[str, int] = {}
     bar = tqdm(total=len(need), desc="grid", unit="job", disable=not progress)
     try:
+        changed = True  # ready jobs only change when a job ends: rescan the plan only then
         while True:
-            _fail_blocked(plan, need, done, failed, running, tracker, summary, bar)
-            for job in plan.ready(done | failed, set(running))[: max(0, pool.slots - len(running))]:
-                if job.key in failed or any(d in failed for d in job.deps):
-                    continue
-                running[job.key] = tracker.start(job.kind, job.key, job.label, job.config.flat(),
-                                                 _tags(job), None)
-                tracker.log_config(running[job.key], job.config.to_dict())
-                pool.submit(job)
+            if changed:
+                _fail_blocked(plan, need, done, failed, running, tracker, summary, bar)
+                for job in plan.ready(done | failed, set(running))[: max(0, pool.slots - len(running))]:
+                    if job.key in failed or any(d in failed for d in job.deps):
+                        continue
+                    running[job.key] = tracker.start(job.kind, job.key, job.label, job.config.flat(),
+                                                     _tags(job), None)
+                    tracker.log_config(running[job.key], job.config.to_dict())
+                    pool.submit(job)
+                changed = False
             if not running:
                 break
             for out in pool.wait(timeout=1.0):
+                changed = True
                 job = plan[out.key]
                 run_id = running[out.key]
                 if out.result is not None:
