@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -96,7 +96,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     overrides = _overrides(args.set)
     if args.command == "run":
-        from bench.runner import run_study
+        from bench.pipeline import run_study
 
         if args.shared_dir:
             os.environ["BENCH_CACHE_DIR"] = args.shared_dir
@@ -108,7 +108,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                             executor=args.executor, overrides=overrides, executor_options=options)
         return 1 if summary is not None and summary.failed else 0
     if args.command == "plan":
-        from bench.runner import done_keys, load_with_overrides
+        from bench.execute import done_keys
+        from bench.pipeline import load_with_overrides
         from bench.tracking import Tracker
 
         study = load_with_overrides(args.study, overrides)
@@ -118,14 +119,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(plan.summary(done))
         return 0
     if args.command == "report":
+        from bench.pipeline import load_with_overrides
         from bench.report import build_report
-        from bench.runner import load_with_overrides
 
         study = load_with_overrides(args.study, overrides)
         print(build_report(study, tracking_uri=args.tracking_uri, out_dir=args.out))
         return 0
     if args.command == "search":
-        from bench.runner import load_with_overrides
+        from bench.pipeline import load_with_overrides
         from bench.search import run_search
 
         study = load_with_overrides(args.study, overrides)

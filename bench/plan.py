@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from bench.config import RunConfig
+from bench.core.config import RunConfig
 
 KINDS = ("vae", "train", "eval")
 
@@ -349,8 +349,9 @@ def train_cost(cfg: RunConfig, unit: float | None = None) -> float:
     return 3.0 * t.steps * t.batch_size * t.grad_accum * unit
 
 
-def nfe(cfg: RunConfig) -> int:
-    """Network evaluations per generated image (guidance batches cond + uncond: twice the work)."""
+def network_passes(cfg: RunConfig) -> int:
+    """Images' worth of network work per generated image, an estimate for scheduling: one per
+    step, twice for guided steps (cond + uncond). The logged ``nfe`` is counted, not this."""
     return cfg.sample.steps * (2 if cfg.sample.guidance != 0 else 1)
 
 
@@ -358,7 +359,7 @@ def eval_cost(cfg: RunConfig, unit: float | None = None) -> float:
     """Sampling (images x NFE) plus the NLL bound (test images x T) when ``nll`` is measured."""
     unit = _elements(cfg) * _model_factor(cfg.model.backbone) if unit is None else unit
     nll = cfg.eval.nll_samples * cfg.diffusion.timesteps if "nll" in cfg.eval.metrics else 0
-    return (cfg.eval.num_samples * nfe(cfg) + nll) * unit
+    return (cfg.eval.num_samples * network_passes(cfg) + nll) * unit
 
 
 def vae_label(cfg: RunConfig) -> str:

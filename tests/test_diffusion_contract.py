@@ -4,6 +4,8 @@ import pytest
 import torch
 from gaussian import GaussianDenoiser
 
+from bench.core.errors import BenchError
+from bench.core.registry import Registry, UnknownChoiceError
 from bench.diffusion import (
     LOSSES,
     OBJECTIVES,
@@ -16,8 +18,6 @@ from bench.diffusion import (
     make_schedule,
     make_timesteps,
 )
-from bench.errors import BenchError
-from bench.registry import Registry, UnknownChoiceError
 
 
 class TinyNet(torch.nn.Module):

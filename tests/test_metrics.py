@@ -8,9 +8,9 @@ import warnings
 import pytest
 import torch
 
-from bench.config import DataSpec, EvalSpec
+from bench.core.config import DataSpec, EvalSpec
+from bench.core.errors import BenchError
 from bench.data import load_images
-from bench.errors import BenchError
 from bench.metrics import (
     EXTRACTORS,
     FORWARD_IMAGES,

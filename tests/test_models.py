@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.core.registry import UnknownChoiceError
 from bench.models import MODELS, DiTConfig, UNetConfig, build_model, count_parameters, validate_model
 from bench.models.embeddings import num_groups, sincos_pos_embed_2d, timestep_embedding
 from bench.models.unet import AttnBlock
-from bench.registry import UnknownChoiceError
 
 PRESETS = MODELS.names()
 REAL_FORWARD_MAX_PARAMS = 200_000_000  # above this only shapes are inferred (meta device)

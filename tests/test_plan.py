@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import replace
 
-from bench.config import RunConfig, VAESpec
+from bench.core.config import RunConfig, VAESpec
 from bench.plan import Plan, eval_cost, plan
 
 BASE = RunConfig()

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from bench.checkpoint import load_trained
-from bench.config import DataSpec, DiffusionSpec, ModelSpec, RunConfig, TrainSpec, VAESpec
+from bench.core.config import DataSpec, DiffusionSpec, ModelSpec, RunConfig, TrainSpec, VAESpec
 from bench.data import load_images
 from bench.models import fit_vae
-from bench.train import train_model
+from bench.training.checkpoint import load_trained
+from bench.training.loop import train_model
 
 N = 100  # samples per measurement: 10 per class
 DDIM_STEPS = 50

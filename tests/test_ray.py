@@ -24,8 +24,8 @@ import pytest
 import yaml
 from without_package import make_pool_without
 
-from bench.config import from_dict
-from bench.errors import BenchError
+from bench.core.config import from_dict
+from bench.core.errors import BenchError
 from bench.plan import Job
 
 ray = pytest.importorskip("ray", reason="Ray is an extra: pip install -e .[ray]")

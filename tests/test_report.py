@@ -25,7 +25,7 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from bench.errors import BenchError  # noqa: E402
+from bench.core.errors import BenchError  # noqa: E402
 from bench.report import build_report, load_baselines, validate_report_specs  # noqa: E402
 from bench.study import build_study  # noqa: E402
 
@@ -429,7 +429,7 @@ def test_study_files_load_and_their_reports_validate(name, tmp_path, monkeypatch
     Full-scale files are checked offline against a stand-in CIFAR-10 folder and Inception file
     (only their existence is checked at load time)."""
     from bench.study import read_study_file
-    from bench.study_checks import produced_outputs
+    from bench.study.checks import produced_outputs
 
     overrides = None
     if name.endswith("_full"):

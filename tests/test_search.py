@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.study import build_study, load_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,8 +71,8 @@ def write_study(ws: Any, name: str, **kw: Any) -> Path:
 
 def trial_runs(uri: str, study: Any) -> list[Any]:
     """The MLflow trial runs of ``study``'s current search."""
-    from bench.search_spec import optuna_study_name, parse_search
-    from bench.search_store import trial_runs as runs
+    from bench.search.store import trial_runs as runs
+    from bench.study.search_spec import optuna_study_name, parse_search
     from bench.tracking import Tracker
 
     name = optuna_study_name(study.name, study.configs[0], parse_search(study.search, study.configs[0]))
@@ -83,7 +83,7 @@ def optuna_trials(storage: str, study: Any) -> list[Any]:
     import optuna
 
     from bench.search import open_storage
-    from bench.search_spec import optuna_study_name, parse_search
+    from bench.study.search_spec import optuna_study_name, parse_search
 
     store, _ = open_storage(storage, study.name)
     name = optuna_study_name(study.name, study.configs[0], parse_search(study.search, study.configs[0]))
@@ -133,8 +133,8 @@ def test_guidance_search_end_to_end_with_a_failing_trial(ws: Any, monkeypatch: p
     """6 trials; the 2nd evaluation produces NaN images: FAIL / FAILED with the reason, search goes on.
     The reported best is the best FINISHED trial in MLflow and Optuna's best trial."""
     import bench.jobs
+    from bench.report.search import search_section
     from bench.search import run_search
-    from bench.search_report import search_section
 
     real, calls = bench.jobs.generate, []
 
@@ -324,7 +324,7 @@ def test_other_bad_sections() -> None:
 
 
 def test_two_objectives_and_budget_parse() -> None:
-    from bench.search_spec import parse_search
+    from bench.study.search_spec import parse_search
 
     s = build_study(study_dict(objectives=[{"metric": "fid", "direction": "minimize"}, "is_mean"],
                                budget={"seconds_per_image": 0.05}, sampler="nsga2"))
@@ -348,10 +348,10 @@ def test_unreachable_storage_fails_fast_before_any_work(tmp_path: Path) -> None:
 
 def test_server_port_closed_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     """With the driver present, a closed port answers 'unreachable' within seconds."""
-    import bench.search_store
-    from bench.search_store import resolve_storage
+    import bench.search.store
+    from bench.search.store import resolve_storage
 
-    monkeypatch.setattr(bench.search_store, "load_driver", lambda url: None)  # as if installed
+    monkeypatch.setattr(bench.search.store, "load_driver", lambda url: None)  # as if installed
     for dialect in ("postgresql", "mysql"):
         with pytest.raises(BenchError, match="127.0.0.1:1 is unreachable"):
             resolve_storage(f"{dialect}://user:secret@127.0.0.1:1/db", "s")
@@ -362,7 +362,7 @@ def test_server_port_closed_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> N
 def test_missing_database_driver_says_what_to_install() -> None:
     import importlib.util
 
-    from bench.search_store import resolve_storage
+    from bench.search.store import resolve_storage
 
     if importlib.util.find_spec("psycopg2") is not None:
         pytest.skip("psycopg2 is installed")
@@ -374,8 +374,8 @@ def test_cmaes_needs_its_package_or_penalizes_over_budget_trials(tmp_path: Path)
     """cmaes cannot use Optuna constraints: over-budget values are pushed behind every feasible one."""
     import importlib.util
 
-    from bench.search import PENALTY, _Runner, run_search
-    from bench.search_spec import parse_search
+    from bench.search.run import PENALTY, _Runner, run_search
+    from bench.study.search_spec import parse_search
 
     study = build_study(study_dict(sampler="cmaes", budget={"seconds_per_image": 0.01}))
     if importlib.util.find_spec("cmaes") is None:
@@ -396,8 +396,8 @@ def test_cmaes_needs_its_package_or_penalizes_over_budget_trials(tmp_path: Path)
 def test_pareto_front_of_two_objectives_skips_infeasible_and_failed() -> None:
     import pandas as pd
 
-    from bench.search_report import best_trials
-    from bench.search_spec import parse_search
+    from bench.report.search import best_trials
+    from bench.study.search_spec import parse_search
 
     s = build_study(study_dict(objectives=["fid", "is_mean"], budget={"seconds_per_image": 0.1}))
     spec = parse_search(s.search, s.configs[0])
@@ -412,9 +412,9 @@ def test_pareto_front_of_two_objectives_skips_infeasible_and_failed() -> None:
 
 
 def _sampler_names() -> list[str]:
-    from bench.search import SAMPLERS
+    from bench.study.search_spec import SEARCH_SAMPLERS
 
-    return SAMPLERS.names()
+    return SEARCH_SAMPLERS.names()
 
 
 @pytest.mark.parametrize("name", _sampler_names())
@@ -423,12 +423,12 @@ def test_every_registered_sampler_runs_with_a_budget(name: str) -> None:
     can) with a constraint where it reads them; a missing optional package is one BenchError."""
     import optuna
 
-    from bench.search import SAMPLERS, _suggest
-    from bench.search_spec import Param
+    from bench.search.run import _suggest, make_sampler
+    from bench.study.search_spec import SEARCH_SAMPLERS, Param
 
-    meta = SAMPLERS.meta(name)
+    meta = SEARCH_SAMPLERS.meta(name)
     try:
-        sampler = SAMPLERS.get(name)(0)
+        sampler = make_sampler(name, 0)
     except BenchError as e:
         assert "pip install" in str(e)
         pytest.skip(str(e))

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from without_package import make_pool_without
 
-from bench.config import from_dict
-from bench.errors import BenchError
+from bench.core.config import from_dict
+from bench.core.errors import BenchError
 from bench.plan import Job
 
 pytest.importorskip("submitit", reason="submitit is an extra: pip install -e .[slurm]")
@@ -124,7 +124,7 @@ def test_bad_setups_fail_before_submitting(tmp_path, monkeypatch):
     if shutil.which("sbatch") is None:
         with pytest.raises(BenchError, match="sbatch"):
             SlurmPool(shared_dir=str(tmp_path / "shared"))
-    from bench.runner import make_pool
+    from bench.execute import make_pool
 
     with pytest.raises(BenchError, match="--address applies to --executor ray only"):
         make_pool("slurm", "auto", False, address="auto")
@@ -139,7 +139,7 @@ def test_run_study_through_submitit(tmp_path, monkeypatch):
     """The whole grid through run_plan: the driver logs what the submitit jobs return."""
     from mlflow.tracking import MlflowClient
 
-    from bench.runner import run_study
+    from bench.pipeline import run_study
 
     monkeypatch.setenv("BENCH_THREADS", "1")
     monkeypatch.chdir(tmp_path)  # MLflow puts a SQLite store's artifacts in ./mlruns

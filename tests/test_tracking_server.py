@@ -17,7 +17,7 @@ import pytest
 import yaml
 from tiny import tiny_study
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 STUDY = tiny_study("server-grid", {"sample.steps": [2, 3]}, train_steps=10,
                    question="do runs reach a shared tracking server?", train={"batch_size": 16})
@@ -65,7 +65,7 @@ def test_grid_on_a_tracking_server(server, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
     from bench.cli import main
-    from bench.runner import run_study
+    from bench.pipeline import run_study
 
     monkeypatch.setenv("BENCH_THREADS", "1")
     monkeypatch.chdir(tmp_path)  # nothing may land in ./mlflow.db: everything goes to the server
@@ -93,7 +93,7 @@ def test_grid_on_a_tracking_server(server, tmp_path, monkeypatch):
 
 
 def test_unreachable_server_fails_fast_before_any_work(tmp_path, monkeypatch):
-    from bench.runner import run_study
+    from bench.pipeline import run_study
 
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     path = tmp_path / "study.yaml"

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench.checkpoint import CheckpointError, load_trained, read_checkpoint
-from bench.config import DiffusionSpec, ModelSpec, RunConfig, TrainSpec, VAESpec
+from bench.core.config import DiffusionSpec, ModelSpec, RunConfig, TrainSpec, VAESpec
+from bench.core.errors import BenchError
 from bench.data import DATASETS
-from bench.errors import BenchError
 from bench.models import fit_vae
-from bench.train import EMA, EpochSampler, NonFiniteLossError, Trainer, train_model, warmup_factor
+from bench.training.checkpoint import CheckpointError, load_trained, read_checkpoint
+from bench.training.loop import EMA, EpochSampler, NonFiniteLossError, Trainer, train_model, warmup_factor
 
 STEPS = 6
 
@@ -256,7 +256,7 @@ def test_epoch_sampler_visits_every_image_once_per_epoch():
 
 
 def test_rng_state_round_trip():
-    from bench.checkpoint import global_rng_state, set_global_rng_state
+    from bench.training.checkpoint import global_rng_state, set_global_rng_state
 
     dev = torch.device("cpu")
     state = global_rng_state(dev)

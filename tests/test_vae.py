@@ -9,8 +9,8 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from bench.config import VAESpec
-from bench.errors import BenchError
+from bench.core.config import VAESpec
+from bench.core.errors import BenchError
 from bench.models import LatentCodec, build_vae, fit_vae, load_pretrained_vae, validate_vae
 
 HAS_DIFFUSERS = importlib.util.find_spec("diffusers") is not None

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from bench.config import DataSpec
-from bench.errors import BenchError
-from bench.registry import Registry
+from bench.core.config import DataSpec
+from bench.core.errors import BenchError
+from bench.core.registry import Registry, did_you_mean
 
 if TYPE_CHECKING:
     import torch
@@ -200,10 +200,7 @@ def pil_filter(name: str, where: str = "data") -> int:
         "lanczos": Image.Resampling.LANCZOS,
     }
     if name not in filters:
-        import difflib
-
-        close = difflib.get_close_matches(str(name), list(filters), n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
+        hint = did_you_mean(name, filters, n=1)
         raise BenchError(f"unknown {where}.resize_filter {name!r}.{hint} Available: {', '.join(filters)}.")
     return filters[name]
 

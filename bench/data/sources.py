@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.config import DataSpec
+from bench.core.config import DataSpec
+from bench.core.errors import BenchError
 from bench.data.core import DATASETS, Native, data_root, pil_filter, pil_to_square
-from bench.errors import BenchError
 
 DIGITS_TEST_FRACTION = 0.2
 DIGITS_SPLIT_SEED = 0

@@ -5,16 +5,18 @@ shared/DESIGN.md, 'Public contract of bench.diffusion'.
 """
 
 from bench.diffusion.chain import VARIANCES, Chain
-from bench.diffusion.core import Diffusion, Prediction, is_conditional
+from bench.diffusion.core import Diffusion
 from bench.diffusion.losses import LOSSES
 from bench.diffusion.noise import NoiseSource
 from bench.diffusion.objectives import OBJECTIVES, convert
-from bench.diffusion.samplers import SAMPLERS, Denoiser
+from bench.diffusion.prediction import Prediction, is_conditional
+from bench.diffusion.samplers import SAMPLERS, Denoiser, Option, check_options
 from bench.diffusion.schedules import SCHEDULES, NoiseSchedule, make_schedule
 from bench.diffusion.spacing import SPACINGS, make_timesteps
 
 __all__ = [
     "Diffusion", "Prediction", "Chain", "Denoiser", "NoiseSource", "NoiseSchedule",
     "make_schedule", "make_timesteps", "convert", "is_conditional",
+    "Option", "check_options",
     "SCHEDULES", "OBJECTIVES", "VARIANCES", "LOSSES", "SAMPLERS", "SPACINGS",
 ]

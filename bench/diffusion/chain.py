@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
 
 @dataclass(frozen=True)

@@ -7,36 +7,21 @@ Samplers never branch on the objective or schedule: they ask :meth:`Diffusion.pr
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
+from bench.core.errors import BenchError
 from bench.diffusion.chain import VARIANCES, Chain, gather
 from bench.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
+from bench.diffusion.losses import LOSSES
 from bench.diffusion.noise import NoiseSource
 from bench.diffusion.objectives import OBJECTIVES
+from bench.diffusion.prediction import Model, Prediction, is_conditional, null_label
+from bench.diffusion.samplers import SAMPLERS, Denoiser, check_options, declared_options
 from bench.diffusion.schedules import NoiseSchedule, make_schedule
 from bench.diffusion.spacing import make_timesteps
-from bench.errors import BenchError
-
-Model = Callable[..., torch.Tensor]
-
-
-@dataclass
-class Prediction:
-    eps: torch.Tensor
-    x0: torch.Tensor
-    var_out: torch.Tensor | None  # the learned-range interpolation value v, when the variance is learned
-
-
-def null_label(model: Model) -> int:
-    return int(model.num_classes)  # type: ignore[attr-defined]
-
-
-def is_conditional(model: Model) -> bool:
-    n = getattr(model, "num_classes", None)
-    return isinstance(n, int) and not isinstance(n, bool) and n > 0
 
 
 class Diffusion:
@@ -45,8 +30,6 @@ class Diffusion:
     def __init__(self, schedule: str | Sequence[float] | torch.Tensor | NoiseSchedule = "linear",
                  timesteps: int | None = 1000, objective: str = "eps", variance: str = "fixed_small",
                  loss: str = "simple", hybrid_weight: float = 0.001) -> None:
-        from bench.diffusion.losses import LOSSES
-
         self.schedule = schedule if isinstance(schedule, NoiseSchedule) else make_schedule(
             schedule, None if not isinstance(schedule, str) else timesteps)
         self.timesteps = self.schedule.timesteps
@@ -194,13 +177,22 @@ class Diffusion:
                y: torch.Tensor | None = None, generator: torch.Generator | None = None,
                x_T: torch.Tensor | None = None, seeds: Sequence[int] | None = None,
                clip_denoised: bool = False, device: torch.device | str | None = None,
-               progress: bool = False) -> torch.Tensor:
-        """Draw images with a registered sampler. See DESIGN.md, 'Public contract of bench.diffusion'."""
-        from bench.diffusion.samplers import SAMPLERS, Denoiser
+               progress: bool = False, options: Mapping[str, Any] | None = None,
+               info: dict[str, Any] | None = None) -> torch.Tensor:
+        """Draw images with a registered sampler. See DESIGN.md, 'Public contract of bench.diffusion'.
 
+        ``options`` are the sampler's declared knobs (``{"eta": 0.5}`` for ddim); ``eta`` is a
+        shortcut for the option of that name, passed to the samplers that declare it. ``info``,
+        when given, receives ``nfe`` (the Denoiser's counted network calls per image) and
+        ``guided_calls`` (how many of them ran cond + uncond as one 2B batch).
+        """
         fn = SAMPLERS.get(SAMPLERS.check(sampler, "sample.sampler"))
         if not 0.0 <= float(eta) <= 1.0:
             raise BenchError(f"sample.eta={eta} is outside [0, 1]: 0 is deterministic DDIM, 1 is DDPM-like")
+        given = dict(options or {})
+        if "eta" in declared_options(sampler):
+            given.setdefault("eta", float(eta))
+        kwargs = check_options(sampler, given)
         shape = tuple(int(v) for v in shape)
         device = torch.device(device) if device is not None else (
             x_T.device if x_T is not None else _model_device(model))
@@ -212,7 +204,10 @@ class Diffusion:
             raise BenchError(f"x_T has shape {tuple(x.shape)} but shape={shape}")
         den = Denoiser(self, model, chain, y, float(guidance), clip_denoised)
         with torch.no_grad():
-            return fn(den, x, noise, eta=float(eta), progress=progress)
+            out = fn(den, x, noise, progress=progress, **kwargs)
+        if info is not None:
+            info.update(nfe=den.calls, guided_calls=den.guided_calls)
+        return out
 
     def _check_labels(self, model: Model, y: torch.Tensor | None, batch: int, guidance: float,
                       device: torch.device) -> torch.Tensor | None:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
 if TYPE_CHECKING:
     from bench.diffusion.core import Diffusion

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 
 class NoiseSource:

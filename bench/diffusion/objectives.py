@@ -15,7 +15,7 @@ from typing import Protocol
 
 import torch
 
-from bench.registry import Registry
+from bench.core.registry import Registry
 
 
 class Objective(Protocol):

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.errors import BenchError
-from bench.registry import Registry
+from bench.core.errors import BenchError
+from bench.core.registry import Registry
 
 BetaFn = Callable[[int], torch.Tensor]
 SCHEDULES: Registry[BetaFn] = Registry("schedule")

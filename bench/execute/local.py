@@ -13,8 +13,9 @@ import queue
 from dataclasses import dataclass
 from typing import Any
 
-from bench.errors import BenchError
-from bench.execute.base import Outcome
+from bench.core.errors import BenchError
+from bench.execute.registry import EXECUTORS
+from bench.execute.scheduler import Outcome
 from bench.plan import Job
 
 
@@ -140,3 +141,10 @@ def _entry(*args: Any) -> None:
     from bench.execute.worker import worker_main
 
     worker_main(*args)
+
+
+def _make_local(devices: str, progress: bool) -> LocalPool:
+    return LocalPool(parse_devices(devices), progress=progress)
+
+
+EXECUTORS.register("local", _make_local, options=(), help="one worker process per device on this machine")

@@ -26,9 +26,10 @@ import socket
 import time
 from typing import Any
 
-from bench.errors import BenchError
-from bench.execute.base import Outcome
+from bench.core.errors import BenchError
+from bench.execute.registry import EXECUTORS
 from bench.execute.remote import check_shared_dir, require
+from bench.execute.scheduler import Outcome
 from bench.plan import Job
 
 CONNECT_TIMEOUT = 10.0  # seconds for the address check (connect + handshake), well under 30 s
@@ -58,7 +59,7 @@ class RayPool:
                  progress: bool = False, connect_timeout: float = CONNECT_TIMEOUT,
                  init_kwargs: dict[str, Any] | None = None) -> None:
         ray = require("ray", "ray")
-        from bench.paths import cache_dir
+        from bench.core.paths import cache_dir
 
         self.shared_dir = str(check_shared_dir(shared_dir or cache_dir(), "the driver"))
         self.progress = progress
@@ -204,3 +205,10 @@ def _recv(s: socket.socket, n: int) -> bytes:
             break
         data += chunk
     return data
+
+
+def _make_ray(devices: str, progress: bool, **options: Any) -> RayPool:
+    return RayPool(devices=devices, **options)
+
+
+EXECUTORS.register("ray", _make_ray, options=("address",), help="Ray tasks on a local or remote cluster")

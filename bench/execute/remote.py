@@ -16,7 +16,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 EXTRAS = {"ray": "ray", "submitit": "slurm"}  # module -> pip extra of diffusion-ablation-bench
 
@@ -66,7 +66,7 @@ def checkpoint_step(kind: str, config: dict[str, Any]) -> int:
         return 0
     import torch
 
-    from bench.config import from_dict
+    from bench.core.config import from_dict
     from bench.jobs import checkpoint_path
 
     path = checkpoint_path(from_dict(config).train_key())

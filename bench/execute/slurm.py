@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
-from bench.execute.base import Outcome
+from bench.core.errors import BenchError
+from bench.execute.registry import EXECUTORS
 from bench.execute.remote import check_shared_dir, require
+from bench.execute.scheduler import Outcome
 from bench.plan import Job
 
 try:  # submitit is an extra: without it this module still imports and SlurmPool says what to install
@@ -80,7 +81,7 @@ class SlurmPool:
                  cpus_per_task: int | None = None, max_num_timeout: int = 3, progress: bool = False,
                  slurm_parameters: dict[str, Any] | None = None) -> None:
         submitit = require("submitit", "slurm")
-        from bench.paths import cache_dir
+        from bench.core.paths import cache_dir
 
         if executor not in DEFAULT_SLOTS:
             raise BenchError(f"SlurmPool(executor={executor!r}): use 'slurm' or 'local'")
@@ -161,3 +162,12 @@ class SlurmPool:
                 pass
         self.jobs.clear()
         self.pending = []
+
+
+def _make_slurm(devices: str, progress: bool, **options: Any) -> SlurmPool:
+    return SlurmPool(**options)
+
+
+EXECUTORS.register("slurm", _make_slurm, options=("partition", "gpus_per_node", "time_limit", "array_parallelism",
+                                                  "executor"),
+                   help="Slurm jobs through submitit (executor='local' runs them as local processes)")

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from bench.config import DataSpec
-from bench.errors import BenchError
+from bench.core.config import DataSpec
+from bench.core.errors import BenchError
 from bench.metrics.extractors import get_extractor
 
 

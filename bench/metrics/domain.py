@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import DataSpec
-from bench.errors import BenchError
-from bench.paths import atomic_torch_save, cache_dir
+from bench.core.config import DataSpec
+from bench.core.errors import BenchError
+from bench.core.paths import atomic_torch_save, cache_dir
 
 ARCH_VERSION = 1  # bump when DomainNet or its training changes: old checkpoints are not reused
 FEATURE_DIM = 64

@@ -9,7 +9,6 @@ features), the feature size and the input it accepts.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
 import os
@@ -21,10 +20,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from bench.config import DataSpec
-from bench.errors import BenchError
+from bench.core.config import DataSpec
+from bench.core.errors import BenchError
+from bench.core.registry import Registry, UnknownChoiceError, did_you_mean
 from bench.metrics.domain import FEATURE_DIM as DOMAIN_FEATURE_DIM
-from bench.registry import Registry, UnknownChoiceError
 
 # torch_fidelity.feature_extractor_inceptionv3.URL_INCEPTION_V3 (read from its source; kept here so
 # validation needs no torch-fidelity import).
@@ -91,8 +90,7 @@ def resolve_name(name: str, where: str = "eval.extractor") -> tuple[str, str | N
             f"{n}:{d}" if EXTRACTORS.meta(n).get("takes_dataset") else n
             for n in EXTRACTORS.names() for d in (DATASETS.names() if EXTRACTORS.meta(n).get("takes_dataset") else [""])
         ]
-        close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, choices, cutoff=0.5)
         raise UnknownChoiceError(
             f"unknown feature extractor {name!r} at {where}.{hint} Available: {', '.join(choices)}."
         )
@@ -225,7 +223,7 @@ def save_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Pat
         for m in net.modules():  # He init keeps activations O(1) through ~95 conv layers (BN is identity)
             if isinstance(m, torch.nn.Conv2d):
                 torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-    from bench.paths import atomic_torch_save
+    from bench.core.paths import atomic_torch_save
 
     atomic_torch_save(net.state_dict(), path)
     return Path(path)

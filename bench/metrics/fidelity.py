@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
-from bench.config import DataSpec
-from bench.errors import BenchError
+from bench.core.config import DataSpec
+from bench.core.errors import BenchError
+from bench.core.paths import cache_dir
+from bench.core.registry import Registry
 from bench.metrics.catalog import METRICS
 from bench.metrics.extractors import Extractor, extractor_meta, get_extractor
-from bench.paths import cache_dir
-from bench.registry import Registry
 
 FID_BACKENDS: Registry[str] = Registry("FID backend")
 FID_BACKENDS.register("torch-fidelity", "torch_fidelity.calculate_metrics")

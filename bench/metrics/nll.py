@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 
 @torch.no_grad()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from bench.config import DataSpec, EvalSpec
-from bench.errors import BenchError
+from bench.core.config import DataSpec, EvalSpec
+from bench.core.errors import BenchError
 from bench.metrics.catalog import METRICS
 from bench.metrics.extractors import (
     can_download,

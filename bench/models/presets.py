@@ -13,10 +13,10 @@ from typing import Any
 
 from torch import nn
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.core.registry import Registry
 from bench.models.dit import DiTConfig
 from bench.models.unet import UNetConfig
-from bench.registry import Registry
 
 BackboneConfig = UNetConfig | DiTConfig
 

@@ -21,11 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.config import VAESpec
-from bench.errors import BenchError
+from bench.core.config import VAESpec
+from bench.core.errors import BenchError
+from bench.core.paths import atomic_torch_save, load_torch_file
 from bench.models.embeddings import group_norm
 from bench.models.unet import AttnBlock, Downsample, Upsample
-from bench.paths import atomic_torch_save, load_torch_file
 
 FACTORS = (2, 4, 8)
 CHANNEL_MULT = (1, 2, 4, 4)  # LDM's f=8 KL autoencoder; truncated for f=2, 4

@@ -30,7 +30,7 @@ EQUAL_JOBS = {
 
 def _run_once(study: dict, devices: str, root: Path) -> tuple[float, int, int]:
     """Wall seconds of the whole run, TRAIN runs performed (FINISHED in MLflow), unique train keys."""
-    from bench.runner import run_study
+    from bench.pipeline import run_study
     from bench.study import load_study
     from bench.tracking import Tracker
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from bench.config import DataSpec
+from bench.core.config import DataSpec
 from bench.data import load_images
 from bench.metrics import FIDSampleSizeWarning, compute_metrics, get_extractor, save_random_inception_weights
 from bench.metrics.fidelity import reference_cache_root

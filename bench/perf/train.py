@@ -35,7 +35,7 @@ MEASURE_STEPS = 2  # steps run for the memory figures
 
 
 def case_config(backbone: str, size: int, precision: str = "no", batch: int = BATCH):
-    from bench.config import DataSpec, DiffusionSpec, ModelSpec, RunConfig, TrainSpec
+    from bench.core.config import DataSpec, DiffusionSpec, ModelSpec, RunConfig, TrainSpec
 
     return RunConfig(
         data=DataSpec(dataset="digits", image_size=size),
@@ -71,7 +71,7 @@ def cpu_peak_mb(backbone: str, size: int, batch: int = BATCH, steps: int = MEASU
     latter carries the parent's size across fork + exec, so a child's figure would be the parent's.
     """
     from bench.data import load_images
-    from bench.train import Trainer
+    from bench.training.loop import Trainer
 
     torch.set_num_threads(1)
     cfg = case_config(backbone, size, batch=batch)
@@ -91,7 +91,7 @@ def cpu_peak_mb(backbone: str, size: int, batch: int = BATCH, steps: int = MEASU
 
 def cuda_peak_mb(backbone: str, size: int, precision: str, device: str, steps: int = MEASURE_STEPS) -> float:
     """Peak allocated GPU memory over building the Trainer and ``steps`` steps, in MB."""
-    from bench.train import Trainer
+    from bench.training.loop import Trainer
 
     gc.collect()
     torch.cuda.empty_cache()
@@ -118,7 +118,7 @@ def _steps_per_call(trainer, device: str) -> int:
 
 def time_cases(precision: str, device: str, rounds: int) -> dict[tuple[str, int], dict]:
     """Steps per second of every (backbone, size), timed interleaved."""
-    from bench.train import Trainer
+    from bench.training.loop import Trainer
 
     trainers = {(b, s): Trainer(case_config(b, s, precision), device) for b in BACKBONES for s in SIZES}
     reps = {key: _steps_per_call(tr, device) for key, tr in trainers.items()}

@@ -9,9 +9,9 @@ mlflow, seaborn and matplotlib are imported when a report is built, not on ``imp
 (which imports pandas and PyYAML only).
 """
 
-from bench.report.baselines import Baseline, BaselineResult, PaperValue, Protocol, load_baselines
 from bench.report.render import build_report
-from bench.report.specs import PLOT_KINDS, PlotSpec, TableSpec, validate_report_specs
+from bench.study.baselines import Baseline, BaselineResult, PaperValue, Protocol, load_baselines
+from bench.study.report_specs import PLOT_KINDS, PlotSpec, TableSpec, validate_report_specs
 
 __all__ = [
     "PLOT_KINDS",

@@ -25,9 +25,10 @@ from typing import Any
 import pandas as pd
 
 from bench.report.runs import FINISHED, StudyRuns
-from bench.report.specs import PlotSpec
 from bench.report.tables import DEFAULT_FORMATS, direction, metric_label
 from bench.report.tables import _filter as filter_jobs
+from bench.study.report_specs import PlotSpec
+from bench.tracking import download_artifact, metric_history
 
 __all__ = ["Figure", "render_plot", "PNG_MAGIC"]
 
@@ -106,9 +107,6 @@ def _eval_frame(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]]) ->
 
 def _loss_frame(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]]) -> pd.DataFrame:
     """``train_loss`` history of every TRAIN run of the study, with the axis values of its config."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(data.tracking_uri)
     train = data.runs_of_kind("train")
     by_train_key = data.jobs.drop_duplicates("_train_key").set_index("_train_key")
     by_train_key = filter_jobs(by_train_key, spec.where)
@@ -117,10 +115,10 @@ def _loss_frame(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]]) ->
         key = run.get("tags.bench.key")
         if key not in by_train_key.index:
             continue
-        history = client.get_metric_history(run["run_id"], "train_loss")
+        history = metric_history(data.tracking_uri, run["run_id"], "train_loss")
         if not history:
             continue
-        part = pd.DataFrame({"step": [h.step for h in history], "train_loss": [h.value for h in history]})
+        part = pd.DataFrame(history, columns=["step", "train_loss"])
         part = part.sort_values("step")
         window = int(spec.options.get("smooth", 1))
         if window > 1:
@@ -311,8 +309,6 @@ def _no_progress_bars() -> Iterator[None]:
 def _samples(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], names: dict[str, str],
              fig: Figure) -> None:  # fmt: skip
     """One ``samples.png`` per value combination of ``by`` (default: every non-seed axis)."""
-    from mlflow import MlflowClient
-
     expected = filter_jobs(data.jobs, spec.where)
     jobs = expected[expected["_status"] == FINISHED]
     by = list(spec.by) or [a for a in names if a != "seed"]
@@ -334,15 +330,13 @@ def _samples(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], names
     limit = int(spec.options.get("max", 16))
     if len(jobs) > limit:
         fig.notes.append(f"Showing the first {limit} of {len(jobs)} sample grids (raise `max:` for more).")
-    client = MlflowClient(data.tracking_uri)
     with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
         for i, r in enumerate(jobs.head(limit).to_dict("records")):
             caption = ", ".join(f"{names.get(a, a)} = {r[a]}" for a in by) or "samples"
             if spec.y and spec.y in r and r[spec.y] is not None and math.isfinite(float(r[spec.y])):
                 caption += f" — {metric_label(spec.y)} {format(float(r[spec.y]), DEFAULT_FORMATS.get(spec.y, '.3g'))}"
             try:
-                path = client.download_artifacts(r["_run_id"], "samples.png", str(Path(tmp) / str(i)))
-                png = Path(path).read_bytes()
+                png = download_artifact(data.tracking_uri, r["_run_id"], "samples.png", str(Path(tmp) / str(i))).read_bytes()
             except Exception as e:  # noqa: BLE001 (any store error: the report goes on without this grid)
                 fig.notes.append(f"{caption}: no samples.png artifact ({type(e).__name__})")
                 continue

@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from bench.paths import atomic_write_bytes
-from bench.report.baselines import Baseline, baselines_dir_for, load_baselines
+from bench.core.paths import atomic_write_bytes
 from bench.report.plots import Figure, render_plot
-from bench.report.runs import MISSING, StudyRuns, axis_order, collect_runs, fetch_runs, short_names, tracking
-from bench.report.specs import validate_report_specs
+from bench.report.runs import MISSING, StudyRuns, axis_order, collect_runs, short_names
 from bench.report.tables import Table, make_table
+from bench.study.baselines import Baseline, baselines_dir_for, load_baselines
+from bench.study.report_specs import validate_report_specs
+from bench.tracking import fetch_runs, using_uri
 
 if TYPE_CHECKING:
     from bench.study import Study
@@ -76,7 +77,7 @@ def build_report(
     ``tracking_uri`` defaults to MLflow's current one. Baselines are read from ``baselines_dir``
     (default: ``./baselines``, else the ``baselines/`` beside the study file's folder).
     """
-    with tracking(tracking_uri) as uri:
+    with using_uri(tracking_uri) as uri:
         runs = fetch_runs(study.name)
     data = collect_runs(study, runs, uri)
     baselines = load_baselines(_baselines_dir(study, baselines_dir))
@@ -90,7 +91,7 @@ def build_report(
     report = _Report(study, data, tables, figures, dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     folder = Path(out_dir) / study.name
     if study.search:
-        from bench.search_report import search_section
+        from bench.report.search import search_section
 
         section = search_section(study, tracking_uri=uri)
         for name, png in section["images"].items():

@@ -10,19 +10,15 @@ killed, running or missing.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from bench.errors import BenchError
-
 if TYPE_CHECKING:
     from bench.study import Study
 
-__all__ = ["StudyRuns", "collect_runs", "fetch_runs", "axis_order", "short_names", "tracking"]
+__all__ = ["StudyRuns", "collect_runs", "axis_order", "short_names"]
 
 FINISHED, FAILED, KILLED, RUNNING, MISSING = "FINISHED", "FAILED", "KILLED", "RUNNING", "MISSING"
 STATE_COLUMNS = ("_key", "_train_key", "_status", "_reason", "_run_id", "_kind")
@@ -44,35 +40,6 @@ class StudyRuns:
     def runs_of_kind(self, kind: str) -> pd.DataFrame:
         col = "tags.bench.kind"
         return self.runs[self.runs[col] == kind] if col in self.runs else self.runs.iloc[0:0]
-
-
-@contextmanager
-def tracking(uri: str | None) -> Iterator[str]:
-    """Use ``uri`` as MLflow's tracking URI inside the block (the current one when None)."""
-    import mlflow
-
-    previous = mlflow.get_tracking_uri()
-    if uri is not None:
-        mlflow.set_tracking_uri(uri)
-    try:
-        yield mlflow.get_tracking_uri()
-    finally:
-        if uri is not None:
-            mlflow.set_tracking_uri(previous)
-
-
-def fetch_runs(experiment: str) -> pd.DataFrame:
-    """Every run of ``experiment`` (the current tracking URI) as ``mlflow.search_runs`` gives it."""
-    import mlflow
-
-    if mlflow.MlflowClient().get_experiment_by_name(experiment) is None:
-        raise BenchError(
-            f"no MLflow experiment named {experiment!r} at {mlflow.get_tracking_uri()}; run the study "
-            "first (run_ablation.py run <study file>), or pass the tracking URI it was run with (--tracking-uri)"
-        )
-    runs = mlflow.search_runs(experiment_names=[experiment], max_results=100_000, output_format="pandas")
-    assert isinstance(runs, pd.DataFrame)
-    return runs.reset_index(drop=True)
 
 
 def collect_runs(study: Study, runs: pd.DataFrame, tracking_uri: str) -> StudyRuns:

@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-from bench.report.baselines import Baseline, values_equal
 from bench.report.runs import FAILED, FINISHED, KILLED, RUNNING, StudyRuns
-from bench.report.specs import TableSpec
+from bench.study.baselines import Baseline, values_equal
+from bench.study.report_specs import TableSpec
 
 __all__ = ["Table", "make_table", "metric_label", "direction", "format_value", "DEFAULT_FORMATS"]
 

@@ -40,41 +40,37 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 from bench.plan import Plan
-from bench.registry import Registry
-from bench.search_spec import Param, SearchSpec, optuna_study_name, parse_search, positive_int
-from bench.search_store import parent_runs, resolve_storage, trial_runs
+from bench.search.store import open_storage, parent_runs, trial_runs
+from bench.study.search_spec import (
+    SEARCH_SAMPLERS,
+    Param,
+    SearchSpec,
+    optuna_study_name,
+    parse_search,
+    positive_int,
+)
 from bench.tracking import pid_alive
 
 OWNER_ATTR = "bench.owner"
 PENALTY = 1.0e6
-SAMPLERS: Registry[Any] = Registry("search sampler")  # name -> factory(seed) -> optuna sampler
 
 
-def _sampler(cls_name: str, package: str | None = None) -> Any:
-    """A factory ``seed -> optuna.samplers.<cls_name>(seed=seed)``; ``package``: an extra it needs."""
+def make_sampler(name: str, seed: int) -> Any:
+    """``optuna.samplers.<class>(seed=seed)`` for a name of :data:`SEARCH_SAMPLERS`; a missing
+    optional package it needs (``cmaes``) is one BenchError naming it."""
+    import optuna
 
-    def make(seed: int) -> Any:
-        import optuna
-
-        if package:
-            try:
-                __import__(package)
-            except ImportError:
-                raise BenchError(f"search.sampler: {cls_name} needs the `{package}` package; pip install "
-                                 f"{package}, or use sampler: tpe or gp") from None
-        return getattr(optuna.samplers, cls_name)(seed=seed)
-
-    return make
-
-
-# constraints: the sampler reads trial.set_constraint (else a budget penalizes the objective)
-SAMPLERS.register("tpe", _sampler("TPESampler"), multi_objective=True, constraints=True)
-SAMPLERS.register("gp", _sampler("GPSampler"), multi_objective=True, constraints=True)
-SAMPLERS.register("cmaes", _sampler("CmaEsSampler", "cmaes"), multi_objective=False, constraints=False)
-SAMPLERS.register("nsga2", _sampler("NSGAIISampler"), multi_objective=True, constraints=True)
-SAMPLERS.register("random", _sampler("RandomSampler"), multi_objective=True, constraints=True)
+    cls_name = SEARCH_SAMPLERS.get(SEARCH_SAMPLERS.check(name, "search.sampler"))
+    package = SEARCH_SAMPLERS.meta(name).get("package")
+    if package:
+        try:
+            __import__(package)
+        except ImportError:
+            raise BenchError(f"search.sampler: {cls_name} needs the `{package}` package; pip install "
+                             f"{package}, or use sampler: tpe or gp") from None
+    return getattr(optuna.samplers, cls_name)(seed=seed)
 
 
 @dataclass
@@ -86,30 +82,6 @@ class SearchSummary:
     failed_here: int = 0
     running: int = 0  # trials still RUNNING (other workers) when this process stopped
     best: list[dict[str, Any]] = field(default_factory=list)  # {"number", "params", "values"}
-
-
-# --- storage ---------------------------------------------------------------------------------
-
-
-def open_storage(storage: str | None, study_name: str) -> tuple[Any, str]:
-    """(an Optuna storage, its description with any password hidden); see
-    :func:`bench.search_store.resolve_storage` for the accepted forms and the checks."""
-    import optuna
-
-    target = resolve_storage(storage, study_name)
-    if target.kind == "journal":
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(target.location)), target.shown
-    try:
-        kwargs: dict[str, Any] = {"heartbeat_interval": 60, "grace_period": 180} if target.server else {}
-        engine = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}} if target.server else None
-        return optuna.storages.RDBStorage(target.location, engine_kwargs=engine, **kwargs), target.shown
-    except ImportError as e:
-        raise BenchError(f"--storage {target.shown}: {e}") from None
-    except Exception as e:  # sqlalchemy's OperationalError and friends: one line is enough
-        raise BenchError(f"--storage {target.shown}: cannot open the database ({str(e).splitlines()[0]}); "
-                         "check the URL, the server and your credentials") from None
 
 
 # --- the search ------------------------------------------------------------------------------
@@ -137,7 +109,7 @@ def run_search(study: Any, *, tracking_uri: str | None = None, storage: str | No
         import torch
 
         torch.set_num_threads(int(os.environ["BENCH_THREADS"]))
-    SAMPLERS.get(spec.sampler)(spec.seed)  # a missing optional package fails before any work
+    make_sampler(spec.sampler, spec.seed)  # a missing optional package fails before any work
     store, shown = open_storage(storage, study.name)
     tracker = Tracker(study.name, tracking_uri)
     tracker.mark_orphans_killed()
@@ -145,12 +117,12 @@ def run_search(study: Any, *, tracking_uri: str | None = None, storage: str | No
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name = optuna_study_name(study.name, base, spec)
     ostudy = optuna.create_study(storage=store, study_name=name, load_if_exists=True,
-                                 sampler=SAMPLERS.get(spec.sampler)(spec.seed),
+                                 sampler=make_sampler(spec.sampler, spec.seed),
                                  directions=[o.direction for o in spec.objectives])
     ostudy.set_user_attr("bench.search", json.dumps(study.search, sort_keys=True, default=str))
     existing = len(ostudy.get_trials(deepcopy=False))
     if existing:  # resumed or joined: a fresh random stream, not a replay of the first proposals
-        ostudy.sampler = SAMPLERS.get(spec.sampler)(spec.seed + existing)
+        ostudy.sampler = make_sampler(spec.sampler, spec.seed + existing)
     _fail_stale(ostudy, store, tracker, name)
     parent = _parent_run(tracker, name, base, spec, shown, want)
     run = _Runner(ostudy, store, tracker, spec, base, name, parent, device, progress)
@@ -190,9 +162,8 @@ class _TrainPlan(Plan):
 
 def train_base(base: Any, tracker: Any, devices: str, progress: bool = True) -> None:
     """Train the base run's model (and VAE) once, or find it FINISHED in MLflow and on disk."""
-    from bench.execute.base import run_plan
+    from bench.execute import done_keys, make_pool, run_plan
     from bench.plan import plan
-    from bench.runner import done_keys, make_pool
 
     jobs = _TrainPlan({k: j for k, j in plan([base]).jobs.items() if j.kind != "eval"})
     done = done_keys(jobs, tracker)
@@ -275,7 +246,7 @@ class _Runner:
         """Budget: Optuna constraints where the sampler uses them, else a penalty on the values."""
         excess = {m: _metric(result, m) - bound for m, bound in self.spec.budget.items()}
         feasible = all(v <= 0 for v in excess.values())
-        if SAMPLERS.meta(self.spec.sampler)["constraints"]:
+        if SEARCH_SAMPLERS.meta(self.spec.sampler)["constraints"]:
             for m, v in excess.items():
                 trial.set_constraint(m, v)
             return raw, feasible

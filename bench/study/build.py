@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import study_checks as checks
-from bench.config import SECTIONS, RunConfig, coerce_value, resolve_key
-from bench.errors import BenchError
-from bench.report.specs import validate_report_specs
-from bench.study_checks import StudyError, load_yaml
+from bench.core.config import SECTIONS, RunConfig, coerce_value, resolve_key
+from bench.core.errors import BenchError
+from bench.core.registry import did_you_mean
+from bench.study import checks
+from bench.study.checks import StudyError, load_yaml
+from bench.study.report_specs import validate_report_specs
 
 __all__ = ["Study", "StudyError", "load_study", "build_study", "read_study_file", "TOP_KEYS"]
 
@@ -104,7 +105,7 @@ def build_study(
 def _check_report_specs(raw: dict[str, Any], axes: tuple[str, ...], configs: list[RunConfig],
                         path: Path | None) -> None:
     """Tables and plots may name only axes that vary and metrics the study measures."""
-    from bench.report.baselines import baselines_dir_for, load_baselines
+    from bench.study.baselines import baselines_dir_for, load_baselines
 
     produced, _ = checks.produced_outputs(configs)
     known = set(load_baselines(baselines_dir_for(path)))
@@ -139,7 +140,7 @@ def read_study_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]
 
 def merge_studies(parent: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     """``child`` over ``parent``: base/search deep-merged, grid/zip per axis, the rest replaced."""
-    from bench.config import merge
+    from bench.core.config import merge
 
     out = dict(parent)
     for k, v in child.items():
@@ -189,7 +190,7 @@ class _Builder:
         for k in raw:
             if k not in TOP_KEYS:
                 raise BenchError(
-                    f"unknown top-level key {k!r}.{checks.did_you_mean(k, TOP_KEYS)} Keys: {', '.join(TOP_KEYS)}."
+                    f"unknown top-level key {k!r}.{did_you_mean(k, TOP_KEYS)} Keys: {', '.join(TOP_KEYS)}."
                 )
         name = raw.get("name")
         if not isinstance(name, str) or not name.strip():
@@ -219,7 +220,7 @@ class _Builder:
         _check_report_specs(raw, axes, configs, path)
         search = checks.mapping(raw.get("search"), "search")
         if search:  # checked against the base point, where the search runs (bench.search_spec)
-            from bench.search_spec import parse_search
+            from bench.study.search_spec import parse_search
 
             parse_search(search, configs[0])
         return Study(name, question, path, configs, axes, tables, plots, search, dict(raw))
@@ -236,7 +237,7 @@ class _Builder:
                 )
             if sec not in SECTIONS:
                 raise BenchError(
-                    f"base.{sec}: unknown section.{checks.did_you_mean(str(sec), list(SECTIONS))} "
+                    f"base.{sec}: unknown section.{did_you_mean(str(sec), list(SECTIONS))} "
                     f"Sections: {', '.join(SECTIONS)}."
                 )
             if body is None and sec == "vae":
@@ -343,7 +344,7 @@ class _Builder:
                 if key not in self.axis_at:
                     axes = [k for k in self.axis_at if k != "seed" or len(self.factors[-1][0].values) > 1]
                     raise BenchError(
-                        f"{where}.{key}: not an axis of this study.{checks.did_you_mean(key, axes)} "
+                        f"{where}.{key}: not an axis of this study.{did_you_mean(key, axes)} "
                         f"Exclude entries may only name axes: {', '.join(axes)}."
                     )
                 j, axis = self.axis_at[key]

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 __all__ = ["Baseline", "BaselineResult", "PaperValue", "Protocol", "load_baselines", "DEFAULT_DIR"]
 

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.checkpoint import (
+from bench.core.config import RunConfig
+from bench.core.errors import BenchError
+from bench.training.checkpoint import (
     FILENAME,
     CheckpointError,
     build_diffusion,
@@ -41,9 +43,7 @@ from bench.checkpoint import (
     set_global_rng_state,
     write_checkpoint,
 )
-from bench.config import RunConfig
-from bench.errors import BenchError
-from bench.train_setup import TrainData, check_config, load_train_data, make_accelerator
+from bench.training.setup import TrainData, check_config, load_train_data, make_accelerator
 
 Tensor = torch.Tensor
 RESUME_KEYS = ("train_key", "model", "optimizer", "scheduler", "rng", "loss_history", "loss_window",

@@ -1,11 +1,11 @@
-"""The main job: study file -> plan -> executor -> MLflow -> report."""
+"""The main job: study file -> plan -> executor -> MLflow -> report (``run_ablation.py run``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from bench.execute.base import RunSummary
+from bench.execute.scheduler import RunSummary
 
 
 def load_with_overrides(path: str | Path, overrides: dict[str, Any] | None = None, **dotted: Any) -> Any:
@@ -17,38 +17,6 @@ def load_with_overrides(path: str | Path, overrides: dict[str, Any] | None = Non
     return load_study(path, merged or None)
 
 
-def done_keys(plan: Any, tracker: Any) -> set[str]:
-    """Keys with a FINISHED run whose files are still on disk (a wiped cache means redo)."""
-    from bench.jobs import is_done_on_disk
-
-    return {k for k in tracker.finished_keys() if k in plan and is_done_on_disk(plan[k].kind, plan[k].config)}
-
-
-def make_pool(executor: str, devices: str, progress: bool, /, **options: Any) -> Any:
-    """The pool of ``executor``; ``options`` go to it (SlurmPool has an ``executor`` option too)."""
-    from bench.errors import BenchError
-
-    only = {"address": "ray", "partition": "slurm", "gpus_per_node": "slurm", "time_limit": "slurm",
-            "array_parallelism": "slurm"}  # CLI options that belong to one executor
-    for name in options:
-        if only.get(name, executor) != executor:
-            raise BenchError(f"--{name.replace('_', '-')} applies to --executor {only[name]} only "
-                             f"(this run uses --executor {executor})")
-    if executor == "local":
-        from bench.execute.local import LocalPool, parse_devices
-
-        return LocalPool(parse_devices(devices), progress=progress)
-    if executor == "ray":
-        from bench.execute.ray import RayPool
-
-        return RayPool(devices=devices, **options)
-    if executor == "slurm":
-        from bench.execute.slurm import SlurmPool
-
-        return SlurmPool(**options)
-    raise BenchError(f"--executor: unknown executor {executor!r}. Choices: local, ray, slurm.")
-
-
 def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str = "auto", retries: int = 2,
               dry_run: bool = False, progress: bool = True, report: bool = True, executor: str = "local",
               overrides: dict[str, Any] | None = None, executor_options: dict[str, Any] | None = None,
@@ -58,7 +26,7 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     Everything a user can get wrong (the study file, devices, the tracking server) is checked
     before any work starts. Finished jobs are skipped; cut-off runs are marked KILLED and redone.
     """
-    from bench.execute.base import run_plan
+    from bench.execute import done_keys, make_pool, run_plan
     from bench.execute.local import parse_devices
     from bench.tracking import Tracker
 

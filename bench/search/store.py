@@ -1,4 +1,4 @@
-"""Where a search's records live, found and checked without importing Optuna.
+"""Where a search's records live: found and checked without Optuna, then opened (:func:`open_storage`).
 
 * The Optuna storage (``--storage``), resolved by :func:`resolve_storage`:
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 _DRIVERS = {"psycopg": "'psycopg[binary]' (or psycopg2-binary with postgresql+psycopg2://)",
             "psycopg2": "psycopg2-binary", "pg8000": "pg8000", "asyncpg": "asyncpg",
@@ -124,3 +124,24 @@ def parent_runs(tracker: Any, name: str) -> list[Any]:
     query = f"tags.`bench.kind` = 'search' and tags.`bench.key` = '{name}'"
     return list(tracker.client.search_runs([tracker.experiment_id], query, max_results=100,
                                            order_by=["attributes.start_time ASC"]))
+
+
+def open_storage(storage: str | None, study_name: str) -> tuple[Any, str]:
+    """(an Optuna storage, its description with any password hidden); see
+    :func:`bench.search_store.resolve_storage` for the accepted forms and the checks."""
+    import optuna
+
+    target = resolve_storage(storage, study_name)
+    if target.kind == "journal":
+        from optuna.storages.journal import JournalFileBackend
+
+        return optuna.storages.JournalStorage(JournalFileBackend(target.location)), target.shown
+    try:
+        kwargs: dict[str, Any] = {"heartbeat_interval": 60, "grace_period": 180} if target.server else {}
+        engine = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}} if target.server else None
+        return optuna.storages.RDBStorage(target.location, engine_kwargs=engine, **kwargs), target.shown
+    except ImportError as e:
+        raise BenchError(f"--storage {target.shown}: {e}") from None
+    except Exception as e:  # sqlalchemy's OperationalError and friends: one line is enough
+        raise BenchError(f"--storage {target.shown}: cannot open the database ({str(e).splitlines()[0]}); "
+                         "check the URL, the server and your credentials") from None

@@ -34,12 +34,12 @@ generic check, ``loss`` and ``samples`` plots need no ``x`` / ``y``.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
+from bench.core.registry import did_you_mean
 
 __all__ = [
     "METRIC_ALIASES",
@@ -163,11 +163,6 @@ def _as_list(items: Any, kind: str, where: str) -> list[Any]:
     return items
 
 
-def _did_you_mean(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(name), sorted(choices), n=3, cutoff=0.6)
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-
-
 class _Checker:
     def __init__(self, axes: set[str], metrics: set[str], where: str, baselines: set[str] | None) -> None:
         self.axes, self.metrics, self.where, self.baselines = axes, metrics, where, baselines
@@ -184,7 +179,7 @@ class _Checker:
         choices = ", ".join(sorted(self.axes)) or "(none: the study has a single configuration)"
         extra = " (a metric; it cannot be an axis here)" if canonical_metric(name) in self.metrics else ""
         raise self.fail(
-            at, f"{name!r} does not vary in this study{extra}.{_did_you_mean(name, self.axes)} "
+            at, f"{name!r} does not vary in this study{extra}.{did_you_mean(name, self.axes)} "
             f"Axes: {choices}. Add it to grid/zip, or pick an axis",
         )  # fmt: skip
 
@@ -196,7 +191,7 @@ class _Checker:
         maker = _metric_producing(canonical_metric(name))
         todo = f"add {maker!r} to eval.metrics" if maker else "add its metric to eval.metrics"
         raise self.fail(
-            at, f"unknown metric {name!r} (not measured by this study).{_did_you_mean(name, self.metrics)} "
+            at, f"unknown metric {name!r} (not measured by this study).{did_you_mean(name, self.metrics)} "
             f"Measured: {', '.join(sorted(self.metrics))}. To report it, {todo}; or pick one of these",
         )  # fmt: skip
 
@@ -216,7 +211,7 @@ class _Checker:
         for k in spec:
             if k not in allowed:
                 raise self.fail(
-                    f"{at}.{k}", f"unknown key for {what}.{_did_you_mean(str(k), allowed)} Keys: {', '.join(allowed)}"
+                    f"{at}.{k}", f"unknown key for {what}.{did_you_mean(str(k), allowed)} Keys: {', '.join(allowed)}"
                 )
         return spec
 
@@ -257,7 +252,7 @@ class _Checker:
                 raise self.fail(f"{at}.baseline", f"must be a baseline id (text), got {baseline!r}")
             if self.baselines is not None and baseline not in self.baselines:
                 raise self.fail(
-                    f"{at}.baseline", f"unknown baseline {baseline!r}.{_did_you_mean(baseline, self.baselines)} "
+                    f"{at}.baseline", f"unknown baseline {baseline!r}.{did_you_mean(baseline, self.baselines)} "
                     f"Available (baselines/*.yaml): {', '.join(sorted(self.baselines)) or '(none)'}",
                 )  # fmt: skip
         title = self.text(spec.get("title"), f"{at}.title") or self.text(spec.get("caption"), f"{at}.caption")
@@ -306,7 +301,7 @@ class _Checker:
                 else "line"  # fmt: skip
         if kind not in PLOT_KINDS:
             raise self.fail(
-                f"{at}.kind", f"unknown plot kind {kind!r}.{_did_you_mean(str(kind), PLOT_KINDS)} "
+                f"{at}.kind", f"unknown plot kind {kind!r}.{did_you_mean(str(kind), PLOT_KINDS)} "
                 f"Kinds: {', '.join(PLOT_KINDS)}",
             )  # fmt: skip
         fields = PLOT_FIELDS[kind]

@@ -19,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from bench.errors import BenchError
-from bench.search_spec import Param, SearchSpec, optuna_study_name, parse_search
+from bench.core.errors import BenchError
+from bench.study.search_spec import Param, SearchSpec, optuna_study_name, parse_search
 
 SHOWN_METRICS = ("fid", "is_mean", "kid_mean", "class_accuracy", "seconds_per_image")
 OBJECTIVE_PNG = "search_objective.png"
@@ -61,7 +61,7 @@ def search_section(study: Any, tracking_uri: str | None = None, storage: str | N
 
 def trials_frame(tracker: Any, name: str, spec: SearchSpec) -> pd.DataFrame:
     """One row per MLflow trial run: trial, state, searched values (typed), metrics, feasible."""
-    from bench.search_store import trial_runs
+    from bench.search.store import trial_runs
 
     metrics = list(dict.fromkeys([*(o.metric for o in spec.objectives), *spec.budget, *SHOWN_METRICS]))
     rows = []
@@ -117,7 +117,7 @@ def _plain(v: Any) -> Any:
 
 def _optuna_counts(storage: str | None, study_name: str, name: str) -> dict[str, Any]:
     """Trials per state in the Optuna storage, if it exists and opens (else nothing)."""
-    from bench.search_store import default_storage
+    from bench.search.store import default_storage
 
     if storage is None and not default_storage(study_name).exists():
         return {}

@@ -1,9 +1,4 @@
-"""What a worker does with one job: train a VAE, train a model, or sample and evaluate.
-
-Each job reads and writes only under ``bench.paths.cache_dir()``, by content key, and returns a
-plain dict (metrics, histories, tags, artifact paths) that the driver logs to MLflow: workers
-never touch the tracking store.
-"""
+"""The EVAL job: sample from a trained model with per-sample seeds, then compute its metrics."""
 
 from __future__ import annotations
 
@@ -15,127 +10,24 @@ from typing import Any
 
 import torch
 
-from bench.config import RunConfig, from_dict
-from bench.errors import BenchError
-from bench.paths import atomic_write_bytes, cache_dir
+from bench.core.config import RunConfig
+from bench.core.paths import atomic_write_bytes
+from bench.jobs.store import artifact_dir, checkpoint_path, train_dir
+from bench.jobs.vae import load_codec
 
 FIDELITY = ("fid", "is", "kid", "precision", "recall", "class_accuracy")
 
 
-def vae_path(vae_key: str) -> Path:
-    return cache_dir() / "vae" / vae_key / "vae.pt"
-
-
-def train_dir(train_key: str) -> Path:
-    return cache_dir() / "train" / train_key
-
-
-def checkpoint_path(train_key: str) -> Path:
-    return train_dir(train_key) / "checkpoint.pt"
-
-
-def artifact_dir(key: str) -> Path:
-    d = cache_dir() / "artifacts" / key
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def is_done_on_disk(kind: str, cfg: RunConfig) -> bool:
-    """A finished VAE / TRAIN job must also have left its file (a wiped cache means redo)."""
-    if kind == "vae":
-        return vae_path(cfg.vae_key()).exists()
-    if kind == "train":
-        return (train_dir(cfg.train_key()) / "result.json").exists()
-    return True
-
-
-def run_job(kind: str, config: dict[str, Any], key: str, device: str = "cpu", progress: bool = True
-            ) -> dict[str, Any]:
-    cfg = from_dict(config)
-    fn = {"vae": run_vae, "train": run_train, "eval": run_eval}[kind]
-    return fn(cfg, key, device, progress)
-
-
-# --- VAE ----------------------------------------------------------------------------------------
-def load_codec(cfg: RunConfig, device: str = "cpu"):
-    from bench.models import LatentCodec
-
-    path = vae_path(cfg.vae_key())
-    if not path.exists():
-        raise BenchError(f"latent run needs its VAE at {path}, which is missing; run the study's VAE job first")
-    return LatentCodec.load(path, map_location=device).to(device)
-
-
-def run_vae(cfg: RunConfig, key: str, device: str, progress: bool = True) -> dict[str, Any]:
-    from bench.data import load_images
-    from bench.models import LatentCodec, fit_vae, load_pretrained_vae
-
-    path = vae_path(key)
-    codec = None
-    if path.exists():
-        try:
-            codec = LatentCodec.load(path)
-        except BenchError:
-            from bench.checkpoint import quarantine
-
-            quarantine(path)  # kept aside as vae.pt.corrupt; the VAE is trained again
-    if codec is None:
-        t0 = time.perf_counter()
-        if cfg.vae.pretrained:
-            codec = load_pretrained_vae(cfg.vae.pretrained)
-        else:
-            images = load_images(cfg.data, cfg.data.train_split).images
-            codec = fit_vae(images, cfg.vae, device=device, progress=progress)
-        codec.metrics["vae_seconds"] = time.perf_counter() - t0
-        codec.save(path)
-    m = codec.metrics
-    metrics = {k: m[k] for k in ("recon_mse", "recon_psnr", "latent_std", "vae_seconds") if k in m}
-    metrics["scale_factor"] = float(codec.scale_factor)
-    return {"metrics": metrics, "tags": {"bench.vae_path": str(path)}}
-
-
-# --- TRAIN --------------------------------------------------------------------------------------
-def run_train(cfg: RunConfig, key: str, device: str, progress: bool = True) -> dict[str, Any]:
-    from bench.train import train_model
-
-    codec = load_codec(cfg, device) if cfg.model.space == "latent" else None
-    res = train_model(cfg, train_dir(key), device=device, progress=progress, codec=codec)
-    summary = {"train_seconds": res.train_seconds, "final_loss": res.final_loss, "num_params": res.num_params,
-               "steps": res.steps}
-    atomic_write_bytes(train_dir(key) / "result.json", json.dumps(summary).encode())
-    curve = artifact_dir(key) / "loss_curve.png"
-    _plot_loss(res.loss_history, curve, title=f"train {key}")
-    return {"metrics": {k: float(v) for k, v in summary.items()},
-            "history": {"train_loss": [(int(s), float(v)) for s, v in res.loss_history]},
-            "tags": {"bench.checkpoint": str(res.checkpoint), "bench.resumed_from": str(res.resumed_from)},
-            "artifacts": [str(curve)]}
-
-
-def _plot_loss(history: list[tuple[int, float]], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    if history:
-        steps, losses = zip(*history)
-        ax.plot(steps, losses)
-    ax.set(xlabel="step", ylabel="loss", title=title, yscale="log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-# --- EVAL ---------------------------------------------------------------------------------------
 def sample_seeds(cfg: RunConfig, n: int) -> list[int]:
     """Image i of replicate s has seed s * 10^6 + i: it depends on nothing else (STYLE.md, 6)."""
     return [cfg.seed * 1_000_000 + i for i in range(n)]
 
 
 def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str, progress: bool = True
-             ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
-    """``eval.num_samples`` uint8 images (decoded to pixels in latent space), labels, seconds."""
+             ) -> tuple[torch.Tensor, torch.Tensor | None, float, dict[str, int]]:
+    """``eval.num_samples`` uint8 images (decoded to pixels in latent space), labels, seconds, and
+    the network calls the Denoiser counted per image (``nfe``, ``guided_calls``; equal for every
+    batch, so the first batch's count is the run's)."""
     from tqdm.auto import tqdm
 
     from bench.data import dataset_info
@@ -148,7 +40,7 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
     labels = torch.arange(n) % info.num_classes if cfg.model.class_cond else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=device.startswith("cuda") and cfg.train.precision == "bf16")
-    out = []
+    out, calls = [], {}
     _sync(device)
     t0 = time.perf_counter()
     for lo in tqdm(range(0, n, bs), desc="sampling", disable=not progress, leave=False):
@@ -157,7 +49,8 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
         with autocast:
             x = diffusion.sample(model, (hi - lo, *shape), sampler=s.sampler, steps=s.steps, eta=s.eta,
                                  spacing=s.spacing, guidance=s.guidance, y=y, seeds=seeds[lo:hi],
-                                 clip_denoised=s.clip_denoised and codec is None, device=device)
+                                 clip_denoised=s.clip_denoised and codec is None, device=device,
+                                 options=s.options.as_dict(), info=calls)
             if codec is not None:
                 x = codec.decode(x.float())
         out.append(x.float().cpu())
@@ -167,16 +60,16 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
         raise FloatingPointError(f"{bad} of {n} generated images contain NaN or inf (model {cfg.train_key()})")
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), labels, seconds
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), labels, seconds, calls
 
 
 def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> dict[str, Any]:
     from bench.metrics import compute_metrics
-    from bench.train import load_trained
+    from bench.training.loop import load_trained
 
     model, diffusion, _ = load_trained(checkpoint_path(cfg.train_key()), device=device)
     codec = load_codec(cfg, device) if cfg.model.space == "latent" else None
-    images, labels, sample_seconds = generate(cfg, model, diffusion, codec, device, progress)
+    images, labels, sample_seconds, calls = generate(cfg, model, diffusion, codec, device, progress)
     t0 = time.perf_counter()
     ev = cfg.eval
     wanted = [m for m in ev.metrics if m in FIDELITY]
@@ -194,9 +87,9 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
         tags["protocol.nll_space"] = "latent" if codec is not None else "pixel"
         tags["protocol.nll_samples"] = str(ev.nll_samples)
     eval_seconds = time.perf_counter() - t0
-    nfe = cfg.sample.steps * (2 if cfg.sample.guidance != 0 else 1)
     values.update(sample_seconds=sample_seconds, eval_seconds=eval_seconds,
-                  seconds_per_image=sample_seconds / len(images), nfe=nfe)
+                  seconds_per_image=sample_seconds / len(images), nfe=calls["nfe"],
+                  guided_calls=calls["guided_calls"])
     result_file = train_dir(cfg.train_key()) / "result.json"
     if result_file.exists():
         values["train_seconds"] = json.loads(result_file.read_text())["train_seconds"]

@@ -29,8 +29,10 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench.config import FIELD_TYPES, RunConfig, coerce_value, resolve_key
-from bench.errors import BenchError
+from bench import rules
+from bench.core.config import FIELD_TYPES, RunConfig, coerce_value, resolve_key
+from bench.core.errors import BenchError
+from bench.core.registry import Registry, did_you_mean
 
 SEARCH_KEYS = ("params", "objectives", "budget", "n_trials", "sampler", "seed")
 PARAM_TYPES = ("float", "int", "categorical")
@@ -38,6 +40,15 @@ DEFAULT_N_TRIALS = 20
 DEFAULT_SAMPLER = "tpe"
 _TRAINING = ("data", "model", "vae", "diffusion", "train")
 _LOWER_IS_BETTER = {"seconds_per_image", "sample_seconds", "eval_seconds", "train_seconds", "nfe"}
+
+# Optuna's samplers by name -> their class in ``optuna.samplers`` (built by bench.search.make_sampler).
+# constraints: the sampler reads trial.set_constraint (else a budget penalizes the objective).
+SEARCH_SAMPLERS: Registry[str] = Registry("search sampler")
+SEARCH_SAMPLERS.register("tpe", "TPESampler", multi_objective=True, constraints=True)
+SEARCH_SAMPLERS.register("gp", "GPSampler", multi_objective=True, constraints=True)
+SEARCH_SAMPLERS.register("cmaes", "CmaEsSampler", package="cmaes", multi_objective=False, constraints=False)
+SEARCH_SAMPLERS.register("nsga2", "NSGAIISampler", multi_objective=True, constraints=True)
+SEARCH_SAMPLERS.register("random", "RandomSampler", multi_objective=True, constraints=True)
 
 
 @dataclass(frozen=True)
@@ -92,7 +103,7 @@ def parse_search(section: Any, base: RunConfig, where: str = "search") -> Search
                          "`objectives:` (see ablations/guidance_search.yaml)")
     for k in section:
         if k not in SEARCH_KEYS:
-            raise BenchError(f"{where}.{k}: unknown key.{_did_you_mean(str(k), SEARCH_KEYS)} "
+            raise BenchError(f"{where}.{k}: unknown key.{did_you_mean(str(k), SEARCH_KEYS)} "
                              f"Keys: {', '.join(SEARCH_KEYS)}.")
     params = _read_params(section.get("params"), base, f"{where}.params")
     objectives = _read_objectives(section.get("objectives"), base, f"{where}.objectives")
@@ -102,11 +113,9 @@ def parse_search(section: Any, base: RunConfig, where: str = "search") -> Search
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise BenchError(f"{where}.seed: must be an integer, got {seed!r}")
     sampler = section.get("sampler", DEFAULT_SAMPLER)
-    from bench.search import SAMPLERS  # the registry lives beside Optuna; importing it is cheap
-
-    SAMPLERS.check(sampler, f"{where}.sampler")
-    if len(objectives) > 1 and not SAMPLERS.meta(sampler)["multi_objective"]:
-        multi = [n for n in SAMPLERS.names() if SAMPLERS.meta(n)["multi_objective"]]
+    SEARCH_SAMPLERS.check(sampler, f"{where}.sampler")
+    if len(objectives) > 1 and not SEARCH_SAMPLERS.meta(sampler)["multi_objective"]:
+        multi = [n for n in SEARCH_SAMPLERS.names() if SEARCH_SAMPLERS.meta(n)["multi_objective"]]
         raise BenchError(f"{where}.sampler: {sampler!r} optimizes one objective, but {len(objectives)} are "
                          f"given; use one of {', '.join(multi)} for a Pareto front")
     return SearchSpec(params, objectives, budget, n_trials, sampler, seed)
@@ -147,7 +156,7 @@ def _read_param(key: str, spec: Any, base: RunConfig, where: str) -> Param:
     kind = spec.get("type") or ("categorical" if "choices" in spec or ftype.base not in (int, float)
                                 else ftype.base.__name__)
     if kind not in PARAM_TYPES:
-        raise BenchError(f"{where}.type: unknown type {kind!r}.{_did_you_mean(str(kind), PARAM_TYPES)} "
+        raise BenchError(f"{where}.type: unknown type {kind!r}.{did_you_mean(str(kind), PARAM_TYPES)} "
                          f"Types: {', '.join(PARAM_TYPES)}.")
     allowed = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
                "categorical": {"type", "choices"}}[kind]
@@ -212,35 +221,27 @@ def _read_choices(key: str, section: str, name: str, choices: Any, base: RunConf
 
 def _check_point(key: str, section: str, name: str, value: Any, base: RunConfig, where: str) -> None:
     """One value of a searched key must be valid on its own and with the base config."""
-    from bench.study_checks import check_value
+    from bench.study.checks import check_value
 
     value = coerce_value(section, name, value, where)
     check_value(key, value, where)
-    if key == "sample.steps" and value > base.diffusion.timesteps:
-        raise BenchError(f"{where}: {value} steps is more than diffusion.timesteps = {base.diffusion.timesteps}; "
-                         "a sampler takes at most one step per training timestep. Lower it")
+    if key == "sample.steps":
+        rules.check_steps(value, base.diffusion.timesteps, where)
 
 
 def _check_guidance(params: tuple[Param, ...], base: RunConfig, where: str) -> None:
-    """Classifier-free guidance needs a class-conditional model trained with label dropout."""
+    """A searched guidance scale needs what every guidance needs (:func:`bench.rules.check_guidance`)."""
     for p in params:
-        if p.key != "sample.guidance":
-            continue
-        if p.choices is not None and all(c == 0 for c in p.choices):
-            return
-        why = ("model.class_cond is false" if not base.model.class_cond
-               else "train.p_uncond is 0 (no label dropout)" if base.train.p_uncond == 0 else None)
-        if why:
-            raise BenchError(f"{where}.sample.guidance: guidance needs a class-conditional model that also "
-                             f"learned the unconditional score, but the base run's {why}; set "
-                             "model.class_cond: true and train.p_uncond: 0.1 in `base:`, or search other keys")
+        if p.key == "sample.guidance" and not (p.choices is not None and all(c == 0 for c in p.choices)):
+            rules.check_guidance(None, base.model.class_cond, base.train.p_uncond, f"{where}.sample.guidance",
+                                 lambda k: f"base.{k}")
 
 
 # --- objectives and budget -------------------------------------------------------------------
 
 
 def _produced(base: RunConfig) -> tuple[set[str], dict[str, str]]:
-    from bench.study_checks import produced_outputs
+    from bench.study.checks import produced_outputs
 
     return produced_outputs([base])
 
@@ -253,7 +254,7 @@ def _check_metric(metric: Any, base: RunConfig, where: str) -> str:
     if isinstance(metric, str) and metric in maker:
         raise BenchError(f"{where}: {metric!r} is not measured by the base run; add {maker[metric]!r} to "
                          f"base.eval.metrics (measured: {', '.join(sorted(produced))})")
-    raise BenchError(f"{where}: unknown metric {metric!r}.{_did_you_mean(str(metric), sorted(produced))} "
+    raise BenchError(f"{where}: unknown metric {metric!r}.{did_you_mean(str(metric), sorted(produced))} "
                      f"Measured: {', '.join(sorted(produced))}.")
 
 
@@ -310,7 +311,4 @@ def _read_budget(value: Any, base: RunConfig, where: str) -> dict[str, float]:
     return out
 
 
-def _did_you_mean(name: str, choices: Any) -> str:
-    from bench.study_checks import did_you_mean
 
-    return did_you_mean(name, choices)

@@ -8,12 +8,19 @@ answered with "did you mean ...?" plus every available choice. Standard library 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
-from bench.errors import BenchError
+from bench.core.errors import BenchError
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: object, choices: Iterable[str], cutoff: float = 0.6, n: int = 3) -> str:
+    """`` Did you mean 'ddim'?`` for the choices close to ``name``, or ``""``: the one hint every
+    "unknown name" message in the bench ends with."""
+    close = difflib.get_close_matches(str(name), sorted(choices), n=n, cutoff=cutoff)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 class UnknownChoiceError(BenchError, KeyError):
@@ -100,8 +107,7 @@ class Registry(Generic[T]):
 
     def unknown_message(self, name: object, where: str = "") -> str:
         choices = self.names()
-        close = difflib.get_close_matches(str(name), choices, n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, choices, cutoff=0.5)
         loc = f" at {where}" if where else ""
         return f"unknown {self.kind} {name!r}{loc}.{hint} Available: {', '.join(choices) or '(none)'}."
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
-from bench.config import RunConfig
-from bench.errors import BenchError
+from bench import rules
+from bench.core.config import RunConfig
+from bench.core.errors import BenchError
 
 PRECISIONS = ("no", "bf16", "fp16")
 ENCODE_BATCH = 256
@@ -53,18 +54,15 @@ def _positive(cfg: RunConfig, *names: str) -> None:
 def check_config(cfg: RunConfig, device: torch.device, codec: Any = None) -> tuple[int, int, int]:
     """Raise one BenchError for anything in ``cfg`` that cannot train on ``device``; return the
     (C, H, W) the network will see. Reads metadata only (the data and the network are not built)."""
-    from bench.checkpoint import build_diffusion
     from bench.data import dataset_info
     from bench.models import MODELS, validate_model
+    from bench.training.checkpoint import build_diffusion
 
     t, m = cfg.train, cfg.model
     MODELS.check(m.backbone, "model.backbone")  # unknown preset: did-you-mean and the choices
     if t.precision not in PRECISIONS:
         raise BenchError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
-    if t.precision == "fp16" and device.type == "cpu":
-        raise BenchError("train.precision 'fp16' needs a GPU (fp16 autocast and loss scaling are CUDA "
-                         "features; accelerate would silently train in fp32 on the CPU). Use 'bf16' "
-                         "(CPU autocast) or 'no' on the CPU, or train on a GPU.")
+    rules.check_precision(t.precision, device.type, "train.precision")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchError(f"device {str(device)!r} was asked for but torch sees no CUDA GPU; use device='cpu'")
     _positive(cfg, "steps", "batch_size", "grad_accum", "checkpoint_every", "log_every")
@@ -75,14 +73,10 @@ def check_config(cfg: RunConfig, device: torch.device, codec: Any = None) -> tup
         raise BenchError(f"train.ema_decay must lie in [0, 1) (0 = no averaging), got {t.ema_decay}")
     if not 0.0 <= t.p_uncond < 1.0:
         raise BenchError(f"train.p_uncond must lie in [0, 1), got {t.p_uncond}")
-    if t.p_uncond > 0 and not m.class_cond:
-        raise BenchError(f"train.p_uncond={t.p_uncond} drops class labels for guidance, but the model is "
-                         "unconditional; set model.class_cond: true or train.p_uncond: 0")
+    rules.check_label_dropout(t.p_uncond, m.class_cond, "train.p_uncond")
     build_diffusion(cfg.diffusion)  # unknown schedule / objective / variance / loss, impossible pairs
     info = dataset_info(cfg.data.dataset)
-    if m.class_cond and not info.has_labels:
-        raise BenchError(f"model.class_cond is true but dataset {cfg.data.dataset!r} has no labels; "
-                         "set model.class_cond: false or use a labelled dataset")
+    rules.check_class_labels(m.class_cond, cfg.data.dataset, info.has_labels, "model.class_cond")
     size = cfg.data.image_size or info.image_size
     if size is None:
         raise BenchError(f"data.image_size: dataset {cfg.data.dataset!r} has no native size; set data.image_size")

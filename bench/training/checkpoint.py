@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.config import DiffusionSpec, RunConfig, from_dict
-from bench.errors import BenchError
-from bench.paths import atomic_torch_save, load_torch_file
+from bench.core.config import DiffusionSpec, RunConfig, from_dict
+from bench.core.errors import BenchError
+from bench.core.paths import atomic_torch_save, load_torch_file
 
 FORMAT = "bench.TrainCheckpoint/1"
 FILENAME = "checkpoint.pt"

@@ -10,18 +10,19 @@ point grid runs each distinct check once, not 100,000 times.
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import itertools
 import operator
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bench.config import FIELD_TYPES, SECTIONS, RunConfig, defaults
-from bench.errors import BenchError
+from bench import rules
+from bench.core.config import FIELD_TYPES, SECTIONS, RunConfig, defaults
+from bench.core.errors import BenchError
+from bench.core.registry import did_you_mean
 
 if TYPE_CHECKING:
     from bench.study import _Builder
@@ -79,11 +80,6 @@ def load_yaml(text: str, source: str) -> Any:
 
 
 # --- small readers ---------------------------------------------------------------------------
-
-
-def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(str(name), list(choices), n=3, cutoff=0.6)
-    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def mapping(value: Any, where: str) -> dict[str, Any]:
@@ -289,14 +285,16 @@ class Expander:
         if self._once("model", id(data), id(model), id(vae)):
             self._check_model(idx, data, model, vae)
         if self._once("guidance", id(model), id(train), id(sample)):
-            self._check_guidance(idx, model, train, sample)
-        if sample.steps > diffusion.timesteps and self._once("steps", id(diffusion), id(sample)):
-            raise BenchError(
-                f"{self._at(idx, 'sample.steps', 'diffusion.timesteps')}: sample.steps = {sample.steps} is "
-                f"more than diffusion.timesteps = {diffusion.timesteps} "
-                f"({self.b.origin('diffusion.timesteps', idx)}); a sampler can take at most one step per "
-                "training timestep. Lower sample.steps"
-            )
+            origin = self._origin(idx)
+            rules.check_guidance(sample.guidance, model.class_cond, train.p_uncond,
+                                 self._at(idx, "sample.guidance", "model.class_cond", "train.p_uncond"), origin)
+            rules.check_label_dropout(train.p_uncond, model.class_cond,
+                                      self._at(idx, "train.p_uncond", "model.class_cond"), origin)
+        if self._once("steps", id(diffusion), id(sample)):
+            rules.check_steps(sample.steps, diffusion.timesteps, self._at(idx, "sample.steps", "diffusion.timesteps"),
+                              self._origin(idx))
+        if self._once("sampler", id(sample)):
+            self._check_sampler(idx, sample)
         if self._once("eval", id(data), id(model), id(ev)):
             self._check_eval(idx, data, model, ev)
 
@@ -311,26 +309,30 @@ class Expander:
             )
 
     def _check_diffusion(self, idx: tuple[int, ...], diffusion: Any) -> None:
-        """A learned variance needs a loss that trains it (Nichol & Dhariwal 2021, Sec. 3.1)."""
-        learned = registry("diffusion.variance").meta(diffusion.variance).get("learned", False)
-        trains = registry("diffusion.loss").meta(diffusion.loss).get("trains_variance", True)
-        if learned and not trains:
-            raise BenchError(
-                f"{self._at(idx, 'diffusion.variance', 'diffusion.loss')}: variance {diffusion.variance!r} is "
-                f"learned, but loss {diffusion.loss!r} does not train it ({self.b.origin('diffusion.loss', idx)}); "
-                "use diffusion.loss: hybrid (Nichol & Dhariwal) or vlb, or a fixed variance"
-            )
+        rules.check_learned_variance(diffusion.variance, diffusion.loss,
+                                     self._at(idx, "diffusion.variance", "diffusion.loss"), self._origin(idx))
+
+    def _check_sampler(self, idx: tuple[int, ...], sample: Any) -> None:
+        """``sample.options`` against the options the sampler declares."""
+        from bench.diffusion import check_options
+
+        options = sample.options.as_dict()
+        where = self._at(idx, "sample.options", "sample.sampler")
+        check_options(sample.sampler, options, where if "sample.options" in self.b.axis_at else "sample.options")
+        if "eta" in options and sample.eta not in (0.0, options["eta"]):
+            raise BenchError(f"{self._at(idx, 'sample.eta', 'sample.options')}: sample.eta = {sample.eta} and "
+                             f"sample.options.eta = {options['eta']} disagree; give eta once")
+
+    def _origin(self, idx: tuple[int, ...]) -> Callable[[str], str]:
+        return lambda key: self.b.origin(key, idx)
 
     def _check_model(self, idx: tuple[int, ...], data: Any, model: Any, vae: Any) -> None:
         from bench.models import validate_model
 
         info = _data_module().dataset_info(data.dataset)
         size, channels = data.image_size or info.image_size, info.channels
-        if model.class_cond and not info.has_labels:
-            raise BenchError(
-                f"{self._at(idx, 'model.class_cond', 'data.dataset')}: dataset {data.dataset!r} has no labels, "
-                "so the model cannot be class-conditional; set model.class_cond: false"
-            )
+        rules.check_class_labels(model.class_cond, data.dataset, info.has_labels,
+                                 self._at(idx, "model.class_cond", "data.dataset"))
         if model.space == "latent":
             if vae is None:
                 how = "`vae: null` switches it off" if self.b.vae_mode == "null" else "it is missing"
@@ -345,23 +347,6 @@ class Expander:
             size, channels = size // vae.factor, vae.latent_channels
         where = self._at(idx, "model.backbone", "data.image_size", "vae.factor", "model.space")
         validate_model(model.backbone, channels, size, where + (latent if model.space == "latent" else ""))
-
-    def _check_guidance(self, idx: tuple[int, ...], model: Any, train: Any, sample: Any) -> None:
-        if sample.guidance == 0:
-            return
-        at = self._at(idx, "sample.guidance", "model.class_cond", "train.p_uncond")
-        if not model.class_cond:
-            raise BenchError(
-                f"{at}: guidance w = {sample.guidance} needs a class-conditional model, but model.class_cond "
-                f"is false ({self.b.origin('model.class_cond', idx)}); set model.class_cond: true and "
-                "train.p_uncond (e.g. 0.1), or use guidance 0"
-            )
-        if train.p_uncond == 0:
-            raise BenchError(
-                f"{at}: guidance w = {sample.guidance} needs label dropout during training, but "
-                f"train.p_uncond is 0 ({self.b.origin('train.p_uncond', idx)}); set train.p_uncond (e.g. 0.1) "
-                "so the model also learns the unconditional score, or use guidance 0"
-            )
 
     def _check_eval(self, idx: tuple[int, ...], data: Any, model: Any, ev: Any) -> None:
         from bench import metrics

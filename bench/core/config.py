@@ -1,0 +1,189 @@
+"""The run configuration: frozen dataclasses, canonical JSON and content-hash keys.
+
+A run *is* its config (as nanoGPT logs its resolved config and edm writes
+``training_options.json``): the canonical JSON of a :class:`RunConfig` and its sha256 prefix are
+the run's identity. ``train_key`` hashes only the training-time sections, so every sampling
+variant of one model shares one TRAIN job; ``vae_key`` hashes the data and VAE sections, so all
+latent runs on one dataset share one VAE.
+
+The sections, their types and defaults are in :mod:`bench.core.sections` (re-exported here). Canonical JSON is cached per section instance: a
+study shares section instances between grid points, so 100,000 keys cost 100,000 string joins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from bench.core.errors import BenchError
+from bench.core.registry import did_you_mean
+from bench.core.sections import (
+    ALL_KEYS,
+    FIELD_TYPES,
+    OMIT_DEFAULT,
+    SECTIONS,
+    DataSpec,
+    DiffusionSpec,
+    EvalSpec,
+    FieldType,
+    ModelSpec,
+    Options,
+    SampleSpec,
+    TrainSpec,
+    VAESpec,
+    asdict,
+    coerce_value,
+    defaults,
+    dumps,
+    flatten,
+    merge,
+    resolve_key,
+    section_fields,
+    unflatten,
+)
+
+SCHEMA_VERSION = 1
+KEY_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One point of a study grid: everything needed to train, sample and evaluate."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    model: ModelSpec = field(default_factory=ModelSpec)
+    vae: VAESpec | None = None  # required (``vae: {}`` for the defaults) when model.space is latent
+    diffusion: DiffusionSpec = field(default_factory=DiffusionSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    sample: SampleSpec = field(default_factory=SampleSpec)
+    eval: EvalSpec = field(default_factory=EvalSpec)
+    seed: int = 0  # replicate: seeds training and sampling
+
+    # --- identity -------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema": SCHEMA_VERSION, **asdict(self)}
+
+    def canonical_json(self, sections: tuple[str, ...] | None = None) -> str:
+        """``json.dumps(to_dict(), sort_keys=True, separators=(",", ":"))``, restricted to
+        ``sections`` (names of fields, ``seed`` included) when given; built from cached parts."""
+        return self._canonical(_SORTED_NAMES if sections is None else sorted({*sections, "schema"})).decode()
+
+    def _canonical(self, names: Any) -> bytes:
+        entries = self.__dict__.get("_entries") or self._make_entries()
+        return b"{" + b",".join([entries[n] for n in names]) + b"}"
+
+    def _make_entries(self) -> dict[str, bytes]:
+        """``b'"name":<json>'`` per field (and schema), cached: the three keys share them."""
+        d = self.__dict__
+        seed = d["seed"]  # an int's JSON is its str(); anything else goes through json
+        entries = {
+            "schema": _SCHEMA_ENTRY,
+            "seed": _PREFIX["seed"] + (str(seed) if type(seed) is int else json.dumps(seed)).encode(),
+        }
+        for n in _SECTION_NAMES:
+            value = d[n]
+            if value is None:
+                entries[n] = _PREFIX[n] + b"null"
+                continue
+            entry = value.__dict__.get("_entry")  # a section's JSON is computed once per instance
+            if entry is None:
+                entry = value.__dict__["_entry"] = _PREFIX[n] + dumps(asdict(value))
+            entries[n] = entry
+        # frozen dataclass: caches live in the instance dict, outside fields, eq and repr
+        d["_entries"] = entries
+        return entries
+
+    def key(self) -> str:
+        """Key of the whole run (the EVAL job)."""
+        key = self.__dict__.get("_key")
+        if key is None:
+            key = self.__dict__["_key"] = _hash(self._canonical(_SORTED_NAMES))
+        return key
+
+    def train_key(self) -> str:
+        """Key of the TRAIN job: training-time sections only (data, model, diffusion, train,
+        seed, and vae for latent runs); equal across sampling / evaluation changes."""
+        key = self.__dict__.get("_train_key")
+        if key is None:
+            names = _TRAIN_SORTED[self.model.space == "latent"]
+            key = self.__dict__["_train_key"] = _hash(self._canonical(names))
+        return key
+
+    def train_sections(self) -> tuple[str, ...]:
+        return _TRAIN_LATENT if self.model.space == "latent" else _TRAIN_PIXEL
+
+    def vae_key(self) -> str | None:
+        """Key of the VAE job (shared by every latent run on the same data and VAE settings)."""
+        if self.model.space != "latent" or self.vae is None:
+            return None
+        key = self.__dict__.get("_vae_key")
+        if key is None:
+            key = self.__dict__["_vae_key"] = _hash(self._canonical(_VAE_SORTED))
+        return key
+
+    # --- overrides ------------------------------------------------------------------------
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values (``sample.steps``), as logged to MLflow."""
+        return flatten(asdict(self))
+
+    def override(self, **dotted: Any) -> RunConfig:
+        """``cfg.override(**{"sample.steps": 20})``: a new config with dotted keys replaced."""
+        return from_dict(merge(asdict(self), unflatten(dotted)))
+
+
+_TRAIN_PIXEL = ("data", "model", "diffusion", "train", "seed")
+_TRAIN_LATENT = (*_TRAIN_PIXEL, "vae")
+_TRAIN_SORTED = {False: sorted({*_TRAIN_PIXEL, "schema"}), True: sorted({*_TRAIN_LATENT, "schema"})}
+_VAE_SORTED = sorted({"data", "vae", "schema"})
+
+
+def _hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:KEY_LENGTH]
+
+
+_SORTED_NAMES = sorted({*(f.name for f in fields(RunConfig)), "schema"})
+_PREFIX = {n: f'"{n}":'.encode() for n in _SORTED_NAMES}
+_SECTION_NAMES = tuple(f.name for f in fields(RunConfig) if f.name != "seed")
+_SCHEMA_ENTRY = _PREFIX["schema"] + str(SCHEMA_VERSION).encode()
+
+
+def from_dict(d: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build a RunConfig from nested dicts; unknown sections or keys and wrong types raise
+    BenchError. Omitted keys take the defaults; ``vae: {}`` is a VAE with default settings."""
+    kwargs: dict[str, Any] = {}
+    for name, value in d.items():
+        if name == "schema":
+            continue
+        if name == "seed":
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise BenchError(f"{where}: seed must be an integer, got {value!r}")
+            kwargs["seed"] = value
+            continue
+        if name not in SECTIONS:
+            hint = did_you_mean(name, SECTIONS, n=1)
+            raise BenchError(
+                f"{where}: unknown section {name!r}.{hint} Sections: {', '.join(SECTIONS)}, seed."
+            )
+        if value is None:
+            if name != "vae":
+                raise BenchError(f"{where}: section {name!r} cannot be null; omit it for the defaults")
+            kwargs[name] = None
+            continue
+        if not isinstance(value, dict):
+            raise BenchError(f"{where}: section {name!r} must be a mapping, got {value!r}")
+        vals = {}
+        for k, v in value.items():
+            resolve_key(f"{name}.{k}", where)
+            vals[k] = coerce_value(name, k, v, f"{where}: {name}.{k}")
+        kwargs[name] = SECTIONS[name](**vals)
+    return RunConfig(**kwargs)
+
+
+
+__all__ = [
+    "DataSpec", "ModelSpec", "VAESpec", "DiffusionSpec", "TrainSpec", "SampleSpec", "EvalSpec", "RunConfig",
+    "Options", "OMIT_DEFAULT", "SECTIONS", "FIELD_TYPES", "FieldType", "ALL_KEYS", "from_dict", "coerce_value",
+    "resolve_key", "defaults", "section_fields", "flatten", "unflatten", "merge", "replace",
+]

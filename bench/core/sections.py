@@ -1,0 +1,310 @@
+"""The sections of a run configuration: frozen dataclasses with their defaults and types.
+
+Every field's default is written beside it below (and listed by :func:`defaults`). Values are
+type-checked by :func:`coerce_value` (ints are accepted for float fields and stored as floats, so
+``eta: 1`` and ``eta: 1.0`` are the same run). A field declared with ``metadata=OMIT_DEFAULT``
+is left out of the canonical JSON while it has its default, so adding such a field to a section
+keeps the keys of every existing run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, NamedTuple
+
+from bench.core.errors import BenchError
+from bench.core.registry import did_you_mean
+
+OMIT_DEFAULT = {"omit_default": True}
+
+
+class Options(tuple):
+    """A mapping of knobs (``sample.options``) as sorted (name, value) pairs: hashable, so equal
+    sections are interned once; it reads back as a dict (:meth:`as_dict`, canonical JSON)."""
+
+    @classmethod
+    def of(cls, mapping: Any) -> Options:
+        return mapping if isinstance(mapping, Options) else cls(sorted(dict(mapping).items()))
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self)
+
+
+class _Spec:
+    """Base of the section dataclasses: stores ints given for float fields as floats (and -0.0
+    as 0.0), lists given for tuple fields as tuples, so equal settings have equal keys."""
+
+    def __post_init__(self) -> None:
+        for name in _float_fields(type(self)):
+            value = self.__dict__[name]
+            if type(value) is int or (type(value) is float and value == 0.0):  # -0.0 -> 0.0: JSON differs
+                self.__dict__[name] = float(value) + 0.0  # frozen: write the instance dict directly
+        if isinstance(self.__dict__.get("metrics"), list):
+            self.__dict__["metrics"] = tuple(self.__dict__["metrics"])
+        if isinstance(self.__dict__.get("options"), dict):
+            self.__dict__["options"] = Options.of(self.__dict__["options"])
+
+
+@dataclass(frozen=True)
+class DataSpec(_Spec):
+    """Which images: a registered dataset, its size and where it lives."""
+
+    dataset: str = "digits"  # registry bench.data.DATASETS
+    image_size: int | None = None  # None = the dataset's native size
+    resize_filter: str = "bilinear"  # PIL filter used when image_size differs from native
+    root: str | None = None  # folder for mnist / cifar10 / imagefolder (None = ~/.cache/bench/data)
+    download: bool = False  # let torchvision download (users online)
+    train_split: str = "train"
+
+
+@dataclass(frozen=True)
+class ModelSpec(_Spec):
+    """The denoising network."""
+
+    backbone: str = "unet-tiny"  # registry bench.models.MODELS
+    space: str = "pixel"  # pixel | latent
+    class_cond: bool = False  # class-conditional (adds the null label for guidance)
+    dropout: float | None = None  # None = the preset's
+
+
+@dataclass(frozen=True)
+class VAESpec(_Spec):
+    """A KL autoencoder for latent diffusion, trained once per (data, vae) and cached."""
+
+    factor: int = 2  # downsampling factor: 2, 4 or 8
+    latent_channels: int = 4
+    base_channels: int = 32
+    steps: int = 1500
+    batch_size: int = 64
+    lr: float = 1.0e-3
+    kl_weight: float = 1.0e-6
+    seed: int = 0
+    pretrained: str | None = None  # local folder of a diffusers AutoencoderKL
+
+
+@dataclass(frozen=True)
+class DiffusionSpec(_Spec):
+    """The forward process and what the network predicts."""
+
+    schedule: str = "linear"  # registry bench.diffusion.SCHEDULES
+    timesteps: int = 1000
+    objective: str = "eps"  # registry bench.diffusion.OBJECTIVES
+    variance: str = "fixed_small"  # registry bench.diffusion.VARIANCES
+    loss: str = "simple"  # registry bench.diffusion.LOSSES
+    hybrid_weight: float = 0.001
+
+
+@dataclass(frozen=True)
+class TrainSpec(_Spec):
+    """The optimisation."""
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2.0e-4
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    ema_decay: float = 0.999
+    p_uncond: float = 0.0  # label dropout for classifier-free guidance
+    precision: str = "no"  # no | bf16 | fp16 (autocast; GPU only)
+    checkpoint_every: int = 500
+    log_every: int = 25
+
+
+@dataclass(frozen=True)
+class SampleSpec(_Spec):
+    """How images are drawn from a trained model (inference-time axes)."""
+
+    sampler: str = "ddim"  # registry bench.diffusion.SAMPLERS
+    steps: int = 50
+    eta: float = 0.0
+    spacing: str = "leading"  # registry bench.diffusion.SPACINGS
+    guidance: float = 0.0  # classifier-free guidance w (eps~ = (1+w) eps_c - w eps_u)
+    clip_denoised: bool = True  # clamp predicted x0 to [-1, 1] (pixel space only)
+    batch_size: int = 250
+    options: Options = field(default=Options(), metadata=OMIT_DEFAULT)  # the sampler's declared knobs
+
+
+@dataclass(frozen=True)
+class EvalSpec(_Spec):
+    """What is measured, and under which protocol."""
+
+    num_samples: int = 1000
+    metrics: tuple[str, ...] = ("fid",)  # registry bench.metrics.METRICS
+    extractor: str = "inception"  # registry bench.metrics.EXTRACTORS ("inception", "domain:<dataset>")
+    reference_split: str = "test"
+    fid_backend: str = "torch-fidelity"  # torch-fidelity | clean-fid
+    inception_weights: str | None = None  # local weights file (offline); env BENCH_INCEPTION_WEIGHTS
+    nll_samples: int = 0  # test images for nll_bpd (0 = skip)
+    kid_subset_size: int = 1000
+
+
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataSpec,
+    "model": ModelSpec,
+    "vae": VAESpec,
+    "diffusion": DiffusionSpec,
+    "train": TrainSpec,
+    "sample": SampleSpec,
+    "eval": EvalSpec,
+}
+
+
+def section_fields(section: str) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(SECTIONS[section])}
+
+
+# --- types ----------------------------------------------------------------------------------
+
+
+class FieldType(NamedTuple):
+    """What a field accepts: ``base`` (bool, int, float, str), ``optional`` (None allowed),
+    ``items`` (the item type of a ``tuple[T, ...]`` field, else None)."""
+
+    base: type
+    optional: bool
+    items: type | None
+
+    def describe(self) -> str:
+        what = f"a list of {self.items.__name__}s" if self.items else _TYPE_WORDS[self.base]
+        return f"{what} or null" if self.optional else what
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+               dict: "a mapping of names to values"}
+
+
+def _field_type(hint: Any) -> FieldType:
+    if hint is Options:
+        return FieldType(dict, False, None)
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        (hint,) = [a for a in args if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return FieldType(tuple, optional, typing.get_args(hint)[0])
+    return FieldType(hint, optional, None)
+
+
+FIELD_TYPES: dict[str, dict[str, FieldType]] = {
+    name: {k: _field_type(t) for k, t in typing.get_type_hints(cls).items()} for name, cls in SECTIONS.items()
+}
+_FLOATS: dict[type, tuple[str, ...]] = {}
+
+
+def _float_fields(cls: type) -> tuple[str, ...]:
+    names = _FLOATS.get(cls)
+    if names is None:
+        hints = typing.get_type_hints(cls)
+        names = _FLOATS[cls] = tuple(k for k, t in hints.items() if _field_type(t).base is float)
+    return names
+
+
+def defaults() -> dict[str, Any]:
+    """Every dotted key with its default (``vae.*`` apply once a ``vae:`` section is given)."""
+    out = {f"{s}.{f.name}": getattr(cls(), f.name) for s, cls in SECTIONS.items() for f in fields(cls)}
+    return out | {"seed": 0}
+
+
+ALL_KEYS: tuple[str, ...] = tuple(defaults())
+
+
+def resolve_key(dotted: str, where: str) -> tuple[str, str]:
+    """``"sample.eta"`` -> ``("sample", "eta")``; anything else raises with "did you mean"."""
+    section, _, name = str(dotted).partition(".")
+    if section in SECTIONS and name in FIELD_TYPES[section]:
+        return section, name
+    hint = did_you_mean(dotted, [k for k in ALL_KEYS if k != "seed"])
+    if section in SECTIONS:
+        choices = ", ".join(f"{section}.{k}" for k in FIELD_TYPES[section])
+        raise BenchError(f"{where}: unknown key {dotted!r}.{hint} Keys of {section}: {choices}.")
+    raise BenchError(
+        f"{where}: unknown key {dotted!r}.{hint} Keys are <section>.<field> with sections "
+        f"{', '.join(SECTIONS)}."
+    )
+
+
+def coerce_value(section: str, name: str, value: Any, where: str) -> Any:
+    """Type-check ``value`` for ``section.name`` and return it normalised (int -> float for float
+    fields, list -> tuple for list fields); raises BenchError naming ``where`` otherwise."""
+    ft = FIELD_TYPES[section][name]
+    if value is None and ft.optional:
+        return None
+    if ft.items is not None:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, ft.items) for v in value):
+            return tuple(value)
+    elif ft.base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif ft.base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif ft.base is dict:
+        if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+            return Options.of(value)
+    elif isinstance(value, ft.base):
+        return value
+    default = getattr(SECTIONS[section](), name)
+    example = f"[{', '.join(default)}]" if isinstance(default, tuple) else json.dumps(default)
+    raise BenchError(
+        f"{where}: must be {ft.describe()}, got {value!r} ({type(value).__name__}). "
+        f"Write e.g. {section}.{name}: {example} (the default)."
+    )
+
+
+
+def dumps(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+
+
+def asdict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: asdict(v) for f in fields(obj)
+                if not ((v := getattr(obj, f.name)) == f.default and f.metadata.get("omit_default"))}
+    if isinstance(obj, Options):
+        return obj.as_dict()
+    if isinstance(obj, (list, tuple)):
+        return [asdict(v) for v in obj]
+    return obj
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, name + "."))
+        else:
+            out[name] = v
+    return out
+
+
+def unflatten(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"a.b": 1}`` -> ``{"a": {"b": 1}}``; the caller's values are copied, never written into."""
+    out: dict[str, Any] = {}
+    for k, v in dotted.items():
+        parts = k.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = copy.deepcopy(v)
+    return out
+
+
+def merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; ``update`` wins. A section set to None (``vae: null``) clears it."""
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+

@@ -1,0 +1,26 @@
+"""DDIM (Song et al. 2021): the generalized, non-Markovian reverse process with its eta knob."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.diffusion.noise import NoiseSource
+from bench.diffusion.samplers.registry import Denoiser, Option, register_sampler
+
+ETA = Option("eta", float, 0.0, 0.0, 1.0, "DDIM's eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like noise)")
+
+
+@register_sampler("ddim", options=(ETA,), stochastic=False, paper="Song et al. 2021, eq. 12 and 16")
+def ddim(den: Denoiser, x: torch.Tensor, noise: NoiseSource, *, eta: float = 0.0, progress: bool = False
+         ) -> torch.Tensor:
+    """x_{prev} = sqrt(abar') x0 + sqrt(1 - abar' - sigma^2) eps + sigma z,
+    sigma = eta sqrt((1 - abar') / (1 - abar)) sqrt(1 - abar / abar')."""
+    chain = den.chain
+    for i in den.steps(progress, "ddim"):
+        pred = den(x, i)
+        ab, ab_prev = float(chain.abar[i]), float(chain.abar_prev[i])
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
+        x = ab_prev**0.5 * pred.x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * pred.eps
+        if sigma > 0 and i > 0:
+            x = x + sigma * noise()
+    return x
