@@ -12,7 +12,7 @@ __version__ = "0.1.0"
 
 
 def run_study(path: Any, **kwargs: Any) -> Any:
-    """Run a study file end to end (see :func:`bench.runner.run_study`)."""
+    """Run a study file end to end (see :func:`bench.pipeline.run_study`)."""
     from bench.pipeline import run_study as _run
 
     return _run(path, **kwargs)

@@ -14,6 +14,7 @@ from bench.core.config import (
     SECTIONS,
     EvalSpec,
     ModelSpec,
+    Options,
     RunConfig,
     SampleSpec,
     VAESpec,
@@ -37,6 +38,8 @@ def changed(value: Any, section: str, name: str) -> Any:
         return {int: 16, float: 0.5, str: "elsewhere"}[ft.base]
     if ft.items is not None:
         return (*value, "extra")
+    if ft.base is dict:
+        return Options.of({**dict(value), "extra": 1.0})
     if ft.base is bool:
         return not value
     if ft.base is str:

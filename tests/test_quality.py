@@ -1,4 +1,4 @@
-"""A real quality test: models trained with bench.train on digits draw the digit they are asked for.
+"""A real quality test: models trained with bench.training on digits draw the digit they are asked for.
 
 A classifier trained here on the digits train split (an RBF SVM, >= 95% on the test split) judges
 DDIM samples (50 steps, eta 0, one seed per sample). Class-conditional ``unet-tiny`` trained with

@@ -1,4 +1,4 @@
-"""bench.train: bit-exact resume, corrupt checkpoints, non-finite losses, input errors, EMA, warmup."""
+"""bench.training: bit-exact resume, corrupt checkpoints, non-finite losses, input errors, EMA, warmup."""
 
 from __future__ import annotations
 

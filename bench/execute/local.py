@@ -2,7 +2,7 @@
 
 GPU workers see only their GPU (``CUDA_VISIBLE_DEVICES``); CPU workers split the cores (torch
 threads = cores / workers). A worker that dies is replaced and its job handed back to the
-scheduler (bench.execute.base), which retries it.
+scheduler (bench.execute.scheduler), which retries it.
 """
 
 from __future__ import annotations

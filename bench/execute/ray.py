@@ -7,7 +7,7 @@ runs on ``cuda`` (on the CPU where torch sees no CUDA device). A worker or node 
 retried by Ray (``max_retries``), and a retried TRAIN job resumes from its checkpoint in the
 shared folder. A job that raises comes back as ``Outcome(error=...)`` and is FAILED at once; one
 whose retries were all used up by deaths comes back as ``Outcome(crashed=...)``, which the shared
-scheduler (:func:`bench.execute.base.run_plan`) resubmits up to ``--retries`` more times.
+scheduler (:func:`bench.execute.scheduler.run_plan`) resubmits up to ``--retries`` more times.
 
 Results come back to the driver as dicts: the driver stays the only MLflow writer. Every node
 must have this package installed and mount the shared folder at the same path.

@@ -15,8 +15,6 @@ from bench.core.paths import atomic_write_bytes
 from bench.jobs.store import artifact_dir, checkpoint_path, train_dir
 from bench.jobs.vae import load_codec
 
-FIDELITY = ("fid", "is", "kid", "precision", "recall", "class_accuracy")
-
 
 def sample_seeds(cfg: RunConfig, n: int) -> list[int]:
     """Image i of replicate s has seed s * 10^6 + i: it depends on nothing else (STYLE.md, 6)."""
@@ -64,26 +62,29 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
 
 
 def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> dict[str, Any]:
-    from bench.metrics import compute_metrics
-    from bench.training.loop import load_trained
+    from bench.metrics import METRICS, compute_metrics
+    from bench.training import load_trained
 
     model, diffusion, _ = load_trained(checkpoint_path(cfg.train_key()), device=device)
     codec = load_codec(cfg, device) if cfg.model.space == "latent" else None
     images, labels, sample_seconds, calls = generate(cfg, model, diffusion, codec, device, progress)
     t0 = time.perf_counter()
     ev = cfg.eval
-    wanted = [m for m in ev.metrics if m in FIDELITY]
+    on_images = [m for m in ev.metrics if not METRICS.get(m).needs_model]
     values: dict[str, float] = {}
     tags: dict[str, str] = {}
-    if wanted:
+    if on_images:
         res = compute_metrics(images, reference=f"{cfg.data.dataset}:{ev.reference_split}",
-                              extractor=ev.extractor, metrics=wanted, fid_backend=ev.fid_backend,
+                              extractor=ev.extractor, metrics=on_images, fid_backend=ev.fid_backend,
                               inception_weights=ev.inception_weights, kid_subset_size=ev.kid_subset_size,
                               device=device, run_name=key, data=cfg.data, labels=labels, progress=progress)
         values.update(res)
         tags.update({f"protocol.{k}": str(v) for k, v in res.protocol.items() if v is not None})
-    if "nll" in ev.metrics and ev.nll_samples > 0:
-        values["nll_bpd"] = _cached_nll(cfg, model, diffusion, codec, device, progress)
+    on_model = [m for m in ev.metrics if METRICS.get(m).needs_model]
+    if on_model and ev.nll_samples > 0:
+        ctx = _ModelInputs(cfg, model, diffusion, codec, device, progress)
+        for m in on_model:
+            values.update(_cached_model_metric(cfg, m, ctx))
         tags["protocol.nll_space"] = "latent" if codec is not None else "pixel"
         tags["protocol.nll_samples"] = str(ev.nll_samples)
     eval_seconds = time.perf_counter() - t0
@@ -99,35 +100,38 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
     return {"metrics": clean, "tags": tags, "artifacts": [str(grid)]}
 
 
-def _cached_nll(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str, progress: bool) -> float:
-    """NLL depends on the trained model, not on the sampler: computed once per (model, protocol)."""
-    path = train_dir(cfg.train_key()) / f"nll_{cfg.eval.reference_split}_{cfg.eval.nll_samples}.json"
+class _ModelInputs:
+    """The model context of ``needs_model`` metrics, its test images loaded on first use."""
+
+    def __init__(self, cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str, progress: bool) -> None:
+        self.cfg, self.args = cfg, (diffusion, model, codec)
+        self.device, self.progress = device, progress
+        self._ctx: Any = None
+
+    def get(self) -> Any:
+        if self._ctx is None:
+            from bench.data import load_images
+            from bench.metrics import ModelContext
+
+            cfg = self.cfg
+            test = load_images(cfg.data, cfg.eval.reference_split)
+            n = min(cfg.eval.nll_samples, len(test.images))
+            y = test.labels[:n] if (cfg.model.class_cond and test.labels is not None) else None
+            self._ctx = ModelContext(*self.args, test.images[:n], y, self.device, cfg.seed, self.progress)
+        return self._ctx
+
+
+def _cached_model_metric(cfg: RunConfig, name: str, inputs: _ModelInputs) -> dict[str, float]:
+    """A model metric depends on the trained model, not on the sampler: computed once per
+    (model, metric, protocol) and kept beside the checkpoint."""
+    from bench.metrics import METRICS
+
+    path = train_dir(cfg.train_key()) / f"{name}_{cfg.eval.reference_split}_{cfg.eval.nll_samples}.json"
     if path.exists():
-        return float(json.loads(path.read_text())["nll_bpd"])
-    value = _nll(cfg, model, diffusion, codec, device, progress)
-    atomic_write_bytes(path, json.dumps({"nll_bpd": value}).encode())
-    return value
-
-
-def _nll(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str, progress: bool) -> float:
-    """Bits per dim on ``eval.nll_samples`` test images (of the latents, for latent models)."""
-    from bench.data import load_images
-    from bench.metrics import nll_bpd
-
-    test = load_images(cfg.data, cfg.eval.reference_split)
-    n = min(cfg.eval.nll_samples, len(test.images))
-    images = test.images[:n]
-    y = test.labels[:n] if (cfg.model.class_cond and test.labels is not None) else None
-    if codec is None:
-        return nll_bpd(diffusion, model, images.to(device), y=None if y is None else y.to(device),
-                       progress=progress, generator=torch.Generator().manual_seed(cfg.seed))
-    # Latent NLL: the bound on the scaled latents, per latent dimension. Its decoder term treats
-    # latents like 8-bit data in [-1, 1], so it is not comparable with pixel NLL: tagged latent.
-    with torch.no_grad():
-        z = codec.encode(images.to(device).float() / 127.5 - 1)
-    bpd = diffusion.bits_per_dim(model, z, None if y is None else y.to(device),
-                                 generator=torch.Generator().manual_seed(cfg.seed))
-    return float(bpd.mean())
+        return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+    values = METRICS.get(name).compute(inputs.get())
+    atomic_write_bytes(path, json.dumps(values).encode())
+    return values
 
 
 def save_grid(images: torch.Tensor, path: Path, scale: int = 4) -> None:

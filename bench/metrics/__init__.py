@@ -9,8 +9,11 @@ clean-fid), a reference-statistics cache, class accuracy and NLL in bits per dim
 torch-fidelity and clean-fid are imported only when a metric is computed.
 """
 
+import importlib
+import pkgutil
+
+from bench.metrics import defs
 from bench.metrics.accuracy import class_accuracy
-from bench.metrics.catalog import HIGHER_IS_BETTER, METRICS, MetricDef, higher_is_better, metric_outputs
 from bench.metrics.extractors import (
     EXTRACTORS,
     FORWARD_IMAGES,
@@ -28,8 +31,26 @@ from bench.metrics.fidelity import (
     compute_metrics,
     reference_cache_root,
 )
-from bench.metrics.nll import nll_bpd
+from bench.metrics.nll import ModelContext, nll_bpd
+from bench.metrics.registry import (
+    METRICS,
+    OUTPUTS,
+    MetricDef,
+    Output,
+    always_outputs,
+    higher_is_better,
+    maker_of,
+    metric_outputs,
+    register_metric,
+    register_output,
+)
 from bench.metrics.validate import validate_eval
+
+for _m in pkgutil.iter_modules(defs.__path__):  # every metric definition registers itself
+    importlib.import_module(f"{defs.__name__}.{_m.name}")
+
+# Direction of every output key that has one (spreads such as is_std have none).
+HIGHER_IS_BETTER: dict[str, bool] = {k: o.higher_is_better for k, o in OUTPUTS.items() if o.higher_is_better is not None}
 
 __all__ = [
     "EXTRACTORS",
@@ -39,6 +60,13 @@ __all__ = [
     "INCEPTION_ENV",
     "INCEPTION_URL",
     "METRICS",
+    "OUTPUTS",
+    "Output",
+    "ModelContext",
+    "always_outputs",
+    "maker_of",
+    "register_metric",
+    "register_output",
     "Extractor",
     "FIDSampleSizeWarning",
     "MetricDef",

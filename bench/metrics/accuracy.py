@@ -11,6 +11,7 @@ import torch
 from bench.core.config import DataSpec
 from bench.core.errors import BenchError
 from bench.metrics.extractors import get_extractor
+from bench.metrics.images import check_compatible, check_images
 
 
 @torch.no_grad()
@@ -20,8 +21,6 @@ def class_accuracy(
 ) -> float:
     """Fraction of ``images`` (uint8 ``[N, C, H, W]``) that ``extractor`` (``"domain:<dataset>"``)
     classifies as ``labels`` (int ``[N]``)."""
-    from bench.metrics.fidelity import check_compatible, check_images
-
     who = f"run {run_name!r}" if run_name else "class_accuracy"
     images = check_images(images, who, "images")
     if not isinstance(extractor, str) or not extractor.startswith("domain:"):

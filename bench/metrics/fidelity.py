@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import warnings
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +22,9 @@ from bench.core.config import DataSpec
 from bench.core.errors import BenchError
 from bench.core.paths import cache_dir
 from bench.core.registry import Registry
-from bench.metrics.catalog import METRICS
 from bench.metrics.extractors import Extractor, extractor_meta, get_extractor
+from bench.metrics.images import check_compatible, check_images
+from bench.metrics.registry import METRICS
 
 FID_BACKENDS: Registry[str] = Registry("FID backend")
 FID_BACKENDS.register("torch-fidelity", "torch_fidelity.calculate_metrics")
@@ -123,67 +124,63 @@ def compute_metrics(
             warnings.warn(f"{who}: generated {tuple(images.shape[-2:])} and reference {tuple(ref.shape[-2:])} "
                           f"images differ in size; {ext.name} resizes both to 299x299", stacklevel=2)
     _check_counts(wanted, ext, images, ref, who, proto, kid_subset_size, isc_splits)
-    values = _fidelity(wanted, ext, images, ref, tag, fid_backend, device, batch_size, proto)
-    if "class_accuracy" in wanted:
-        from bench.metrics.accuracy import class_accuracy
-
-        name = ext.name if ext.name.startswith("domain:") else f"domain:{_dataset_of(reference, who)}"
-        values["class_accuracy"] = class_accuracy(images, labels, name, data=data, device=device)
-        proto["class_accuracy_extractor"] = name
-    keep = {k for m in metrics for k in METRICS.get(m).outputs}
-    return MetricResult({k: v for k, v in values.items() if k in keep}, proto)
-
-
-def _fidelity(wanted: list[str], ext: Extractor, images: torch.Tensor, ref: torch.Tensor | None,
-              tag: str | None, fid_backend: str, device: str, batch_size: int,
-              proto: dict[str, Any]) -> dict[str, float]:
-    """One ``torch_fidelity.calculate_metrics`` call for everything it computes (FID by clean-fid
-    instead when asked); values under our output keys."""
+    ctx = ImageContext(images, ref, tag, ext, labels, reference, data, device, batch_size, fid_backend, who, proto,
+                       flags={METRICS.get(m).torch_fidelity_flag for m in wanted} - {None})
     values: dict[str, float] = {}
-    if "fid" in wanted and fid_backend == "clean-fid":
-        values["fid"] = _clean_fid(ext, images, ref, tag, device, batch_size)
-        proto["backend"] = "clean-fid (FID) + torch-fidelity" if len(wanted) > 1 else "clean-fid"
-        wanted = [m for m in wanted if m != "fid"]
-    flags = {METRICS.get(m).torch_fidelity_flag for m in wanted} - {None}
-    if flags:
-        import torch_fidelity
-
-        kw = _tf_kwargs(ext, images, ref, tag, device, batch_size, proto)
-        proto["reference_cache"] = _cache_state(ext, tag, flags)
-        with _on_device(device):
-            out = torch_fidelity.calculate_metrics(**kw, **{f: True for f in flags})
-        values.update({_TF_KEYS[k]: float(v) for k, v in out.items() if k in _TF_KEYS})
-    return values
+    for m in wanted:
+        values.update(METRICS.get(m).compute(ctx))
+    return MetricResult(values, proto)
 
 
-def check_images(x: Any, who: str, what: str) -> torch.Tensor:
-    """``x`` must be a uint8 ``[N, 1|3, H, W]`` tensor with N > 0; returns it contiguous on the CPU."""
-    if not torch.is_tensor(x):
-        raise BenchError(f"{who}: {what} must be a uint8 torch.Tensor [N, C, H, W], got {type(x).__name__}")
-    if x.is_floating_point() and bool(torch.isnan(x).any()):
-        bad = int(torch.isnan(x.flatten(1)).any(1).sum()) if x.dim() > 1 else -1
-        raise BenchError(f"{who}: {what} contain NaN ({bad} of {len(x)} images): sampling diverged; "
-                         "check the model, the sampler settings and the guidance scale")
-    if x.dtype != torch.uint8:
-        raise BenchError(f"{who}: {what} must be uint8 (8-bit images), got {x.dtype}; quantize with "
-                         "((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)")
-    if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0:
-        raise BenchError(f"{who}: {what} must be [N, C, H, W] with C = 1 or 3 and N > 0, got {tuple(x.shape)}")
-    return x.detach().cpu().contiguous()
+@dataclass
+class ImageContext:
+    """What a generated-image metric's ``compute`` reads: the images, the reference, the extractor.
 
+    :meth:`torch_fidelity` runs ``torch_fidelity.calculate_metrics`` once, for the flags of every
+    requested metric that torch-fidelity computes, and hands each metric its values.
+    """
 
-def check_compatible(ext: Extractor, x: torch.Tensor, who: str, what: str) -> None:
-    """Channels and size that ``ext`` can take (1 -> 3 channels repeated where it takes RGB)."""
-    c, h, w = x.shape[1:]
-    if c != ext.channels and not (c == 1 and ext.channels == 3):
-        raise BenchError(f"{who}: {what} have {c} channels, but extractor {ext.name!r} takes {ext.channels}-"
-                         "channel images; use an extractor of a dataset with as many channels, or 'inception'")
-    if ext.input_size is not None and (h, w) != (ext.input_size, ext.input_size):
-        raise BenchError(
-            f"{who}: {what} are {h}x{w}, but extractor {ext.name!r} is a classifier trained on "
-            f"{ext.input_size}x{ext.input_size} images and does not resize (its features would not mean the "
-            "same at another size); give images and reference at one size (image_size), or use 'inception'"
-        )
+    images: torch.Tensor
+    reference_images: torch.Tensor | None
+    reference_tag: str | None
+    extractor: Extractor
+    labels: torch.Tensor | None
+    reference: Any
+    data: DataSpec | None
+    device: str
+    batch_size: int
+    fid_backend: str
+    who: str
+    protocol: dict[str, Any]
+    flags: set[str] = field(default_factory=set)
+    _tf: dict[str, float] | None = None
+
+    def torch_fidelity(self) -> dict[str, float]:
+        """Our output keys -> values of the one torch-fidelity call (cached for the context)."""
+        if self._tf is None:
+            flags = self.flags - ({"fid"} if self.fid_backend == "clean-fid" else set())
+            self._tf = {}
+            if flags:
+                import torch_fidelity
+
+                kw = _tf_kwargs(self.extractor, self.images, self.reference_images, self.reference_tag,
+                                self.device, self.batch_size, self.protocol)
+                self.protocol["reference_cache"] = _cache_state(self.extractor, self.reference_tag, flags)
+                with _on_device(self.device):
+                    out = torch_fidelity.calculate_metrics(**kw, **{f: True for f in flags})
+                self._tf = {_TF_KEYS[k]: float(v) for k, v in out.items() if k in _TF_KEYS}
+        return self._tf
+
+    def clean_fid(self) -> float:
+        """FID through clean-fid's formula on this extractor's features (``fid_backend: clean-fid``)."""
+        return _clean_fid(self.extractor, self.images, self.reference_images, self.reference_tag, self.device,
+                          self.batch_size)
+
+    def dataset(self) -> str:
+        """The dataset whose classifier judges class accuracy."""
+        if self.extractor.name.startswith("domain:"):
+            return self.extractor.name.split(":", 1)[1]
+        return _dataset_of(self.reference, self.who)
 
 
 def _check_metric_names(metrics: Sequence[str], who: str, labels: torch.Tensor | None) -> list[str]:
@@ -191,10 +188,10 @@ def _check_metric_names(metrics: Sequence[str], who: str, labels: torch.Tensor |
         raise BenchError(f"{who}: metrics must be a non-empty list of names, got {metrics!r}")
     out = []
     for m in metrics:
-        kind = METRICS.get(METRICS.check(m, f"{who}: metrics")).kind
-        if kind == "likelihood":
+        metric = METRICS.get(METRICS.check(m, f"{who}: metrics"))
+        if metric.needs_model:
             raise BenchError(f"{who}: metric {m!r} needs the model; compute it with bench.metrics.nll_bpd")
-        if kind == "labels" and labels is None:
+        if metric.needs_labels and labels is None:
             raise BenchError(f"{who}: metric {m!r} needs labels= (the classes the images were generated for)")
         if m not in out:
             out.append(m)

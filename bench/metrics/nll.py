@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from bench.core.errors import BenchError
+from bench.metrics.images import check_images
 
 
 @torch.no_grad()
@@ -22,8 +24,6 @@ def nll_bpd(
     else it seeds the global RNG for the duration of the call).
     """
     from tqdm.auto import tqdm
-
-    from bench.metrics.fidelity import check_images
 
     images = check_images(images_uint8, "nll_bpd", "images")
     if y is not None and len(y) != len(images):
@@ -51,3 +51,33 @@ def _device_of(model: Any) -> torch.device:
         for p in model.parameters():
             return p.device
     return torch.device("cpu")
+
+
+@dataclass
+class ModelContext:
+    """What a model metric's ``compute`` reads (built by the eval job): the model, its diffusion,
+    its latent codec (None in pixel space) and the test images with their labels."""
+
+    diffusion: Any
+    model: Any
+    codec: Any
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor | None  # only for class-conditional models
+    device: str
+    seed: int
+    progress: bool = False
+
+
+def model_nll_bpd(ctx: ModelContext) -> float:
+    """Bits per dim of the test images (of their latents, for latent models).
+
+    Latent NLL is the bound on the scaled latents, per latent dimension; its decoder term treats
+    latents like 8-bit data in [-1, 1], so it is not comparable with pixel NLL (tagged latent).
+    """
+    gen = torch.Generator().manual_seed(ctx.seed)
+    y = None if ctx.labels is None else ctx.labels.to(ctx.device)
+    if ctx.codec is None:
+        return nll_bpd(ctx.diffusion, ctx.model, ctx.images.to(ctx.device), y=y, progress=ctx.progress, generator=gen)
+    with torch.no_grad():
+        z = ctx.codec.encode(ctx.images.to(ctx.device).float() / 127.5 - 1)
+    return float(ctx.diffusion.bits_per_dim(ctx.model, z, y, generator=gen).mean())

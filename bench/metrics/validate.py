@@ -6,7 +6,6 @@ from dataclasses import replace
 
 from bench.core.config import DataSpec, EvalSpec
 from bench.core.errors import BenchError
-from bench.metrics.catalog import METRICS
 from bench.metrics.extractors import (
     can_download,
     extractor_meta,
@@ -15,6 +14,7 @@ from bench.metrics.extractors import (
     local_inception_weights,
     resolve_name,
 )
+from bench.metrics.registry import METRICS
 
 
 def validate_eval(eval_spec: EvalSpec, data_spec: DataSpec, where: str = "eval") -> None:
@@ -39,13 +39,17 @@ def validate_eval(eval_spec: EvalSpec, data_spec: DataSpec, where: str = "eval")
     fidelity = [m for m in metrics if METRICS.get(m).kind == "fidelity"]
     if fidelity and eval_spec.num_samples < 2:
         raise BenchError(f"{where}.num_samples: need at least 2 samples, got {eval_spec.num_samples}")
+    for m in metrics:
+        need = METRICS.get(m).min_samples(feature_dim)
+        if m != "fid" and eval_spec.num_samples < need:
+            raise BenchError(f"{where}.num_samples: {m} needs at least {need} samples, got {eval_spec.num_samples}")
     if any(METRICS.get(m).needs_reference for m in metrics):
         if eval_spec.reference_split not in data.splits:
             raise BenchError(f"{where}.reference_split: dataset {data.name!r} has no split "
                              f"{eval_spec.reference_split!r}; its splits are {', '.join(data.splits)}")
         check_available(data_spec, "data")
     if "fid" in metrics:
-        need = feature_dim + 1
+        need = METRICS.get("fid").min_samples(feature_dim)
         if eval_spec.num_samples < need:
             raise BenchError(
                 f"{where}.num_samples: FID with extractor {eval_spec.extractor!r} needs at least {need} samples "
@@ -58,10 +62,11 @@ def validate_eval(eval_spec: EvalSpec, data_spec: DataSpec, where: str = "eval")
                 f"({extractor_meta('domain:' + data.name)['feature_dim']}-d features) or kid")
     if eval_spec.kid_subset_size < 2:
         raise BenchError(f"{where}.kid_subset_size must be at least 2, got {eval_spec.kid_subset_size}")
-    if "nll" in metrics and eval_spec.nll_samples <= 0:
-        raise BenchError(f"{where}.nll_samples: metric 'nll' needs test images, set it > 0 (e.g. 1000)")
-    if "class_accuracy" in metrics and not data.has_labels:
-        raise BenchError(f"{where}.metrics: class_accuracy needs a labelled dataset; {data.name!r} has no labels")
+    for m in metrics:
+        if METRICS.get(m).needs_model and eval_spec.nll_samples <= 0:
+            raise BenchError(f"{where}.nll_samples: metric {m!r} needs test images, set it > 0 (e.g. 1000)")
+        if METRICS.get(m).needs_labels and not data.has_labels:
+            raise BenchError(f"{where}.metrics: {m} needs a labelled dataset; {data.name!r} has no labels")
     if base == "inception" and fidelity:
         _check_inception(eval_spec, where)
     if arg is not None:

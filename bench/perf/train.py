@@ -1,6 +1,6 @@
 """Training throughput and peak memory per backbone: ``python -m bench.perf train [--device cuda]``.
 
-What is timed is the real training step, :meth:`bench.train.Trainer.step` (batch gather, forward,
+What is timed is the real training step, :meth:`bench.training.loop.Trainer.step` (batch gather, forward,
 loss, backward, gradient clipping, AdamW, lr schedule, EMA update), at batch 64 on the digits
 training set (1 channel) at its native 8x8 and resized to 32x32, for ``unet-tiny``, ``dit-tiny``
 and ``unet-small``.

@@ -1,7 +1,7 @@
 """Seaborn plots of a study, rendered off-screen to PNG bytes (the Agg canvas; pyplot is never
 imported, so no global backend or figure state is touched).
 
-Kinds (see :mod:`bench.report.specs`): ``line`` (a metric against an axis, one line per ``hue``
+Kinds (see :mod:`bench.study.report_specs`): ``line`` (a metric against an axis, one line per ``hue``
 value, mean ± sd over seeds, log x when the values span a decade or more — the DDIM
 steps x eta figure), ``tradeoff`` (two metrics against each other along an axis — FID vs IS over
 guidance scales), ``heatmap`` (a metric over two axes), ``bars`` (bars with sd error bars over
@@ -25,8 +25,8 @@ from typing import Any
 import pandas as pd
 
 from bench.report.runs import FINISHED, StudyRuns
-from bench.report.tables import DEFAULT_FORMATS, direction, metric_label
 from bench.report.tables import _filter as filter_jobs
+from bench.report.tables import default_format, direction, metric_label
 from bench.study.report_specs import PlotSpec
 from bench.tracking import download_artifact, metric_history
 
@@ -257,7 +257,7 @@ def _heatmap(ax: Any, sub: pd.DataFrame, spec: PlotSpec, order: dict[str, list[A
     table = sub.pivot_table(index=row, columns=x, values=y, aggfunc="mean", observed=True)
     higher = direction(y or "")
     cmap = "RdYlGn" if higher else "RdYlGn_r" if higher is False else "viridis"
-    fmt = spec.options.get("format", DEFAULT_FORMATS.get(y or "", ".3g"))
+    fmt = spec.options.get("format", default_format(y or "", ".3g"))
     lo, hi = vrange or (None, None)
     sns.heatmap(table, annot=True, fmt=fmt, cmap=cmap, vmin=lo, vmax=hi, cbar_kws={"label": metric_label(y or "")},
                 ax=ax)  # fmt: skip
@@ -334,7 +334,7 @@ def _samples(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], names
         for i, r in enumerate(jobs.head(limit).to_dict("records")):
             caption = ", ".join(f"{names.get(a, a)} = {r[a]}" for a in by) or "samples"
             if spec.y and spec.y in r and r[spec.y] is not None and math.isfinite(float(r[spec.y])):
-                caption += f" — {metric_label(spec.y)} {format(float(r[spec.y]), DEFAULT_FORMATS.get(spec.y, '.3g'))}"
+                caption += f" — {metric_label(spec.y)} {format(float(r[spec.y]), default_format(spec.y, '.3g'))}"
             try:
                 png = download_artifact(data.tracking_uri, r["_run_id"], "samples.png", str(Path(tmp) / str(i))).read_bytes()
             except Exception as e:  # noqa: BLE001 (any store error: the report goes on without this grid)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from bench.core.paths import atomic_write_bytes
+from bench.metrics import OUTPUTS
 from bench.report.plots import Figure, render_plot
 from bench.report.runs import MISSING, StudyRuns, axis_order, collect_runs, short_names
 from bench.report.tables import Table, make_table
@@ -24,12 +25,8 @@ from bench.tracking import fetch_runs, using_uri
 if TYPE_CHECKING:
     from bench.study import Study
 
-__all__ = ["build_report", "FIXED_METRICS", "runs_csv"]
+__all__ = ["build_report", "runs_csv"]
 
-# The tracking contract's metric names (DESIGN.md): always valid in a report spec.
-FIXED_METRICS = ("fid", "is_mean", "is_std", "kid_mean", "kid_std", "precision", "recall", "nll_bpd",
-                 "class_accuracy", "train_seconds", "sample_seconds", "eval_seconds", "seconds_per_image",
-                 "nfe", "train_loss")  # fmt: skip
 _FIRST_COLUMNS = ("run_id", "status", "tags.bench.kind", "tags.bench.label", "tags.bench.key",
                   "tags.bench.train_key", "tags.bench.error", "start_time", "end_time")  # fmt: skip
 
@@ -43,7 +40,7 @@ class _Report:
     tables: list[Table]
     figures: list[Figure]
     generated: str
-    search_md: str = ""  # the Optuna search section (bench.search_report), when the study has one
+    search_md: str = ""  # the Optuna search section (bench.report.search), when the study has one
     search_html: str = ""
 
     def summary(self) -> str:
@@ -81,7 +78,7 @@ def build_report(
         runs = fetch_runs(study.name)
     data = collect_runs(study, runs, uri)
     baselines = load_baselines(_baselines_dir(study, baselines_dir))
-    metrics = set(FIXED_METRICS) | set(data.metrics)
+    metrics = set(OUTPUTS.names()) | set(data.metrics)  # the tracking contract's names: always valid
     table_specs, plot_specs = validate_report_specs(
         study.tables, study.plots, set(study.axes), metrics, str(study.path or study.name), set(baselines)
     )

@@ -1,7 +1,7 @@
 """The search section of a study's report: best parameters, the trials, FID vs guidance, Pareto front.
 
 Read from MLflow (the trial runs of the study's current search, matched by the Optuna study name
-of :func:`bench.search_spec.optuna_study_name`), so the report shows what was logged: every trial
+of :func:`bench.study.search_spec.optuna_study_name`), so the report shows what was logged: every trial
 with its state, searched values, metrics and feasibility. The Optuna storage, when it can be
 opened, only adds the count of trials per state.
 

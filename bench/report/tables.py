@@ -17,29 +17,13 @@ from typing import Any
 import pandas as pd
 from pandas.io.formats.style import Styler
 
+from bench.metrics import OUTPUTS, higher_is_better
 from bench.report.runs import FAILED, FINISHED, KILLED, RUNNING, StudyRuns
 from bench.study.baselines import Baseline, values_equal
 from bench.study.report_specs import TableSpec
 
-__all__ = ["Table", "make_table", "metric_label", "direction", "format_value", "DEFAULT_FORMATS"]
+__all__ = ["Table", "make_table", "metric_label", "direction", "format_value", "default_format", "output_name"]
 
-# Per-metric display: papers print FID with one or two decimals, IS as 9.46 ± 0.11, KID x 1e3...
-DEFAULT_FORMATS = {
-    "fid": ".1f", "is_mean": ".2f", "kid_mean": ".4g", "precision": ".3f", "recall": ".3f",
-    "nll_bpd": ".2f", "class_accuracy": ".3f", "train_seconds": ".0f", "sample_seconds": ".1f",
-    "eval_seconds": ".1f", "seconds_per_image": ".3g", "nfe": ".0f", "train_loss": ".4f",
-}  # fmt: skip
-NAMES = {
-    "fid": "FID", "is_mean": "IS", "kid_mean": "KID", "precision": "Precision", "recall": "Recall",
-    "nll_bpd": "NLL (bits/dim)", "class_accuracy": "Class acc.", "train_seconds": "Train s",
-    "sample_seconds": "Sample s", "eval_seconds": "Eval s", "seconds_per_image": "s / image",
-    "nfe": "NFE", "train_loss": "Train loss",
-}  # fmt: skip
-# Output keys whose own spread is logged beside them (IS over splits, KID over subsets).
-SPREAD = {"is_mean": "is_std", "kid_mean": "kid_std"}
-# Used only when bench.metrics cannot be imported: the fixed metric names' directions.
-_FALLBACK_DIRECTION = {"fid": False, "is_mean": True, "kid_mean": False, "precision": True, "recall": True,
-                       "nll_bpd": False, "class_accuracy": True}  # fmt: skip
 MISSING_TEXT, FAILED_TEXT, RUNNING_TEXT = "—", "failed", "running"
 CSS = {
     "best": "font-weight: 700; background-color: #dff3e4;",
@@ -52,18 +36,29 @@ CSS = {
 
 
 def direction(metric: str) -> bool | None:
-    """True if higher is better, False if lower is, None if neither (from bench.metrics' registry)."""
-    try:
-        from bench.metrics import higher_is_better
-    except ImportError:  # the report must still render without torch & co.
-        return _FALLBACK_DIRECTION.get(metric)
+    """True if higher is better, False if lower is, None if neither (the output's registry entry)."""
     return higher_is_better(metric)
+
+
+def output_name(key: str) -> str:
+    """The display label of an output (``nll_bpd`` -> ``NLL (bits/dim)``); unknown keys as they are."""
+    return OUTPUTS.get(key).label if key in OUTPUTS else key
+
+
+def default_format(key: str, fallback: str = ".4g") -> str:
+    """The output's display format (papers print FID with one decimal, IS as 9.46, KID as .4g)."""
+    return OUTPUTS.get(key).fmt if key in OUTPUTS else fallback
+
+
+def spread_of(key: str) -> str | None:
+    """The output logged beside ``key`` with its own spread (``is_mean`` -> ``is_std``)."""
+    return OUTPUTS.get(key).spread if key in OUTPUTS else None
 
 
 def metric_label(metric: str) -> str:
     """``fid`` -> ``FID ↓``, ``is_mean`` -> ``IS ↑``."""
     arrow = {True: " ↑", False: " ↓", None: ""}[direction(metric)]
-    return NAMES.get(metric, metric) + arrow
+    return output_name(metric) + arrow
 
 
 def format_value(x: float, spec: str) -> str:
@@ -157,7 +152,7 @@ def make_table(
     best = pd.DataFrame(False, index=index, columns=columns)
     stats = []
     for m in spec.values:
-        fmt = spec.format.get(m, DEFAULT_FORMATS.get(m, ".4g"))
+        fmt = spec.format.get(m, default_format(m))
         for c in col_vals:
             cells = []
             for r, label in zip(row_vals, index):
@@ -220,8 +215,8 @@ def _cell(jobs: pd.DataFrame, where: dict[str, Any], metric: str) -> Cell:
         cell.mean = float(values.mean())
         if cell.n >= 2:
             cell.std = float(values.std(ddof=1))
-        elif metric in SPREAD and SPREAD[metric] in done:
-            spread = pd.to_numeric(done.loc[values.index, SPREAD[metric]], errors="coerce").dropna()
+        elif (sp := spread_of(metric)) is not None and sp in done:
+            spread = pd.to_numeric(done.loc[values.index, sp], errors="coerce").dropna()
             cell.std = float(spread.iloc[0]) if len(spread) else None
     return cell
 
@@ -237,7 +232,7 @@ def _mark_best(best: pd.DataFrame, cells: list[tuple[Any, Any, Cell]], higher: b
 
 
 def _default_title(spec: TableSpec, names: dict[str, str]) -> str:
-    what = ", ".join(NAMES.get(m, m) for m in spec.values)
+    what = ", ".join(output_name(m) for m in spec.values)
     by = " × ".join(names.get(k, k) for k in spec.rows)
     return f"{what} by {by}" + (f" (rows) × {names.get(spec.columns, spec.columns)} (columns)" if spec.columns else "")
 

@@ -1,7 +1,7 @@
 """Optuna search over inference-time axes on one trained checkpoint (the only module importing optuna).
 
 ``run_ablation.py search STUDY`` reads the study's ``search:`` section (format and checks in
-:mod:`bench.search_spec`), then:
+:mod:`bench.study.search_spec`), then:
 
 1. trains the base point's model once through the planner (VAE/TRAIN jobs on a LocalPool, or
    found FINISHED in MLflow and on disk: the skip logic of ``run``);
@@ -12,11 +12,11 @@
 3. a trial whose evaluation raises (NaN samples, ...) is FAIL in Optuna and FAILED in MLflow
    with the reason, and the search goes on (it stops after ``max_failures`` failures).
 
-Storage (``--storage``, resolved in :mod:`bench.search_store`): by default an SQLite file
+Storage (``--storage``, resolved in :mod:`bench.search.store`): by default an SQLite file
 ``reports/<study>/optuna.db`` under the working folder; a database URL (``postgresql://``,
 ``mysql://``) for workers on several machines; a journal file (``PATH.log`` or ``journal:PATH``)
 for several processes on one machine. The Optuna study is named ``<study>:search-<hash>`` (base
-run, space, objectives, budget: :func:`bench.search_spec.optuna_study_name`) and loaded if it
+run, space, objectives, budget: :func:`bench.study.search_spec.optuna_study_name`) and loaded if it
 exists, so a killed search resumes: RUNNING trials whose process on this host is dead (or, on a
 database server, whose heartbeat stopped) become FAIL, their MLflow runs KILLED, and only the
 missing trials run. Workers sharing a storage claim trials by number; one whose trial would

@@ -128,7 +128,7 @@ def parent_runs(tracker: Any, name: str) -> list[Any]:
 
 def open_storage(storage: str | None, study_name: str) -> tuple[Any, str]:
     """(an Optuna storage, its description with any password hidden); see
-    :func:`bench.search_store.resolve_storage` for the accepted forms and the checks."""
+    :func:`bench.search.store.resolve_storage` for the accepted forms and the checks."""
     import optuna
 
     target = resolve_storage(storage, study_name)

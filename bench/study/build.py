@@ -219,7 +219,7 @@ class _Builder:
         tables, plots = list(raw.get("tables") or []), list(raw.get("plots") or [])
         _check_report_specs(raw, axes, configs, path)
         search = checks.mapping(raw.get("search"), "search")
-        if search:  # checked against the base point, where the search runs (bench.search_spec)
+        if search:  # checked against the base point, where the search runs (bench.study.search_spec)
             from bench.study.search_spec import parse_search
 
             parse_search(search, configs[0])

@@ -288,8 +288,6 @@ class Expander:
             origin = self._origin(idx)
             rules.check_guidance(sample.guidance, model.class_cond, train.p_uncond,
                                  self._at(idx, "sample.guidance", "model.class_cond", "train.p_uncond"), origin)
-            rules.check_label_dropout(train.p_uncond, model.class_cond,
-                                      self._at(idx, "train.p_uncond", "model.class_cond"), origin)
         if self._once("steps", id(diffusion), id(sample)):
             rules.check_steps(sample.steps, diffusion.timesteps, self._at(idx, "sample.steps", "diffusion.timesteps"),
                               self._origin(idx))
@@ -385,13 +383,11 @@ def _data_module() -> Any:
 
 # --- tables and plots ------------------------------------------------------------------------
 
-ALWAYS_OUTPUTS = ("train_seconds", "sample_seconds", "eval_seconds", "seconds_per_image", "nfe", "train_loss")
 def produced_outputs(configs: list[RunConfig]) -> tuple[set[str], dict[str, str]]:
-    """(metric names the study's runs produce, every known output -> the metric that makes it)."""
-    metrics = registry("eval.metrics")
-    maker = {out: name for name in metrics.names() for out in metrics.meta(name).get("outputs", (name,))}
+    """(output keys the study's runs produce, every metric output -> the metric that makes it)."""
+    from bench.metrics import METRICS, always_outputs
+
+    maker = {out: name for name in METRICS.names() for out in METRICS.get(name).keys}
     requested = {m for ev in {id(c.eval): c.eval for c in configs}.values() for m in ev.metrics}
-    produced = {out for out, name in maker.items() if name in requested} | set(ALWAYS_OUTPUTS)
+    produced = {out for out, name in maker.items() if name in requested} | set(always_outputs())
     return produced, maker
-
-

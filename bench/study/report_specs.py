@@ -4,7 +4,7 @@ A study's ``tables:`` and ``plots:`` name axes (dotted config keys that vary, ``
 are several seeds) and metrics (the fixed MLflow metric names: ``fid``, ``is_mean``, ...). A typo
 in either would otherwise surface only after hours of training, as an empty report; so
 :func:`validate_report_specs` checks them when the study is loaded and raises one
-:class:`~bench.errors.BenchError` naming the file, the key and the choices.
+:class:`~bench.core.errors.BenchError` naming the file, the key and the choices.
 
 Table spec (one mapping per table)::
 
@@ -147,11 +147,9 @@ def validate_report_specs(
 
 def _metric_producing(output: str) -> str | None:
     """The eval.metrics entry whose outputs include ``output`` (``kid_mean`` -> ``kid``)."""
-    try:
-        from bench.metrics import METRICS
-    except ImportError:  # pragma: no cover - bench.metrics is part of the package
-        return None
-    return next((m for m in METRICS.names() if output in METRICS.meta(m).get("outputs", ())), None)
+    from bench.metrics import maker_of
+
+    return maker_of(output)
 
 
 def _as_list(items: Any, kind: str, where: str) -> list[Any]:

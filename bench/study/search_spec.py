@@ -39,7 +39,6 @@ PARAM_TYPES = ("float", "int", "categorical")
 DEFAULT_N_TRIALS = 20
 DEFAULT_SAMPLER = "tpe"
 _TRAINING = ("data", "model", "vae", "diffusion", "train")
-_LOWER_IS_BETTER = {"seconds_per_image", "sample_seconds", "eval_seconds", "train_seconds", "nfe"}
 
 # Optuna's samplers by name -> their class in ``optuna.samplers`` (built by bench.search.make_sampler).
 # constraints: the sampler reads trial.set_constraint (else a budget penalizes the objective).
@@ -260,15 +259,9 @@ def _check_metric(metric: Any, base: RunConfig, where: str) -> str:
 
 def default_direction(metric: str) -> str:
     """``minimize`` for FID, KID, NLL and times; ``maximize`` for IS, precision, recall, accuracy."""
-    if metric in _LOWER_IS_BETTER:
-        return "minimize"
-    from bench.metrics import METRICS
+    from bench.metrics import higher_is_better
 
-    for name in METRICS.names():
-        meta = METRICS.meta(name)
-        if metric in meta.get("outputs", (name,)):
-            return "maximize" if meta.get("higher_is_better", False) else "minimize"
-    return "minimize"
+    return "maximize" if higher_is_better(metric) else "minimize"
 
 
 def _read_objectives(value: Any, base: RunConfig, where: str) -> tuple[Objective, ...]:

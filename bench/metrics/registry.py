@@ -1,0 +1,101 @@
+"""The metric registry: each entry says how it is computed, what it outputs and what it needs.
+
+``METRICS`` holds one :class:`MetricDef` per name a study may request (``eval.metrics``);
+``OUTPUTS`` holds every number a run logs (``fid``, ``is_mean``, ``nfe``, ``sample_seconds``, ...)
+with its label, display format and direction. Validation, the eval job, tables and plots read
+these entries and nothing else, so adding a metric is one module in ``bench/metrics/defs/``
+(lm-evaluation-harness' ``register_metric`` does the same). Torch-free: the report and the
+study checks import it without the metric libraries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.core.registry import Registry
+
+
+@dataclass(frozen=True)
+class Output:
+    """One logged number: MLflow name, table label, format, direction (None: neither way is better),
+    and ``spread``: the output holding its own spread (IS over splits, KID over subsets)."""
+
+    key: str
+    label: str
+    fmt: str = ".4g"
+    higher_is_better: bool | None = None
+    spread: str | None = None
+    unit: str = ""
+
+
+@dataclass(frozen=True)
+class MetricDef:
+    """A requestable metric.
+
+    ``compute(ctx) -> {output key: value}``: ``ctx`` is a :class:`bench.metrics.fidelity.ImageContext`
+    (images, reference, extractor: what ``compute_metrics`` holds) or, for ``needs_model`` metrics,
+    the eval job's model context (model, diffusion, test images). ``min_samples(feature_dim)``:
+    the fewest generated (and reference) images the metric is defined for.
+    """
+
+    name: str
+    outputs: tuple[Output, ...]
+    compute: Callable[[Any], dict[str, float]]
+    higher_is_better: bool
+    needs_reference: bool = False
+    needs_labels: bool = False  # the classes the images were generated for (a class-conditional model)
+    needs_model: bool = False  # computed from the model and test images, not from generated images
+    torch_fidelity_flag: str | None = None  # calculate_metrics(<flag>=True), shared by one call
+    min_samples: Callable[[int], int] = field(default=lambda dim: 1)
+    cite: str = ""
+
+    @property
+    def kind(self) -> str:
+        """``likelihood`` (needs the model), ``labels`` (needs labels) or ``fidelity``."""
+        return "likelihood" if self.needs_model else "labels" if self.needs_labels else "fidelity"
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        return tuple(o.key for o in self.outputs)
+
+
+METRICS: Registry[MetricDef] = Registry("metric")
+OUTPUTS: Registry[Output] = Registry("metric output")
+
+
+def register_output(output: Output) -> Output:
+    OUTPUTS.register(output.key, output, higher_is_better=output.higher_is_better)
+    return output
+
+
+def register_metric(metric: MetricDef) -> MetricDef:
+    """Register ``metric`` and its outputs (their keys are the fixed MLflow metric names)."""
+    METRICS.register(metric.name, metric, higher_is_better=metric.higher_is_better, outputs=metric.keys,
+                     kind=metric.kind, needs_reference=metric.needs_reference)
+    for o in metric.outputs:
+        register_output(o)
+    return metric
+
+
+def higher_is_better(key: str) -> bool | None:
+    """True / False for an output key (``fid`` -> False, ``is_mean`` -> True); None when it has no
+    direction (``is_std``, ``train_seconds``) or is unknown."""
+    return OUTPUTS.get(key).higher_is_better if key in OUTPUTS else None
+
+
+def metric_outputs(names: Iterable[str]) -> list[str]:
+    """The output keys produced by requesting ``names`` (unknown names -> did-you-mean error)."""
+    return [key for n in names for key in METRICS.get(METRICS.check(n, "eval.metrics")).keys]
+
+
+def maker_of(key: str) -> str | None:
+    """The metric whose request produces output ``key`` (None for outputs every run logs)."""
+    return next((m for m in METRICS.names() if key in METRICS.get(m).keys), None)
+
+
+def always_outputs() -> tuple[str, ...]:
+    """Outputs no metric makes: logged by every run (timings, NFE, the training loss)."""
+    made = {k for m in METRICS.names() for k in METRICS.get(m).keys}
+    return tuple(k for k in OUTPUTS.names() if k not in made)
