@@ -22,12 +22,15 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="run_ablation.py", description="Diffusion ablation bench: one study file, "
                                 "one command, trustworthy and comparable numbers.")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("study", help="study file (YAML), e.g. ablations/quickstart.yaml")
         sp.add_argument("--tracking-uri", default=None,
                         help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else ./mlflow.db)")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the traceback of an unexpected error")
         sp.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a base config key, e.g. --set eval.num_samples=200 (repeatable)")
 
@@ -37,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto (every visible GPU, else CPU) | cpu | cpu*2 | cuda:0,cuda:1 (one worker each)")
     run.add_argument("--retries", type=int, default=2, help="retries of a job whose worker died (default 2)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
-    run.add_argument("--executor", default="local", choices=("local", "ray", "slurm"),
+    run.add_argument("--executor", default="local",
                      help="where jobs run (ray and slurm need the extras: pip install -e .[ray] / .[slurm])")
     run.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT)")
     run.add_argument("--partition", default=None, help="Slurm partition")
@@ -69,23 +72,44 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_list() -> None:
+    """Every registry with its choices; samplers with the options they declare, metrics with their
+    outputs (direction arrows), executors with their CLI options."""
     from bench.data import DATASETS
     from bench.diffusion import LOSSES, OBJECTIVES, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES
+    from bench.execute import EXECUTORS
     from bench.metrics import EXTRACTORS, METRICS
     from bench.models import MODELS
 
     for reg in (SAMPLERS, SCHEDULES, SPACINGS, OBJECTIVES, VARIANCES, LOSSES, MODELS, DATASETS, EXTRACTORS,
-                METRICS):
+                METRICS, EXECUTORS):
         print(f"{reg.kind + 's':<12} {', '.join(reg.names())}")
+    print("\nsampler options (sample.options):")
+    for name in SAMPLERS.names():
+        opts = SAMPLERS.meta(name)["options"].values()
+        shown = ", ".join(f"{o.name}={o.default!r} in [{o.low}, {o.high}]" for o in opts) or "none"
+        print(f"  {name:<14} {shown}")
+    print("\nmetric outputs (MLflow names; arrow = better):")
+    arrows = {True: " ↑", False: " ↓", None: ""}
+    for name in METRICS.names():
+        outs = ", ".join(f"{o.key}{arrows[o.higher_is_better]}" for o in METRICS.get(name).outputs)
+        print(f"  {name:<14} {outs}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    """A user's mistake is one message and exit status 2; an unexpected error is one line and 1
+    (``--debug`` shows its traceback)."""
     args = build_parser().parse_args(argv)
     try:
         return _dispatch(args)
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 (a bug or an environment problem: say what, offer the traceback)
+        if args.debug:
+            raise
+        print(f"error: unexpected {type(e).__name__}: {e} (run again with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 def _dispatch(args: argparse.Namespace) -> int:

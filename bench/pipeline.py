@@ -17,6 +17,16 @@ def load_with_overrides(path: str | Path, overrides: dict[str, Any] | None = Non
     return load_study(path, merged or None)
 
 
+def check_devices(study: Any, slots: list[Any], devices: str) -> None:
+    """What the devices cannot do, refused before any work (fp16 autocast needs a GPU)."""
+    from bench import rules
+
+    if all(s.device == "cpu" for s in slots):
+        for train in {c.train for c in study.configs}:
+            rules.check_precision(train.precision, "cpu", f"{study.path or study.name}: train.precision "
+                                                          f"(--devices {devices} has no GPU)")
+
+
 def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str = "auto", retries: int = 2,
               dry_run: bool = False, progress: bool = True, report: bool = True, executor: str = "local",
               overrides: dict[str, Any] | None = None, executor_options: dict[str, Any] | None = None,
@@ -26,13 +36,14 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     Everything a user can get wrong (the study file, devices, the tracking server) is checked
     before any work starts. Finished jobs are skipped; cut-off runs are marked KILLED and redone.
     """
-    from bench.execute import done_keys, make_pool, run_plan
+    from bench.execute import EXECUTORS, done_keys, make_pool, run_plan
     from bench.execute.local import parse_devices
     from bench.tracking import Tracker
 
+    EXECUTORS.check(executor, "--executor")
     study = load_with_overrides(path, overrides, **dotted)
     if executor == "local":
-        parse_devices(devices)
+        check_devices(study, parse_devices(devices), devices)
     plan = study.plan()
     tracker = Tracker(study.name, tracking_uri)
     killed = tracker.mark_orphans_killed()

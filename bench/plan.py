@@ -328,6 +328,14 @@ def _model_factor(backbone: str) -> float:
         return 1.0
 
 
+@functools.cache
+def _on_model(metric: str) -> bool:
+    """Whether a metric runs the model on test images (the variational bound: T calls per image)."""
+    from bench.metrics import METRICS
+
+    return metric in METRICS and METRICS.get(metric).needs_model
+
+
 def _elements(cfg: RunConfig, model_space: bool = True) -> float:
     channels, native = _native(cfg.data.dataset)
     size = cfg.data.image_size or native
@@ -358,7 +366,7 @@ def network_passes(cfg: RunConfig) -> int:
 def eval_cost(cfg: RunConfig, unit: float | None = None) -> float:
     """Sampling (images x NFE) plus the NLL bound (test images x T) when ``nll`` is measured."""
     unit = _elements(cfg) * _model_factor(cfg.model.backbone) if unit is None else unit
-    nll = cfg.eval.nll_samples * cfg.diffusion.timesteps if "nll" in cfg.eval.metrics else 0
+    nll = cfg.eval.nll_samples * cfg.diffusion.timesteps if any(map(_on_model, cfg.eval.metrics)) else 0
     return (cfg.eval.num_samples * network_passes(cfg) + nll) * unit
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.core.errors import BenchError
-from bench.diffusion import LOSSES, VARIANCES
+from bench.diffusion import LOSSES, VARIANCES, make_timesteps
 
 Origin = Callable[[str], str]
 
@@ -39,12 +39,18 @@ def check_guidance(w: float | None, class_cond: bool, p_uncond: float, at: str, 
                      "(e.g. 0.1), or use guidance 0")
 
 
-def check_steps(steps: int, timesteps: int, at: str, origin: Origin = plain) -> None:
-    """A sampler takes at most one step per training timestep."""
+def check_steps(steps: int, timesteps: int, at: str, origin: Origin = plain, spacing: str | None = None) -> None:
+    """A sampler takes at most one step per training timestep, and the spacing must be able to
+    place ``steps`` distinct timesteps in [0, T) (:func:`bench.diffusion.make_timesteps`)."""
     if steps > timesteps:
         raise BenchError(f"{at}: sample.steps = {steps} is more than diffusion.timesteps = {timesteps} "
                          f"({origin('diffusion.timesteps')}); a sampler can take at most one step per "
                          "training timestep. Lower sample.steps")
+    if spacing is not None:
+        try:
+            make_timesteps(spacing, timesteps, steps)
+        except BenchError as e:
+            raise BenchError(f"{at}: {e}") from None
 
 
 def check_learned_variance(variance: str, loss: str, at: str, origin: Origin = plain) -> None:
@@ -77,3 +83,18 @@ def check_precision(precision: str, device_type: str, at: str) -> None:
         raise BenchError(f"{at}: 'fp16' needs a GPU (fp16 autocast and loss scaling are CUDA "
                          "features; accelerate would silently train in fp32 on the CPU). Use 'bf16' "
                          "(CPU autocast) or 'no' on the CPU, or train on a GPU.")
+
+
+def check_sampling_variance(variance: str | None, trained: str, trained_by_loss: bool, at: str,
+                            origin: Origin = plain) -> None:
+    """``sample.variance`` picks a fixed variance at sampling time: only where the training loss
+    ignored the variance (a fixed one with the ``simple`` loss), and only a fixed one."""
+    if variance is None:
+        return
+    if VARIANCES.meta(VARIANCES.check(variance, at)).get("learned", False):
+        raise BenchError(f"{at}: sample.variance {variance!r} is learned: it comes from training, not sampling; "
+                         "choose fixed_small or fixed_large, or set diffusion.variance")
+    if trained_by_loss:
+        raise BenchError(f"{at}: sample.variance {variance!r} replaces the variance at sampling time, but this "
+                         f"model's loss trained its variance {trained!r} ({origin('diffusion.loss')}); drop "
+                         "sample.variance or train with a fixed variance and loss: simple")

@@ -1,5 +1,6 @@
 """Contract tests, parametrized over the registries: a new entry is tested the day it is registered."""
 
+import numpy as np
 import pytest
 import torch
 from gaussian import GaussianDenoiser
@@ -110,16 +111,40 @@ def test_objective_conversions_round_trip(src, dst):
 
 
 @pytest.mark.parametrize("spacing", SPACINGS.names())
-@pytest.mark.parametrize("steps", [1, 10, 50])
-def test_spacings_give_distinct_increasing_timesteps(spacing, steps):
-    if spacing == "quadratic" and steps == 50:
-        # (sqrt(0.8 T) / (S - 1))^2 < 1 from S = 30 on at T = 1000: the first steps collide
-        with pytest.raises(BenchError, match="repeats timesteps"):
-            make_timesteps(spacing, 1000, steps)
-        return
-    ts = make_timesteps(spacing, 1000, steps)
-    assert len(ts) == steps and (ts >= 0).all() and (ts < 1000).all()
-    assert (ts[1:] > ts[:-1]).all()
+@pytest.mark.parametrize("T", [10, 50, 100, 1000, 4000])
+def test_every_spacing_is_right_for_every_step_count(spacing, T):
+    """For every S in [1, T]: strictly increasing, distinct, inside [0, T), ending where the
+    spacing's definition says; exactly S of them unless the spacing deduplicates; a refusal is
+    one BenchError that names the alternatives."""
+    meta = SPACINGS.meta(spacing)
+    refused = 0
+    for S in range(1, T + 1):
+        if meta.get("refuses") and meta["refuses"](T, S):
+            with pytest.raises(BenchError, match="use spacing"):
+                make_timesteps(spacing, T, S)
+            refused += 1
+            continue
+        ts = make_timesteps(spacing, T, S).numpy()
+        assert ts.dtype == np.int64 and ts[0] >= 0 and ts[-1] < T, (S, ts)
+        assert (np.diff(ts) > 0).all(), (S, ts)
+        assert ts[-1] == meta["last"](T, S), (S, ts[-1])
+        assert len(ts) == S or (meta.get("dedup") and 1 <= len(ts) < S), (S, len(ts))
+    assert refused < T // 2 + 1
+
+
+def test_spacings_match_the_reference_definitions():
+    """diffusers' float formulas where they are exact; the DDIM authors' quad; trailing's float
+    arange gains an element at T=1000, S=61 (the bug this integer version fixes)."""
+    T = 1000
+    for S in (10, 20, 50, 100, 250):
+        ref = np.round(np.arange(T, 0, -T / S)).astype(np.int64)[::-1] - 1
+        assert make_timesteps("trailing", T, S).tolist() == sorted(ref.tolist())
+        assert make_timesteps("linspace", T, S).tolist() == np.linspace(0, T - 1, S).round().astype(int).tolist()
+        assert make_timesteps("leading", T, S).tolist() == (np.arange(S) * (T // S)).tolist()
+        quad = sorted({int(v) for v in np.linspace(0, np.sqrt(T * 0.8), S) ** 2})
+        assert make_timesteps("quadratic", T, S).tolist() == quad
+    assert len(np.arange(T, 0, -T / 61)) == 62 and len(make_timesteps("trailing", T, 61)) == 61
+    assert len(make_timesteps("quadratic", T, 50)) < 50  # the repeats of the first steps, once each
 
 
 def test_schedules_match_their_papers():
@@ -241,7 +266,7 @@ def test_bad_diffusion_arguments(kwargs, match):
     ({"steps": 101}, r"must be an int in \[1, 100\]"),
     ({"eta": 1.5}, r"outside \[0, 1\]"),
     ({"eta": -0.1}, r"outside \[0, 1\]"),
-    ({"spacing": "quadratic", "steps": 90}, "repeats timesteps"),
+    ({"spacing": "leading", "steps": 60}, r"steps=60 > T/2 .* use spacing 'linspace' or"),
     ({"guidance": 1.0}, "needs class labels"),
 ])
 def test_bad_sample_arguments(kwargs, match):

@@ -36,7 +36,12 @@ def test_every_metric_computes_its_declared_outputs(name: str) -> None:
             def forward(self, x, t, y=None):
                 return torch.zeros_like(x)
 
-        ctx = ModelContext(Diffusion(timesteps=20), Zero(), None, images[:4], None, "cpu", 0)
+        class Identity:  # a codec whose latents are the images themselves
+            def encode(self, x):
+                return x
+
+        codec = Identity() if metric.needs_space == "latent" else None
+        ctx = ModelContext(Diffusion(timesteps=20), Zero(), codec, images[:4], None, "cpu", 0)
         values = metric.compute(ctx)
     else:
         with warnings.catch_warnings():

@@ -156,6 +156,8 @@ def test_clean_fid_backend_agrees_with_torch_fidelity(digits_ext, digits) -> Non
     tf = quiet(**kw)
     cf = quiet(**kw, fid_backend="clean-fid")
     assert cf.protocol["backend"] == "clean-fid"
+    # clean-fid's own pipeline ran (its PNG reader, "clean" resize and feature loop), on our classifier
+    assert cf.protocol["cleanfid_mode"] == "clean" and "custom_feat_extractor" in cf.protocol["cleanfid_features"]
     assert cf["fid"] == pytest.approx(tf["fid"], rel=0.01)
 
 
@@ -295,3 +297,17 @@ def test_nll_bpd_through_the_diffusion_contract(digits) -> None:
     assert ours == pytest.approx(float(direct), rel=1e-9) and ours > 0
     with pytest.raises(BenchError, match="uint8"):
         nll_bpd(d, model, x0, progress=False)
+
+
+def test_clean_fid_inception_offline_names_its_own_file(tmp_path, monkeypatch) -> None:
+    """clean-fid's Inception is another file than torch-fidelity's: offline, validation says which."""
+    from dataclasses import replace
+
+    weights = save_random_inception_weights(tmp_path / "tf-inception.pth")
+    monkeypatch.setenv("BENCH_OFFLINE", "1")
+    monkeypatch.setenv("BENCH_CLEANFID_DIR", str(tmp_path / "cleanfid"))
+    mnist = DataSpec(dataset="mnist")  # 10,000 test images: enough for Inception FID
+    spec = EvalSpec(num_samples=5000, extractor="inception", metrics=("fid",), inception_weights=str(weights))
+    validate_eval(spec, mnist)  # torch-fidelity's backend has what it needs
+    with pytest.raises(BenchError, match=r"eval\.fid_backend: .*inception-2015-12-05\.pt"):
+        validate_eval(replace(spec, fid_backend="clean-fid"), mnist)

@@ -51,11 +51,12 @@ def test_registry_has_required_presets():
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_metadata(name):
+    """Every preset's metadata is what its config says (whatever its family), and it builds."""
     meta, cfg = MODELS.meta(name), MODELS.get(name)
-    assert meta["kind"] in ("unet", "dit")
-    size_key = {"unet": "downsample", "dit": "patch_size"}[meta["kind"]]
-    assert meta[size_key] == meta["divisor"] == cfg.divisor
-    assert isinstance(cfg, UNetConfig if meta["kind"] == "unet" else DiTConfig)
+    assert meta["kind"] == cfg.kind and meta["divisor"] == cfg.divisor and meta["divisor_reason"]
+    assert all(meta[k] == v for k, v in cfg.size_meta().items())
+    assert any(meta[k] == cfg.divisor for k in cfg.size_meta())  # the divisor is one of its sizes
+    assert isinstance(_meta_build(name, in_channels=3, image_size=_size(name)), nn.Module)
 
 
 @pytest.mark.parametrize("learned_variance", [False, True])

@@ -104,11 +104,17 @@ class RunConfig:
 
     def train_key(self) -> str:
         """Key of the TRAIN job: training-time sections only (data, model, diffusion, train,
-        seed, and vae for latent runs); equal across sampling / evaluation changes."""
+        seed, and vae for latent runs); equal across sampling / evaluation changes.
+
+        A fixed variance does not enter the ``simple`` loss, so it is not a training setting: such
+        runs are keyed as if the variance were the default ``fixed_small`` and share one model
+        (the DDIM table's sigma-hat row samples with ``fixed_large`` from the same network)."""
         key = self.__dict__.get("_train_key")
         if key is None:
+            entries = self.__dict__.get("_entries") or self._make_entries()
             names = _TRAIN_SORTED[self.model.space == "latent"]
-            key = self.__dict__["_train_key"] = _hash(self._canonical(names))
+            parts = [_train_diffusion_entry(self.diffusion) if n == "diffusion" else entries[n] for n in names]
+            key = self.__dict__["_train_key"] = _hash(b"{" + b",".join(parts) + b"}")
         return key
 
     def train_sections(self) -> tuple[str, ...]:
@@ -137,6 +143,28 @@ _TRAIN_PIXEL = ("data", "model", "diffusion", "train", "seed")
 _TRAIN_LATENT = (*_TRAIN_PIXEL, "vae")
 _TRAIN_SORTED = {False: sorted({*_TRAIN_PIXEL, "schema"}), True: sorted({*_TRAIN_LATENT, "schema"})}
 _VAE_SORTED = sorted({"data", "vae", "schema"})
+
+
+# Fixed variances and the losses that do not train a variance (checked against the registries'
+# metadata in the tests: VARIANCES learned=False, LOSSES trains_variance=False).
+FIXED_VARIANCES = ("fixed_small", "fixed_large")
+LOSSES_WITHOUT_VARIANCE = ("simple",)
+
+
+def variance_is_trained(diffusion: DiffusionSpec) -> bool:
+    """Whether ``diffusion.variance`` affects training (False: a fixed variance with a loss that
+    ignores it, so it may be chosen at sampling time)."""
+    return not (diffusion.variance in FIXED_VARIANCES and diffusion.loss in LOSSES_WITHOUT_VARIANCE)
+
+
+def _train_diffusion_entry(diffusion: DiffusionSpec) -> bytes:
+    entry = diffusion.__dict__.get("_train_entry")
+    if entry is None:
+        d = asdict(diffusion)
+        if not variance_is_trained(diffusion):
+            d["variance"] = DiffusionSpec.variance  # the dataclass default: existing keys are kept
+        entry = diffusion.__dict__["_train_entry"] = _PREFIX["diffusion"] + dumps(d)
+    return entry
 
 
 def _hash(data: bytes) -> str:
@@ -184,6 +212,6 @@ def from_dict(d: dict[str, Any], where: str = "config") -> RunConfig:
 
 __all__ = [
     "DataSpec", "ModelSpec", "VAESpec", "DiffusionSpec", "TrainSpec", "SampleSpec", "EvalSpec", "RunConfig",
-    "Options", "OMIT_DEFAULT", "SECTIONS", "FIELD_TYPES", "FieldType", "ALL_KEYS", "from_dict", "coerce_value",
+    "Options", "OMIT_DEFAULT", "variance_is_trained", "FIXED_VARIANCES", "SECTIONS", "FIELD_TYPES", "FieldType", "ALL_KEYS", "from_dict", "coerce_value",
     "resolve_key", "defaults", "section_fields", "flatten", "unflatten", "merge", "replace",
 ]

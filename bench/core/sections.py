@@ -128,6 +128,8 @@ class SampleSpec(_Spec):
     clip_denoised: bool = True  # clamp predicted x0 to [-1, 1] (pixel space only)
     batch_size: int = 250
     options: Options = field(default=Options(), metadata=OMIT_DEFAULT)  # the sampler's declared knobs
+    variance: str | None = field(default=None, metadata=OMIT_DEFAULT)  # a fixed variance to sample with
+    # (None: diffusion.variance); only for a model whose loss did not train its variance
 
 
 @dataclass(frozen=True)

@@ -184,7 +184,8 @@ class Diffusion:
         ``options`` are the sampler's declared knobs (``{"eta": 0.5}`` for ddim); ``eta`` is a
         shortcut for the option of that name, passed to the samplers that declare it. ``info``,
         when given, receives ``nfe`` (the Denoiser's counted network calls per image) and
-        ``guided_calls`` (how many of them ran cond + uncond as one 2B batch).
+        ``guided_calls`` (how many of them ran cond + uncond as one 2B batch) and ``visited_steps``
+        (the distinct timesteps of the chain: fewer than ``steps`` where a spacing deduplicates).
         """
         fn = SAMPLERS.get(SAMPLERS.check(sampler, "sample.sampler"))
         if not 0.0 <= float(eta) <= 1.0:
@@ -206,7 +207,7 @@ class Diffusion:
         with torch.no_grad():
             out = fn(den, x, noise, progress=progress, **kwargs)
         if info is not None:
-            info.update(nfe=den.calls, guided_calls=den.guided_calls)
+            info.update(nfe=den.calls, guided_calls=den.guided_calls, visited_steps=len(chain))
         return out
 
     def _check_labels(self, model: Model, y: torch.Tensor | None, batch: int, guidance: float,

@@ -33,7 +33,7 @@ def parse_devices(spec: str = "auto", where: str = "--devices") -> list[Slot]:
         import torch
 
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return [Slot("cuda", str(i), f"cuda:{i}") for i in range(n)] or [Slot("cpu", None, "cpu")]
+        return [Slot("cuda", physical_gpu(i, where), f"cuda:{i}") for i in range(n)] or [Slot("cpu", None, "cpu")]
     slots: list[Slot] = []
     for part in (p.strip() for p in spec.split(",")):
         name, _, count = part.partition("*")
@@ -43,7 +43,7 @@ def parse_devices(spec: str = "auto", where: str = "--devices") -> list[Slot]:
         if name == "cpu":
             slots += [Slot("cpu", None, "cpu")] * n
         elif name.startswith("cuda:") and name[5:].isdigit():
-            slots += [Slot("cuda", name[5:], name)] * n
+            slots += [Slot("cuda", physical_gpu(int(name[5:]), where), name)] * n
         else:
             raise BenchError(f"{where}: unknown device {part!r}. Use auto, cpu, cpu*N or cuda:0,cuda:1,...")
     for s in slots:
@@ -55,6 +55,22 @@ def parse_devices(spec: str = "auto", where: str = "--devices") -> list[Slot]:
                                  f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible); "
                                  "use --devices auto or cpu")
     return slots
+
+
+def physical_gpu(index: int, where: str = "--devices") -> str:
+    """What a worker's ``CUDA_VISIBLE_DEVICES`` must say for the parent's ``cuda:<index>``.
+
+    ``cuda:i`` means the i-th GPU this process sees: with ``CUDA_VISIBLE_DEVICES=2,3`` (set by the
+    user or by Slurm) ``cuda:0`` is GPU 2, so the worker gets ``2``, not ``0``.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None or not visible.strip():
+        return str(index)
+    ids = [v.strip() for v in visible.split(",") if v.strip()]
+    if index >= len(ids):
+        raise BenchError(f"{where}: cuda:{index} is not visible: CUDA_VISIBLE_DEVICES={visible!r} shows "
+                         f"{len(ids)} GPU(s), cuda:0 to cuda:{len(ids) - 1}")
+    return ids[index]
 
 
 class LocalPool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +16,15 @@ from bench.core.paths import atomic_write_bytes
 from bench.jobs.store import artifact_dir, checkpoint_path, train_dir
 from bench.jobs.vae import load_codec
 
+SEED_STRIDE = 2**32  # images per replicate before two replicates' seeds could meet
+
 
 def sample_seeds(cfg: RunConfig, n: int) -> list[int]:
-    """Image i of replicate s has seed s * 10^6 + i: it depends on nothing else (STYLE.md, 6)."""
-    return [cfg.seed * 1_000_000 + i for i in range(n)]
+    """Image i of replicate s has seed s * 2^32 + i: it depends on nothing else (STYLE.md, 6), and
+    no two (replicate, image) pairs share a seed (i < 2^32; torch seeds are 64-bit)."""
+    if not 0 <= cfg.seed < 2**31 or n > SEED_STRIDE:
+        raise ValueError(f"seed {cfg.seed} / {n} samples: seeds must lie in [0, 2^31) and samples <= 2^32")
+    return [cfg.seed * SEED_STRIDE + i for i in range(n)]
 
 
 def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str, progress: bool = True
@@ -35,7 +41,8 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
     size = cfg.data.image_size or info.image_size
     shape = codec.latent_shape(info.channels, size) if codec is not None else (info.channels, size, size)
     seeds = sample_seeds(cfg, n)
-    labels = torch.arange(n) % info.num_classes if cfg.model.class_cond else None
+    # class i % K for image i, K = the model's classes (imagefolder's class count is found on disk)
+    labels = torch.arange(n) % int(model.num_classes) if cfg.model.class_cond else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=device.startswith("cuda") and cfg.train.precision == "bf16")
     out, calls = [], {}
@@ -63,9 +70,13 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
 
 def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> dict[str, Any]:
     from bench.metrics import METRICS, compute_metrics
-    from bench.training import load_trained
+    from bench.training import build_diffusion, load_trained
 
-    model, diffusion, _ = load_trained(checkpoint_path(cfg.train_key()), device=device)
+    model, _, _ = load_trained(checkpoint_path(cfg.train_key()), device=device)
+    # this run's diffusion: equal to the checkpoint's in everything that trained the model (the
+    # train key says so), with the variance the run samples with (sample.variance, or its own)
+    variance = cfg.sample.variance or cfg.diffusion.variance
+    diffusion = build_diffusion(replace(cfg.diffusion, variance=variance))
     codec = load_codec(cfg, device) if cfg.model.space == "latent" else None
     images, labels, sample_seconds, calls = generate(cfg, model, diffusion, codec, device, progress)
     t0 = time.perf_counter()
@@ -89,15 +100,17 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
         tags["protocol.nll_samples"] = str(ev.nll_samples)
     eval_seconds = time.perf_counter() - t0
     values.update(sample_seconds=sample_seconds, eval_seconds=eval_seconds,
-                  seconds_per_image=sample_seconds / len(images), nfe=calls["nfe"],
-                  guided_calls=calls["guided_calls"])
+                  seconds_per_image=sample_seconds / len(images), **calls)
     result_file = train_dir(cfg.train_key()) / "result.json"
     if result_file.exists():
         values["train_seconds"] = json.loads(result_file.read_text())["train_seconds"]
     grid = artifact_dir(key) / "samples.png"
     save_grid(images[:64], grid)
-    clean = {k: float(v) for k, v in values.items() if v is not None and math.isfinite(float(v))}
-    return {"metrics": clean, "tags": tags, "artifacts": [str(grid)]}
+    bad = {k: v for k, v in values.items() if v is None or not math.isfinite(float(v))}
+    if bad:  # a run without its number is not FINISHED: the job fails with the names
+        raise FloatingPointError(f"metric(s) {', '.join(f'{k} = {v}' for k, v in bad.items())} are not finite "
+                                 f"(run {key}); check the samples (samples.png) and the metric's inputs")
+    return {"metrics": {k: float(v) for k, v in values.items()}, "tags": tags, "artifacts": [str(grid)]}
 
 
 class _ModelInputs:
@@ -130,7 +143,8 @@ def _cached_model_metric(cfg: RunConfig, name: str, inputs: _ModelInputs) -> dic
     if path.exists():
         return {k: float(v) for k, v in json.loads(path.read_text()).items()}
     values = METRICS.get(name).compute(inputs.get())
-    atomic_write_bytes(path, json.dumps(values).encode())
+    if all(math.isfinite(v) for v in values.values()):  # a NaN is reported, never kept
+        atomic_write_bytes(path, json.dumps(values).encode())
     return values
 
 

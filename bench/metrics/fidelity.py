@@ -28,7 +28,7 @@ from bench.metrics.registry import METRICS
 
 FID_BACKENDS: Registry[str] = Registry("FID backend")
 FID_BACKENDS.register("torch-fidelity", "torch_fidelity.calculate_metrics")
-FID_BACKENDS.register("clean-fid", "cleanfid.fid.fid_from_feats")
+FID_BACKENDS.register("clean-fid", "bench.metrics.clean_fid.clean_fid")
 
 FID_UNBIASED_SAMPLES = 10_000  # below this FID is visibly biased upwards by the sample count
 KID_SUBSETS = 100
@@ -172,9 +172,11 @@ class ImageContext:
         return self._tf
 
     def clean_fid(self) -> float:
-        """FID through clean-fid's formula on this extractor's features (``fid_backend: clean-fid``)."""
-        return _clean_fid(self.extractor, self.images, self.reference_images, self.reference_tag, self.device,
-                          self.batch_size)
+        """FID through clean-fid's own pipeline (``fid_backend: clean-fid``, :mod:`bench.metrics.clean_fid`)."""
+        from bench.metrics.clean_fid import clean_fid
+
+        return clean_fid(self.extractor, self.images, self.reference_images, self.device, self.batch_size,
+                         self.protocol)
 
     def dataset(self) -> str:
         """The dataset whose classifier judges class accuracy."""
@@ -286,22 +288,6 @@ def _cache_state(ext: Extractor, tag: str | None, flags: set[str]) -> str | None
     feats = all((root / f"{prefix}-features-{layer}.pt").exists() for layer in layers)
     stats = flags == {"fid"} and (root / f"{prefix}-stat-fid-{ext.feature_layer}.pt").exists()
     return "hit" if feats or stats else "miss"
-
-
-def _clean_fid(ext: Extractor, images: torch.Tensor, ref: torch.Tensor | None, tag: str | None, device: str,
-               batch_size: int) -> float:
-    """FID by clean-fid's ``fid_from_feats`` (mean, covariance, its Frechet distance) on features of
-    the same extractor, extracted (and the reference cached) by torch-fidelity."""
-    import numpy as np
-    from cleanfid.fid import fid_from_feats
-    from torch_fidelity.utils import create_feature_extractor, extract_featuresdict_from_input_id_cached
-
-    kw = _tf_kwargs(ext, images, ref, tag, device, batch_size, {})
-    with _on_device(device):
-        fe = create_feature_extractor(ext.tf_name, [ext.feature_layer], **kw)
-        f1 = extract_featuresdict_from_input_id_cached(1, fe, **kw)[ext.feature_layer]
-        f2 = extract_featuresdict_from_input_id_cached(2, fe, **kw)[ext.feature_layer]
-    return float(fid_from_feats(f1.numpy().astype(np.float64), f2.numpy().astype(np.float64)))
 
 
 def _on_device(device: str) -> Any:

@@ -47,6 +47,7 @@ class MetricDef:
     needs_reference: bool = False
     needs_labels: bool = False  # the classes the images were generated for (a class-conditional model)
     needs_model: bool = False  # computed from the model and test images, not from generated images
+    needs_space: str | None = None  # "pixel" | "latent": only models in that space (None: any)
     torch_fidelity_flag: str | None = None  # calculate_metrics(<flag>=True), shared by one call
     min_samples: Callable[[int], int] = field(default=lambda dim: 1)
     cite: str = ""

@@ -69,6 +69,10 @@ def validate_eval(eval_spec: EvalSpec, data_spec: DataSpec, where: str = "eval")
             raise BenchError(f"{where}.metrics: {m} needs a labelled dataset; {data.name!r} has no labels")
     if base == "inception" and fidelity:
         _check_inception(eval_spec, where)
+        if "fid" in metrics and eval_spec.fid_backend == "clean-fid":
+            from bench.metrics.clean_fid import check_inception
+
+            check_inception(f"{where}.fid_backend")
     if arg is not None:
         _check_domain(arg, data_spec, where)
     if "class_accuracy" in metrics and arg is None:

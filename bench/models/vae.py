@@ -225,6 +225,15 @@ def validate_vae(spec: VAESpec, image_size: int, where: str = "vae") -> None:
                 f"{where}.pretrained: folder {spec.pretrained!r} does not exist; point it at a local "
                 "diffusers AutoencoderKL folder (config.json + weights), or unset it to train a VAE"
             )
+        import importlib.util
+
+        try:
+            missing = importlib.util.find_spec("diffusers") is None
+        except ImportError:
+            missing = True
+        if missing:
+            raise BenchError(f"{where}.pretrained: loading a diffusers AutoencoderKL needs the `diffusers` package, "
+                             "which is not installed; pip install diffusers, or unset it to train a VAE")
         return
     if spec.factor not in FACTORS:
         raise BenchError(

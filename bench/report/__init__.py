@@ -9,7 +9,7 @@ mlflow, seaborn and matplotlib are imported when a report is built, not on ``imp
 (which imports pandas and PyYAML only).
 """
 
-from bench.report.render import build_report
+from bench.report.render import build_report, study_tables
 from bench.study.baselines import Baseline, BaselineResult, PaperValue, Protocol, load_baselines
 from bench.study.report_specs import PLOT_KINDS, PlotSpec, TableSpec, validate_report_specs
 
@@ -22,6 +22,7 @@ __all__ = [
     "Protocol",
     "TableSpec",
     "build_report",
+    "study_tables",
     "load_baselines",
     "validate_report_specs",
 ]

@@ -25,7 +25,7 @@ from bench.tracking import fetch_runs, using_uri
 if TYPE_CHECKING:
     from bench.study import Study
 
-__all__ = ["build_report", "runs_csv"]
+__all__ = ["build_report", "runs_csv", "study_tables"]
 
 _FIRST_COLUMNS = ("run_id", "status", "tags.bench.kind", "tags.bench.label", "tags.bench.key",
                   "tags.bench.train_key", "tags.bench.error", "start_time", "end_time")  # fmt: skip
@@ -74,16 +74,7 @@ def build_report(
     ``tracking_uri`` defaults to MLflow's current one. Baselines are read from ``baselines_dir``
     (default: ``./baselines``, else the ``baselines/`` beside the study file's folder).
     """
-    with using_uri(tracking_uri) as uri:
-        runs = fetch_runs(study.name)
-    data = collect_runs(study, runs, uri)
-    baselines = load_baselines(_baselines_dir(study, baselines_dir))
-    metrics = set(OUTPUTS.names()) | set(data.metrics)  # the tracking contract's names: always valid
-    table_specs, plot_specs = validate_report_specs(
-        study.tables, study.plots, set(study.axes), metrics, str(study.path or study.name), set(baselines)
-    )
-    order, names = axis_order(study), short_names(list(study.axes))
-    tables = [make_table(s, data, order, names, _baseline(baselines, s.baseline)) for s in table_specs]
+    uri, runs, data, tables, plot_specs, order, names = _gather(study, tracking_uri, baselines_dir)
     figures = [render_plot(s, data, order, names) for s in plot_specs]
     report = _Report(study, data, tables, figures, dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     folder = Path(out_dir) / study.name
@@ -100,6 +91,27 @@ def build_report(
     atomic_write_bytes(folder / "report.md", _markdown(report, images).encode())
     atomic_write_bytes(folder / "report.html", _html(report).encode())
     return folder
+
+
+def study_tables(study: Study, tracking_uri: str | None = None, baselines_dir: str | Path | None = None
+                 ) -> list[Table]:
+    """The study's tables from its MLflow runs, as the report shows them (each cell's state too)."""
+    return _gather(study, tracking_uri, baselines_dir)[3]
+
+
+def _gather(study: Study, tracking_uri: str | None, baselines_dir: str | Path | None) -> tuple[Any, ...]:
+    """(tracking uri, runs, StudyRuns, tables, plot specs, axis order, short names) of a study."""
+    with using_uri(tracking_uri) as uri:
+        runs = fetch_runs(study.name)
+    data = collect_runs(study, runs, uri)
+    baselines = load_baselines(_baselines_dir(study, baselines_dir))
+    metrics = set(OUTPUTS.names()) | set(data.metrics)  # the tracking contract's names: always valid
+    table_specs, plot_specs = validate_report_specs(
+        study.tables, study.plots, set(study.axes), metrics, str(study.path or study.name), set(baselines)
+    )
+    order, names = axis_order(study), short_names(list(study.axes))
+    tables = [make_table(s, data, order, names, _baseline(baselines, s.baseline)) for s in table_specs]
+    return uri, runs, data, tables, plot_specs, order, names
 
 
 def _baselines_dir(study: Any, given: str | Path | None) -> Path:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from bench import rules
-from bench.core.config import FIELD_TYPES, SECTIONS, RunConfig, defaults
+from bench.core.config import FIELD_TYPES, SECTIONS, RunConfig, defaults, variance_is_trained
 from bench.core.errors import BenchError
 from bench.core.registry import did_you_mean
 
@@ -153,6 +153,7 @@ _REGISTRIES = {
     "diffusion.loss": ("bench.diffusion", "LOSSES"),
     "sample.sampler": ("bench.diffusion", "SAMPLERS"),
     "sample.spacing": ("bench.diffusion", "SPACINGS"),
+    "sample.variance": ("bench.diffusion", "VARIANCES"),
     "eval.metrics": ("bench.metrics", "METRICS"),  # each entry
 }
 _CHOICES = {
@@ -223,6 +224,9 @@ class Expander:
             self.base[section][name] = v
         self.interned: dict[Any, Any] = {}
         self.done: set[tuple[Any, ...]] = set()
+        # checks run once the grid is expanded, so a point's own errors (guidance needs label
+        # dropout) are reported before the rules they imply (label dropout needs a conditional model)
+        self.later: dict[tuple[int, int], tuple[tuple[int, ...], Any, Any]] = {}
 
     def expand(self, exclude: list[dict[int, set[int]]]) -> list[RunConfig]:
         b = self.b
@@ -244,6 +248,9 @@ class Expander:
                 secs["vae"] = None  # unused by pixel runs: keep it out of their keys
             self._check(idx, secs)
             out.append(RunConfig(**secs, seed=seeds[idx[-1]]))
+        for idx, model, train in self.later.values():  # after every point's own checks
+            rules.check_label_dropout(train.p_uncond, model.class_cond,
+                                      self._at(idx, "train.p_uncond", "model.class_cond"), self._origin(idx))
         return out
 
     def _parts(self, section: str) -> list[tuple[int, Any]]:
@@ -288,11 +295,16 @@ class Expander:
             origin = self._origin(idx)
             rules.check_guidance(sample.guidance, model.class_cond, train.p_uncond,
                                  self._at(idx, "sample.guidance", "model.class_cond", "train.p_uncond"), origin)
+            self.later.setdefault((id(model), id(train)), (idx, model, train))
         if self._once("steps", id(diffusion), id(sample)):
-            rules.check_steps(sample.steps, diffusion.timesteps, self._at(idx, "sample.steps", "diffusion.timesteps"),
-                              self._origin(idx))
+            rules.check_steps(sample.steps, diffusion.timesteps,
+                              self._at(idx, "sample.steps", "diffusion.timesteps", "sample.spacing"),
+                              self._origin(idx), sample.spacing)
         if self._once("sampler", id(sample)):
             self._check_sampler(idx, sample)
+        if sample.variance is not None and self._once("variance", id(diffusion), id(sample)):
+            rules.check_sampling_variance(sample.variance, diffusion.variance, variance_is_trained(diffusion),
+                                          self._at(idx, "sample.variance", "diffusion.loss"), self._origin(idx))
         if self._once("eval", id(data), id(model), id(ev)):
             self._check_eval(idx, data, model, ev)
 
@@ -307,6 +319,13 @@ class Expander:
             )
 
     def _check_diffusion(self, idx: tuple[int, ...], diffusion: Any) -> None:
+        from bench.diffusion import make_schedule
+
+        try:  # every beta in (0, 1): a linear schedule over 10 steps reaches beta = 1
+            make_schedule(diffusion.schedule, diffusion.timesteps)
+        except BenchError as e:
+            raise BenchError(f"{self._at(idx, 'diffusion.schedule', 'diffusion.timesteps')}: {e}; use more "
+                             "diffusion.timesteps or another schedule (cosine clips its betas)") from None
         rules.check_learned_variance(diffusion.variance, diffusion.loss,
                                      self._at(idx, "diffusion.variance", "diffusion.loss"), self._origin(idx))
 
@@ -349,6 +368,13 @@ class Expander:
     def _check_eval(self, idx: tuple[int, ...], data: Any, model: Any, ev: Any) -> None:
         from bench import metrics
 
+        for name in ev.metrics:
+            space = metrics.METRICS.get(name).needs_space
+            if space is not None and model.space != space:
+                other = [m for m in metrics.METRICS.names() if metrics.METRICS.get(m).needs_space == model.space]
+                raise BenchError(
+                    f"{self._at(idx, 'eval.metrics', 'model.space')}: {name} is measured on {space}-space models, "
+                    f"but model.space is {model.space!r}; use {' or '.join(other) or 'another metric'} there")
         if "class_accuracy" in ev.metrics and not model.class_cond:
             raise BenchError(
                 f"{self._at(idx, 'eval.metrics', 'model.class_cond')}: class_accuracy compares generated images "

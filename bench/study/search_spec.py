@@ -198,6 +198,9 @@ def _read_range(key: str, section: str, name: str, kind: str, spec: dict[str, An
             raise BenchError(f"{where}: `step` and `log: true` cannot be combined (Optuna); drop one")
     for b, v in bounds.items():
         _check_point(key, section, name, v, base, f"{where}.{b}")
+    if key == "sample.steps":  # every step count Optuna may draw must suit the spacing
+        for v in range(int(low), int(high) + 1, int(step or 1)):
+            rules.check_steps(v, base.diffusion.timesteps, f"{where} (at {v})", spacing=base.sample.spacing)
     if kind == "float":
         low, high = float(low), float(high)
     return Param(key, kind, low, high, log, step)
@@ -225,7 +228,9 @@ def _check_point(key: str, section: str, name: str, value: Any, base: RunConfig,
     value = coerce_value(section, name, value, where)
     check_value(key, value, where)
     if key == "sample.steps":
-        rules.check_steps(value, base.diffusion.timesteps, where)
+        rules.check_steps(value, base.diffusion.timesteps, where, spacing=base.sample.spacing)
+    if key == "sample.spacing":
+        rules.check_steps(base.sample.steps, base.diffusion.timesteps, where, spacing=value)
 
 
 def _check_guidance(params: tuple[Param, ...], base: RunConfig, where: str) -> None:
