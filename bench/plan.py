@@ -21,6 +21,7 @@ import itertools
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from bench.core.config import RunConfig
 
@@ -231,6 +232,10 @@ def plan(configs: Iterable[RunConfig], axes: Iterable[str] | None = None) -> Pla
         unit = per_element.get(ids)
         if unit is None:
             unit = per_element[ids] = _elements(cfg) * _model_factor(cfg.model.backbone)
+        if cfg.model.pretrained is not None:  # a node with no training: the eval reads the checkpoint
+            labels.trained.setdefault(tkey, f"pretrained {Path(cfg.model.pretrained).name}")
+            evals[key] = Job("eval", key, cfg, (), eval_cost(cfg, unit), labels.eval(cfg, tkey))
+            continue
         if vkey is not None and vkey not in vaes:
             vaes[vkey] = Job("vae", vkey, cfg, (), vae_cost(cfg), labels.vae(cfg))
         if tkey not in trains:

@@ -41,7 +41,7 @@ def test_every_metric_computes_its_declared_outputs(name: str) -> None:
                 return x
 
         codec = Identity() if metric.needs_space == "latent" else None
-        ctx = ModelContext(Diffusion(timesteps=20), Zero(), codec, images[:4], None, "cpu", 0)
+        ctx = ModelContext(Diffusion("cosine", 20), Zero(), codec, images[:4], None, "cpu", 0)
         values = metric.compute(ctx)
     else:
         with warnings.catch_warnings():

@@ -136,7 +136,7 @@ def test_guidance_search_end_to_end_with_a_failing_trial(ws: Any, monkeypatch: p
     from bench.report.search import search_section
     from bench.search import run_search
 
-    real, calls = bench.jobs.generate, []
+    real, calls = bench.jobs.eval.generate, []
 
     def flaky(cfg: Any, *args: Any, **kw: Any) -> Any:
         calls.append(cfg.sample.guidance)
@@ -144,7 +144,7 @@ def test_guidance_search_end_to_end_with_a_failing_trial(ws: Any, monkeypatch: p
             raise FloatingPointError(f"3 of {cfg.eval.num_samples} generated images contain NaN or inf")
         return real(cfg, *args, **kw)
 
-    monkeypatch.setattr(bench.jobs, "generate", flaky)
+    monkeypatch.setattr(bench.jobs.eval, "generate", flaky)
     study = load_study(write_study(ws, "e2e", high=4.0))
     storage = str(ws.root / "e2e.db")
     summary = run_search(study, tracking_uri=ws.uri, storage=storage, devices="cpu", progress=False)

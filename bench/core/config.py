@@ -89,7 +89,7 @@ class RunConfig:
                 continue
             entry = value.__dict__.get("_entry")  # a section's JSON is computed once per instance
             if entry is None:
-                entry = value.__dict__["_entry"] = _PREFIX[n] + dumps(asdict(value))
+                entry = value.__dict__["_entry"] = _PREFIX[n] + dumps(asdict(value, key=True))
             entries[n] = entry
         # frozen dataclass: caches live in the instance dict, outside fields, eq and repr
         d["_entries"] = entries
@@ -110,6 +110,9 @@ class RunConfig:
         runs are keyed as if the variance were the default ``fixed_small`` and share one model
         (the DDIM table's sigma-hat row samples with ``fixed_large`` from the same network)."""
         key = self.__dict__.get("_train_key")
+        if key is None and self.model.pretrained is not None:  # not trained here: the model is its weights
+            entries = self.__dict__.get("_entries") or self._make_entries()
+            key = self.__dict__["_train_key"] = _hash(b'{"pretrained":' + entries["model"] + b"}")
         if key is None:
             entries = self.__dict__.get("_entries") or self._make_entries()
             names = _TRAIN_SORTED[self.model.space == "latent"]
@@ -122,7 +125,7 @@ class RunConfig:
 
     def vae_key(self) -> str | None:
         """Key of the VAE job (shared by every latent run on the same data and VAE settings)."""
-        if self.model.space != "latent" or self.vae is None:
+        if self.model.space != "latent" or self.vae is None or self.model.pretrained is not None:
             return None
         key = self.__dict__.get("_vae_key")
         if key is None:
@@ -160,7 +163,7 @@ def variance_is_trained(diffusion: DiffusionSpec) -> bool:
 def _train_diffusion_entry(diffusion: DiffusionSpec) -> bytes:
     entry = diffusion.__dict__.get("_train_entry")
     if entry is None:
-        d = asdict(diffusion)
+        d = asdict(diffusion, key=True)
         if not variance_is_trained(diffusion):
             d["variance"] = DiffusionSpec.variance  # the dataclass default: existing keys are kept
         entry = diffusion.__dict__["_train_entry"] = _PREFIX["diffusion"] + dumps(d)

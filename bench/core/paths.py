@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -76,3 +77,19 @@ def load_torch_file(path: str | os.PathLike, fmt: str, required: tuple[str, ...]
         raise error(f"{what} {str(path)!r} is truncated or corrupt ({type(e).__name__}: {e}); delete it and "
                     "re-run so it is built again") from e
     return blob
+
+
+_SHA: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (memoised per path, size and mtime)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _SHA[key] = h.hexdigest()
+    return _SHA[key]

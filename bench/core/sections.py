@@ -69,6 +69,10 @@ class ModelSpec(_Spec):
     space: str = "pixel"  # pixel | latent
     class_cond: bool = False  # class-conditional (adds the null label for guidance)
     dropout: float | None = None  # None = the preset's
+    # a model not trained here: a diffusers pipeline folder, a hub id, or python:module:function;
+    # its weights' sha256 (filled when the study is read) is the identity, not the path
+    pretrained: str | None = field(default=None, metadata={"omit_default": True, "identity": False})
+    pretrained_sha256: str | None = field(default=None, metadata=OMIT_DEFAULT)
 
 
 @dataclass(frozen=True)
@@ -266,14 +270,17 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
 
 
-def asdict(obj: Any) -> Any:
+def asdict(obj: Any, key: bool = False) -> Any:
+    """Nested dicts of a config; ``key=True``: only what is the run's identity (fields declared
+    ``identity: False``, such as a checkpoint's folder, are left out: its weights' hash is in)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: asdict(v) for f in fields(obj)
-                if not ((v := getattr(obj, f.name)) == f.default and f.metadata.get("omit_default"))}
+        return {f.name: asdict(v, key) for f in fields(obj)
+                if not ((v := getattr(obj, f.name)) == f.default and f.metadata.get("omit_default"))
+                and not (key and f.metadata.get("identity") is False)}
     if isinstance(obj, Options):
         return obj.as_dict()
     if isinstance(obj, (list, tuple)):
-        return [asdict(v) for v in obj]
+        return [asdict(v, key) for v in obj]
     return obj
 
 

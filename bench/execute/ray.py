@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 from bench.core.errors import BenchError
-from bench.execute.registry import EXECUTORS
+from bench.execute.registry import EXECUTORS, pool_options
 from bench.execute.remote import check_shared_dir, require
 from bench.execute.scheduler import Outcome
 from bench.plan import Job
@@ -211,4 +211,5 @@ def _make_ray(devices: str, progress: bool, **options: Any) -> RayPool:
     return RayPool(devices=devices, **options)
 
 
-EXECUTORS.register("ray", _make_ray, options=("address",), help="Ray tasks on a local or remote cluster")
+EXECUTORS.register("ray", _make_ray, options=pool_options(RayPool, ("devices",)),
+                   help="Ray tasks on a local or remote cluster")

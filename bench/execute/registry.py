@@ -17,6 +17,15 @@ from bench.core.registry import Registry
 EXECUTORS: Registry[Callable[..., Any]] = Registry("executor")
 
 
+def pool_options(cls: type, given: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The keyword options of a pool class: every ``__init__`` parameter but those the factory
+    passes itself (``progress``, and ``given``)."""
+    import inspect
+
+    skip = {"self", "progress", *given}
+    return tuple(n for n in inspect.signature(cls.__init__).parameters if n not in skip)
+
+
 def make_pool(executor: str, devices: str = "auto", progress: bool = True, /, **options: Any) -> Any:
     """The pool of ``executor``; ``options`` go to it, each refused unless that executor declares it."""
     make = EXECUTORS.get(EXECUTORS.check(executor, "--executor"))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
-from bench.execute.registry import EXECUTORS
+from bench.execute.registry import EXECUTORS, pool_options
 from bench.execute.remote import check_shared_dir, require
 from bench.execute.scheduler import Outcome
 from bench.plan import Job
@@ -168,6 +168,5 @@ def _make_slurm(devices: str, progress: bool, **options: Any) -> SlurmPool:
     return SlurmPool(**options)
 
 
-EXECUTORS.register("slurm", _make_slurm, options=("partition", "gpus_per_node", "time_limit", "array_parallelism",
-                                                  "executor"),
+EXECUTORS.register("slurm", _make_slurm, options=pool_options(SlurmPool),
                    help="Slurm jobs through submitit (executor='local' runs them as local processes)")

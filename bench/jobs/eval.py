@@ -42,7 +42,8 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
     shape = codec.latent_shape(info.channels, size) if codec is not None else (info.channels, size, size)
     seeds = sample_seeds(cfg, n)
     # class i % K for image i, K = the model's classes (imagefolder's class count is found on disk)
-    labels = torch.arange(n) % int(model.num_classes) if cfg.model.class_cond else None
+    classes = getattr(model, "num_classes", None) or getattr(model, "class_count", None)
+    labels = torch.arange(n) % int(classes) if cfg.model.class_cond else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=device.startswith("cuda") and cfg.train.precision == "bf16")
     out, calls = [], {}
@@ -72,18 +73,25 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
     from bench.metrics import METRICS, compute_metrics
     from bench.training import build_diffusion, load_trained
 
-    model, _, _ = load_trained(checkpoint_path(cfg.train_key()), device=device)
-    # this run's diffusion: equal to the checkpoint's in everything that trained the model (the
-    # train key says so), with the variance the run samples with (sample.variance, or its own)
-    variance = cfg.sample.variance or cfg.diffusion.variance
-    diffusion = build_diffusion(replace(cfg.diffusion, variance=variance))
-    codec = load_codec(cfg, device) if cfg.model.space == "latent" else None
+    tags: dict[str, str] = {}
+    if cfg.model.pretrained is not None:
+        from bench.models import inspect_pretrained, load_pretrained, load_pretrained_codec
+
+        model, diffusion = load_pretrained(cfg.model.pretrained, device)
+        codec = load_pretrained_codec(cfg.model.pretrained, device) if cfg.model.space == "latent" else None
+        tags.update(inspect_pretrained(cfg.model.pretrained).tags())
+    else:
+        model, _, _ = load_trained(checkpoint_path(cfg.train_key()), device=device)
+        # this run's diffusion: equal to the checkpoint's in everything that trained the model (the
+        # train key says so), with the variance the run samples with (sample.variance, or its own)
+        variance = cfg.sample.variance or cfg.diffusion.variance
+        diffusion = build_diffusion(replace(cfg.diffusion, variance=variance))
+        codec = load_codec(cfg, device) if cfg.model.space == "latent" else None
     images, labels, sample_seconds, calls = generate(cfg, model, diffusion, codec, device, progress)
     t0 = time.perf_counter()
     ev = cfg.eval
     on_images = [m for m in ev.metrics if not METRICS.get(m).needs_model]
     values: dict[str, float] = {}
-    tags: dict[str, str] = {}
     if on_images:
         res = compute_metrics(images, reference=f"{cfg.data.dataset}:{ev.reference_split}",
                               extractor=ev.extractor, metrics=on_images, fid_backend=ev.fid_backend,

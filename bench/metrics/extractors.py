@@ -10,7 +10,6 @@ features), the feature size and the input it accepts.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import socket
 from collections import Counter
@@ -22,6 +21,7 @@ from urllib.parse import urlparse
 
 from bench.core.config import DataSpec
 from bench.core.errors import BenchError
+from bench.core.paths import file_sha256
 from bench.core.registry import Registry, UnknownChoiceError, did_you_mean
 from bench.metrics.domain import FEATURE_DIM as DOMAIN_FEATURE_DIM
 
@@ -308,22 +308,6 @@ def register_domain_with_torch_fidelity() -> str:
 
 
 # --- helpers --------------------------------------------------------------------------------------
-_SHA: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (memoised per path, size and mtime)."""
-    st = os.stat(path)
-    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA[key] = h.hexdigest()
-    return _SHA[key]
-
-
 EXTRACTORS.register("inception", _inception, feature_dim=2048, channels=3, takes_dataset=False, resizes=True,
                     description="torch-fidelity Inception-v3 (FID weights, pool3 2048-d, 1008 logits)")
 EXTRACTORS.register("domain", _domain, feature_dim=DOMAIN_FEATURE_DIM, channels=None, takes_dataset=True,

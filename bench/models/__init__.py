@@ -8,6 +8,13 @@
 from bench.models.dit import DiT, DiTConfig
 from bench.models.embeddings import count_parameters
 from bench.models.presets import MODELS, build_model, register_preset, validate_model
+from bench.models.pretrained import (
+    DiffusersModel,
+    Pretrained,
+    inspect_pretrained,
+    load_pretrained,
+    load_pretrained_codec,
+)
 from bench.models.unet import UNet, UNetConfig
 from bench.models.vae import (
     AutoencoderKL,
@@ -34,4 +41,9 @@ __all__ = [
     "fit_vae",
     "load_pretrained_vae",
     "validate_vae",
+    "DiffusersModel",
+    "Pretrained",
+    "inspect_pretrained",
+    "load_pretrained",
+    "load_pretrained_codec",
 ]

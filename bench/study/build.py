@@ -31,6 +31,7 @@ from bench.core.errors import BenchError
 from bench.core.registry import did_you_mean
 from bench.study import checks
 from bench.study.checks import StudyError, load_yaml
+from bench.study.expand import Expander
 from bench.study.report_specs import validate_report_specs
 
 __all__ = ["Study", "StudyError", "load_study", "build_study", "read_study_file", "TOP_KEYS"]
@@ -184,6 +185,7 @@ class _Builder:
         self.vae_mode = "absent"  # absent | null | set
         self.factors: list[list[_Axis]] = []  # grid axes one each, the zip group, then seeds
         self.axis_at: dict[str, tuple[int, _Axis]] = {}
+        self.pretrained: Any = None  # the checkpoint's description, for model.pretrained studies
 
     def build(self, path: Path | None) -> Study:
         raw = self.raw
@@ -203,6 +205,7 @@ class _Builder:
         self._read_base(checks.mapping(raw.get("base"), "base"))
         self._read_overrides()
         self._read_axes()
+        self._read_pretrained()
         seeds = checks.read_seeds(raw.get("seeds", [0]))
         origins = tuple(f"seeds[{i}]" for i in range(len(seeds)))
         seed_axis = _Axis("seeds", "seed", "", "seed", tuple(seeds), origins)
@@ -210,7 +213,7 @@ class _Builder:
         self.axis_at["seed"] = (len(self.factors) - 1, seed_axis)
         self._check_values()
         exclude = self._read_exclude(raw.get("exclude") or [])
-        configs = checks.Expander(self).expand(exclude)
+        configs = Expander(self).expand(exclude)
         if not configs:
             raise BenchError(
                 "exclude: every point of the grid is excluded; nothing would run. Loosen `exclude:`"
@@ -254,6 +257,32 @@ class _Builder:
         self.base_origin[dotted] = origin
         if section == "vae" and self.vae_mode != "null":
             self.vae_mode = "set"
+
+    def _read_pretrained(self) -> None:
+        """A checkpoint not trained here: its folder sets the model and diffusion keys (and is
+        checked to exist, be supported and agree with what the study says) before any work."""
+        self.pretrained = None
+        if "model.pretrained" in self.axis_at:
+            raise BenchError(f"{self.axis_at['model.pretrained'][1].origins[0]}: model.pretrained cannot be an "
+                             "axis; write one study per checkpoint (they share the rest through `extends:`)")
+        source = self.base.get("model.pretrained")
+        if source is None:
+            return
+        from bench.models import inspect_pretrained
+
+        where = self.base_origin["model.pretrained"]
+        info = self.pretrained = inspect_pretrained(source, where)
+        d = info.diffusion_settings()
+        implied = {"model.space": info.space, "model.class_cond": info.num_classes is not None,
+                   "model.pretrained_sha256": info.sha256, **{f"diffusion.{k}": v for k, v in d.items()},
+                   "diffusion.loss": "hybrid" if d["variance"] == "learned_range" else "simple"}
+        for key, value in implied.items():
+            if key in self.axis_at or (key in self.base and self.base[key] != value and key != "diffusion.schedule"):
+                at = self.axis_at[key][1].origins[0] if key in self.axis_at else self.base_origin[key]
+                raise BenchError(f"{at}: {key} is read from the checkpoint {source!r} ({value!r}); remove it from "
+                                 "the study")
+            self.base[key], self.base_origin[key] = value, f"{where} (checkpoint)"
+        self.vae_mode = "absent"  # a latent checkpoint brings its own VAE
 
     def _read_overrides(self) -> None:
         for dotted, value in self.overrides.items():
