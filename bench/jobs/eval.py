@@ -78,6 +78,11 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
         from bench.models import inspect_pretrained, load_pretrained, load_pretrained_codec
 
         model, diffusion = load_pretrained(cfg.model.pretrained, device)
+        if cfg.sample.variance is not None:  # a fixed variance chosen at sampling time (the sigma-hat row)
+            from bench.diffusion import Diffusion
+
+            diffusion = Diffusion(diffusion.schedule, objective=diffusion.objective_name,
+                                  variance=cfg.sample.variance)
         codec = load_pretrained_codec(cfg.model.pretrained, device) if cfg.model.space == "latent" else None
         tags.update(inspect_pretrained(cfg.model.pretrained).tags())
     else:
