@@ -223,3 +223,16 @@ def test_pretrained_studies_refuse_what_the_checkpoint_cannot_do(digits_unet, tm
             build_study({"name": "x", "base": {**base, "model": {"pretrained": "google/ddpm-cifar10-32"}}})
         finally:
             del os.environ["HF_HUB_OFFLINE"]
+
+
+def test_a_python_entry_point_plugs_in_like_a_folder() -> None:
+    from bench.study import build_study
+
+    model, d = load_pretrained("python:user_model:load")
+    x = d.sample(model, (2, 1, 8, 8), steps=5, generator=torch.Generator().manual_seed(0))
+    assert x.shape == (2, 1, 8, 8) and torch.isfinite(x).all()
+    study = build_study({"name": "own", "base": {"data": {"dataset": "digits"},
+                                                 "model": {"pretrained": "python:user_model:load"},
+                                                 "sample": {"steps": 10}, "eval": {"metrics": ["nll"], "nll_samples": 2}}})
+    cfg = study.configs[0]
+    assert cfg.diffusion.timesteps == 40 and cfg.model.pretrained_sha256 and not study.plan().by_kind("train")
