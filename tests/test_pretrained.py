@@ -236,3 +236,29 @@ def test_a_python_entry_point_plugs_in_like_a_folder() -> None:
                                                  "sample": {"steps": 10}, "eval": {"metrics": ["nll"], "nll_samples": 2}}})
     cfg = study.configs[0]
     assert cfg.diffusion.timesteps == 40 and cfg.model.pretrained_sha256 and not study.plan().by_kind("train")
+
+
+def test_the_checkpoints_own_guidance_convention_on_request(latent_dit) -> None:
+    """``guidance_channels=3``: diffusers' DiT pipeline convention, guidance on 3 of 4 latent channels."""
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+    model, d = load_pretrained(str(latent_dit))
+    net = DiTTransformer2DModel.from_pretrained(str(latent_dit), subfolder="transformer").eval()
+    shape, y, w = (2, 4, 4, 4), torch.tensor([1, 3]), 3.0
+    ours = d.sample(model, shape, sampler="ddim", steps=5, guidance=w, y=y, guidance_channels=3,
+                    generator=torch.Generator().manual_seed(7))
+    sched = DDIMScheduler.from_pretrained(str(latent_dit), subfolder="scheduler", clip_sample=False,
+                                          set_alpha_to_one=True, timestep_spacing="leading")
+    sched.set_timesteps(5)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        for t in sched.timesteps:
+            tt = torch.full((2,), int(t))
+            cond = net(x, timestep=tt, class_labels=y).sample[:, :4]
+            uncond = net(x, timestep=tt, class_labels=torch.full_like(y, 5)).sample[:, :4]
+            eps = torch.cat([(1 + w) * cond[:, :3] - w * uncond[:, :3], cond[:, 3:]], dim=1)
+            x = sched.step(eps, t, x, eta=0.0).prev_sample
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-4)
+    everywhere = d.sample(model, shape, sampler="ddim", steps=5, guidance=w, y=y,
+                          generator=torch.Generator().manual_seed(7))
+    assert not torch.allclose(everywhere, ours)  # the two conventions differ on the 4th channel

@@ -134,6 +134,8 @@ class SampleSpec(_Spec):
     options: Options = field(default=Options(), metadata=OMIT_DEFAULT)  # the sampler's declared knobs
     variance: str | None = field(default=None, metadata=OMIT_DEFAULT)  # a fixed variance to sample with
     # (None: diffusion.variance); only for a model whose loss did not train its variance
+    guidance_channels: int | None = field(default=None, metadata=OMIT_DEFAULT)  # guide only the first N
+    # channels: a checkpoint's own convention (3 for diffusers' DiT pipeline); None guides all
 
 
 @dataclass(frozen=True)

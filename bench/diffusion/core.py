@@ -76,7 +76,8 @@ class Diffusion:
         return (out[:, :c], out[:, c:]) if self.learned_variance else (out, None)
 
     def predict(self, model: Model, x_t: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None,
-                guidance: float = 0.0, clip_denoised: bool = False) -> Prediction:
+                guidance: float = 0.0, clip_denoised: bool = False, guidance_channels: int | None = None
+                ) -> Prediction:
         """eps and x0 at (x_t, t), with classifier-free guidance in ONE network call on 2B.
 
         ``t`` is an int64 tensor [B], or one int for the whole batch (the sampling fast path).
@@ -93,6 +94,8 @@ class Diffusion:
             null = torch.full_like(y, null_label(model))
             pred2, var2 = self._call(model, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
             pred = (1.0 + guidance) * pred2[:b] - guidance * pred2[b:]
+            if guidance_channels is not None:  # a checkpoint's own convention (DiT: 3 of 4 latent channels)
+                pred = torch.cat([pred[:, :guidance_channels], pred2[:b, guidance_channels:]], dim=1)
             var_out = None if var2 is None else var2[:b]
         else:
             pred, var_out = self._call(model, x_t, t, y)
@@ -178,12 +181,14 @@ class Diffusion:
                x_T: torch.Tensor | None = None, seeds: Sequence[int] | None = None,
                clip_denoised: bool = False, device: torch.device | str | None = None,
                progress: bool = False, options: Mapping[str, Any] | None = None,
-               info: dict[str, Any] | None = None) -> torch.Tensor:
+               info: dict[str, Any] | None = None, guidance_channels: int | None = None) -> torch.Tensor:
         """Draw images with a registered sampler. See DESIGN.md, 'Public contract of bench.diffusion'.
 
         ``options`` are the sampler's declared knobs (``{"eta": 0.5}`` for ddim); ``eta`` is a
         shortcut for the option of that name, passed to the samplers that declare it. ``info``,
-        when given, receives ``nfe`` (the Denoiser's counted network calls per image) and
+        when given, receives ``nfe`` (the Denoiser's counted network calls per image).
+        ``guidance_channels``: guide only the first N channels (diffusers' DiT pipeline guides 3 of the
+        4 latent channels; None, the CFG paper's formula, guides all). ``info``: ``nfe``,
         ``guided_calls`` (how many of them ran cond + uncond as one 2B batch) and ``visited_steps``
         (the distinct timesteps of the chain: fewer than ``steps`` where a spacing deduplicates).
         """
@@ -203,7 +208,7 @@ class Diffusion:
         x = noise() if x_T is None else x_T.to(device=device, dtype=torch.float32)
         if tuple(x.shape) != shape:
             raise BenchError(f"x_T has shape {tuple(x.shape)} but shape={shape}")
-        den = Denoiser(self, model, chain, y, float(guidance), clip_denoised)
+        den = Denoiser(self, model, chain, y, float(guidance), clip_denoised, guidance_channels)
         with torch.no_grad():
             out = fn(den, x, noise, progress=progress, **kwargs)
         if info is not None:

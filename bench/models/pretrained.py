@@ -104,7 +104,7 @@ def inspect_pretrained(source: str, where: str = "model.pretrained") -> Pretrain
         n = int(config.get("num_embeds_ada_norm") or 0) or None
         info = Pretrained(source, folder, cls, "latent", int(config["sample_size"]) * factor,
                           int(config["in_channels"]), n, n is not None, scheduler)
-        info.notes.append("diffusers' DiT pipeline guides 3 of the 4 latent channels; the bench guides all 4")
+        info.notes.append("diffusers' DiT pipeline guides 3 of the 4 latent channels; the bench guides all 4 (sample.guidance_channels: 3 follows the checkpoint)")
         info.notes.append(f"null label: index {n} (the class embedding table's extra row), as the bench's")
     else:
         raise BenchError(f"{where}: {str(folder)!r} holds a {cls}; supported: UNet2DModel (pixel) and "

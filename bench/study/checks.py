@@ -162,7 +162,7 @@ _POSITIVE = (
     "data.image_size", "diffusion.timesteps", "train.steps", "train.batch_size", "train.grad_accum",
     "train.checkpoint_every", "train.log_every", "sample.steps", "sample.batch_size", "eval.num_samples",
     "eval.kid_subset_size", "vae.factor", "vae.latent_channels", "vae.base_channels", "vae.steps",
-    "vae.batch_size", "train.lr", "vae.lr",
+    "vae.batch_size", "train.lr", "vae.lr", "sample.guidance_channels",
 )  # fmt: skip
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "eval.nll_samples",
                  "diffusion.hybrid_weight", "vae.kl_weight")  # fmt: skip

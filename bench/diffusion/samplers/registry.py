@@ -89,6 +89,7 @@ class Denoiser:
     y: torch.Tensor | None
     guidance: float
     clip_denoised: bool
+    guidance_channels: int | None = None
     calls: int = 0
     guided_calls: int = 0
 
@@ -96,7 +97,8 @@ class Denoiser:
         self.calls += 1
         self.guided_calls += self.guidance != 0.0
         t = int(self.chain.t[i])
-        return self.diffusion.predict(self.model, x, t, self.y, self.guidance, self.clip_denoised)
+        return self.diffusion.predict(self.model, x, t, self.y, self.guidance, self.clip_denoised,
+                                      self.guidance_channels)
 
     def steps(self, progress: bool, desc: str) -> list[int]:
         idx = list(range(len(self.chain) - 1, -1, -1))
