@@ -290,3 +290,22 @@ def test_model_returning_wrong_shape():
     d = Diffusion("linear", 100)
     with pytest.raises(BenchError, match=r"returned shape \(2, 1, 2, 2\)"):
         d.sample(lambda x, t, y: x[:, :, :2, :2], (2, 1, 4, 4), steps=5)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_nfe_is_what_the_network_saw_and_options_are_declared(sampler):
+    """``info['nfe']`` equals the calls a counting network received (a guided call on 2B counts
+    once, as guided); every declared option is accepted at its default, unknown ones refused."""
+    from bench.diffusion import check_options
+    from bench.diffusion.samplers import declared_options
+
+    net = TinyNet(1, num_classes=3)
+    seen = net.calls  # the batch size of every forward the network ran
+    info = {}
+    defaults = {o.name: o.default for o in declared_options(sampler).values()}
+    Diffusion("linear", 100).sample(net, (2, 1, 4, 4), sampler=sampler, steps=7, guidance=1.0,
+                                    y=torch.tensor([0, 1]), options=defaults, info=info)
+    assert info["nfe"] == len(seen) and info["guided_calls"] == len(seen) and set(seen) == {4}
+    assert info["visited_steps"] == 7
+    with pytest.raises(BenchError, match="has no option 'nope'"):
+        check_options(sampler, {"nope": 1})

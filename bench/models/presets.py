@@ -38,6 +38,11 @@ def register_preset(name: str, config: BackboneConfig, description: str = "", **
 
 
 register_preset(
+    "unet-micro",
+    UNetConfig(ch=8, ch_mult=(1,), num_res_blocks=1, attn_ds=()),
+    "smoke runs of whole study grids (the shipped-studies test): one level, no attention",
+)
+register_preset(
     "unet-tiny",
     UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_ds=(2,)),
     "tests and CPU smoke runs: 2 levels, attention at the lowest resolution",
