@@ -8,7 +8,8 @@ and ``baselines`` are the schemas of the ``tables:`` / ``plots:``, ``search:`` a
 >>> study = load_study("ablations/quickstart.yaml", {"eval.num_samples": 200})
 """
 
-from bench.study.build import TOP_KEYS, Study, build_study, load_study, merge_studies, read_study_file
+from bench.study.build import Study, build_study, load_study
 from bench.study.checks import StudyError
+from bench.study.load import TOP_KEYS, merge_studies, read_study_file
 
 __all__ = ["Study", "StudyError", "load_study", "build_study", "read_study_file", "merge_studies", "TOP_KEYS"]
