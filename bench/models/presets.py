@@ -39,8 +39,8 @@ def register_preset(name: str, config: BackboneConfig, description: str = "", **
 
 register_preset(
     "unet-micro",
-    UNetConfig(ch=8, ch_mult=(1,), num_res_blocks=1, attn_ds=()),
-    "smoke runs of whole study grids (the shipped-studies test): one level, no attention",
+    UNetConfig(ch=8, ch_mult=(1, 1), num_res_blocks=1, attn_ds=()),
+    "smoke runs of whole study grids (the shipped-studies test): two levels, no attention",
 )
 register_preset(
     "unet-tiny",
