@@ -22,6 +22,7 @@ from bench.core.config import (
     defaults,
     from_dict,
     resolve_key,
+    section_fields,
 )
 from bench.core.errors import BenchError
 
@@ -78,8 +79,11 @@ def test_default_key_is_pinned() -> None:
 
 @pytest.mark.parametrize(("section", "name"), ALL_FIELDS, ids=[f"{s}.{f}" for s, f in ALL_FIELDS])
 def test_key_changes_with_every_field(section: str, name: str) -> None:
+    """Every field is part of the run's identity, except those declared ``identity: False`` (a
+    checkpoint's folder: its weights' hash is the identity), which must leave the key alone."""
     base = LATENT
-    assert with_field(base, section, name).key() != base.key()
+    identity = section_fields(section)[name].metadata.get("identity", True)
+    assert (with_field(base, section, name).key() != base.key()) == identity
 
 
 def test_key_changes_with_seed() -> None:
@@ -118,8 +122,10 @@ def test_vae_settings_matter_to_latent_training_only() -> None:
 def test_vae_key_shared_across_model_diffusion_train() -> None:
     for section in ("model", "diffusion", "train"):
         for name in FIELD_TYPES[section]:
-            if (section, name) != ("model", "space"):
+            if (section, name) not in (("model", "space"), ("model", "pretrained")):
                 assert with_field(LATENT, section, name).vae_key() == LATENT.vae_key()
+    # a pretrained latent model brings its own VAE: no VAE job
+    assert with_field(LATENT, "model", "pretrained").vae_key() is None
     assert with_field(LATENT, "data", "image_size").vae_key() != LATENT.vae_key()
 
 
