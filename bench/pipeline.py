@@ -19,7 +19,7 @@ def load_with_overrides(path: str | Path, overrides: dict[str, Any] | None = Non
 
 def check_devices(study: Any, slots: list[Any], devices: str) -> None:
     """What the devices cannot do, refused before any work (fp16 autocast needs a GPU)."""
-    from bench import rules
+    import bench.rules as rules
 
     if all(s.device == "cpu" for s in slots):
         for train in {c.train for c in study.configs}:

@@ -1,8 +1,9 @@
 """The house rules of bench/ (docs/architecture.md), checked by parsing every module's imports.
 
-Every import counts, at module level or inside a function (a lazy import hides a cycle, it does
-not remove it); only imports under ``if TYPE_CHECKING:`` are left out (they never run). A
-package's ``__init__`` is a module of its own.
+Every import counts, at module level, inside a function or under ``if TYPE_CHECKING:`` (a lazy
+or type-only import hides a cycle, it does not remove it). A package's ``__init__`` is a module of
+its own, and ``from bench.pkg import name`` is an import of ``bench.pkg`` (and of
+``bench.pkg.name`` when that is a module).
 """
 
 from __future__ import annotations
@@ -69,26 +70,14 @@ def layer(mod: str) -> int:
     return next(i for i, names in enumerate(LAYERS) if u in names)
 
 
-def _type_checking_lines(tree: ast.Module) -> set[int]:
-    lines: set[int] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            for child in node.body:
-                lines.update(range(child.lineno, (child.end_lineno or child.lineno) + 1))
-    return lines
-
-
 def imports(mod: str) -> list[tuple[str, int]]:
     """(imported module, line) for every import in ``mod``; ``from bench.x import y`` names
     ``bench.x.y`` when that is a module, else ``bench.x``."""
     path = MODULES[mod]
     tree = ast.parse(path.read_text(), str(path))
-    skip = _type_checking_lines(tree)
     package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
     out = []
     for node in ast.walk(tree):
-        if getattr(node, "lineno", None) in skip:
-            continue
         if isinstance(node, ast.Import):
             out += [(a.name, node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -96,9 +85,8 @@ def imports(mod: str) -> list[tuple[str, int]]:
             if node.level:
                 parent = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{parent}.{base}" if base else parent
-            for a in node.names:
-                sub = f"{base}.{a.name}"
-                out.append((sub if sub in MODULES else base, node.lineno))
+            out.append((base, node.lineno))
+            out += [(f"{base}.{a.name}", node.lineno) for a in node.names if f"{base}.{a.name}" in MODULES]
     return out
 
 
@@ -174,7 +162,7 @@ def test_the_checker_sees_what_it_checks() -> None:
     assert ("bench.jobs", 1) not in imports("bench.core.config")
     found = {i for i, _ in imports("bench.execute.scheduler")}
     assert "bench.jobs" in found  # imported inside done_keys()
-    assert "bench.diffusion.core" not in {i for i, _ in imports("bench.diffusion.samplers.registry")}  # TYPE_CHECKING
+    assert "bench.jobs" in {i for i, _ in imports("bench.search.run")}  # import bench.jobs as jobs, lazily
     assert layer("bench.study.build") > layer("bench.metrics.registry") > layer("bench.core.config")
 
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
 from bench.core.registry import Registry
 
-if TYPE_CHECKING:
-    from bench.diffusion.core import Diffusion
+Diffusion = Any  # a bench.diffusion.core.Diffusion (not imported: core imports this module)
 
 LossFn = Callable[..., torch.Tensor]
 LOSSES: Registry[LossFn] = Registry("loss")

@@ -12,7 +12,7 @@ torch-fidelity and clean-fid are imported only when a metric is computed.
 import importlib
 import pkgutil
 
-from bench.metrics import defs
+import bench.metrics.defs as defs
 from bench.metrics.accuracy import class_accuracy
 from bench.metrics.extractors import (
     EXTRACTORS,

@@ -40,7 +40,7 @@ class _DomainFeatures(torch.nn.Module):
 
     def __init__(self, weights_path: str, device: torch.device) -> None:
         super().__init__()
-        from bench.metrics import domain
+        import bench.metrics.domain as domain
 
         ckpt = domain.load_checkpoint(weights_path)
         self.net = domain.build_net(ckpt).to(device).eval()

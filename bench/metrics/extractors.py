@@ -232,7 +232,7 @@ def save_random_inception_weights(path: str | os.PathLike, seed: int = 0) -> Pat
 # --- domain classifier ----------------------------------------------------------------------------
 def _domain(arg: str | None, *, image_size: int, weights: str | None, data: DataSpec | None,
             progress: bool) -> Extractor:
-    from bench.metrics import domain
+    import bench.metrics.domain as domain
 
     if arg is None:
         raise BenchError("extractor 'domain' needs a dataset: 'domain:<dataset>'")
@@ -261,7 +261,7 @@ def register_domain_with_torch_fidelity() -> str:
     from torch_fidelity.feature_extractor_base import FeatureExtractorBase
     from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
-    from bench.metrics import domain
+    import bench.metrics.domain as domain
 
     class DomainFeatureExtractor(FeatureExtractorBase):
         """uint8 ``[B, 3, H, W]`` -> ("features" ``[B, 64]``, "logits" ``[B, K]``) of a DomainNet."""

@@ -209,7 +209,7 @@ class _Runner:
     def _evaluate(self, trial: Any, params: dict[str, Any]) -> None:
         from optuna.trial import TrialState
 
-        from bench import jobs
+        import bench.jobs as jobs
 
         cfg = self.base.override(**params)
         shown = " ".join(f"{k.rpartition('.')[2]}={_fmt(v)}" for k, v in params.items())

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import bench.study.checks as checks
 from bench.core.config import SECTIONS, RunConfig, coerce_value, resolve_key
 from bench.core.errors import BenchError
 from bench.core.registry import did_you_mean
-from bench.study import checks
 from bench.study.checks import StudyError, load_yaml
 from bench.study.expand import Expander
 from bench.study.load import TOP_KEYS, read_study_file

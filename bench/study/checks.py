@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
@@ -21,8 +21,7 @@ from bench.core.config import FIELD_TYPES, RunConfig, defaults
 from bench.core.errors import BenchError
 from bench.core.registry import did_you_mean
 
-if TYPE_CHECKING:
-    from bench.study import _Builder
+_Builder = Any  # bench.study.build._Builder, which imports this module
 
 
 class StudyError(BenchError):

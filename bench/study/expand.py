@@ -6,14 +6,13 @@ from __future__ import annotations
 import itertools
 import operator
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bench import rules
+import bench.rules as rules
 from bench.core.config import SECTIONS, RunConfig, variance_is_trained
 from bench.core.errors import BenchError
 
-if TYPE_CHECKING:
-    from bench.study.build import _Builder
+_Builder = Any  # bench.study.build._Builder, which imports this module
 
 
 # --- expansion -------------------------------------------------------------------------------
@@ -197,7 +196,7 @@ class Expander:
         validate_model(model.backbone, channels, size, where + (latent if model.space == "latent" else ""))
 
     def _check_eval(self, idx: tuple[int, ...], data: Any, model: Any, ev: Any) -> None:
-        from bench import metrics
+        import bench.metrics as metrics
 
         for name in ev.metrics:
             space = metrics.METRICS.get(name).needs_space

@@ -29,7 +29,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench import rules
+import bench.rules as rules
 from bench.core.config import FIELD_TYPES, RunConfig, coerce_value, resolve_key
 from bench.core.errors import BenchError
 from bench.core.registry import Registry, did_you_mean

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from bench import rules
+import bench.rules as rules
 from bench.core.config import RunConfig
 from bench.core.errors import BenchError
 

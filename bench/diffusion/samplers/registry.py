@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -21,8 +21,7 @@ from bench.core.registry import Registry, did_you_mean
 from bench.diffusion.chain import Chain
 from bench.diffusion.prediction import Model, Prediction
 
-if TYPE_CHECKING:
-    from bench.diffusion.core import Diffusion
+Diffusion = Any  # a bench.diffusion.core.Diffusion (not imported: core imports this module)
 
 SamplerFn = Callable[..., torch.Tensor]
 SAMPLERS: Registry[SamplerFn] = Registry("sampler")
