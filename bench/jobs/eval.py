@@ -84,7 +84,9 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
             diffusion = Diffusion(diffusion.schedule, objective=diffusion.objective_name,
                                   variance=cfg.sample.variance)
         codec = load_pretrained_codec(cfg.model.pretrained, device) if cfg.model.space == "latent" else None
-        tags.update(inspect_pretrained(cfg.model.pretrained).tags())
+        # a loaded folder model carries what load_pretrained read (weights hashed once); python: models do not
+        info = getattr(model, "info", None) or inspect_pretrained(cfg.model.pretrained)
+        tags.update(info.tags())
     else:
         model, _, _ = load_trained(checkpoint_path(cfg.train_key()), device=device)
         # this run's diffusion: equal to the checkpoint's in everything that trained the model (the
