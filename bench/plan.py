@@ -22,6 +22,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.core.config import RunConfig
 
@@ -365,7 +366,16 @@ def train_cost(cfg: RunConfig, unit: float | None = None) -> float:
 def network_passes(cfg: RunConfig) -> int:
     """Images' worth of network work per generated image, an estimate for scheduling: one per
     step, twice for guided steps (cond + uncond). The logged ``nfe`` is counted, not this."""
-    return cfg.sample.steps * (2 if cfg.sample.guidance != 0 else 1)
+    return _calls(cfg.sample, cfg.diffusion.timesteps) * (2 if cfg.sample.guidance != 0 else 1)
+
+
+@functools.lru_cache(maxsize=4096)
+def _calls(s: Any, timesteps: int) -> int:
+    """The sampler's declared network calls per image on this chain (Heun: 2 levels - 1)."""
+    from bench.diffusion.samplers import sampler_nfe
+    from bench.diffusion.spacing import level_count
+
+    return sampler_nfe(s.sampler, level_count(s.spacing, timesteps, s.steps), s.options.as_dict())
 
 
 def eval_cost(cfg: RunConfig, unit: float | None = None) -> float:

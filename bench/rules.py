@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.core.errors import BenchError
-from bench.diffusion import LOSSES, VARIANCES, make_timesteps
+from bench.diffusion import LOSSES, SPACINGS, VARIANCES, make_timesteps
 
 Origin = Callable[[str], str]
 
@@ -46,11 +46,21 @@ def check_steps(steps: int, timesteps: int, at: str, origin: Origin = plain, spa
         raise BenchError(f"{at}: sample.steps = {steps} is more than diffusion.timesteps = {timesteps} "
                          f"({origin('diffusion.timesteps')}); a sampler can take at most one step per "
                          "training timestep. Lower sample.steps")
-    if spacing is not None:
+    if spacing is not None and SPACINGS.meta(SPACINGS.check(spacing, "sample.spacing"))["kind"] == "timesteps":
         try:
             make_timesteps(spacing, timesteps, steps)
         except BenchError as e:
             raise BenchError(f"{at}: {e}") from None
+
+
+def check_nfe(nfe: int, sampler: str, spacing: str, timesteps: int, options: dict, at: str) -> int:
+    """The step count that meets the budget ``sample.nfe`` exactly, or one error naming budgets that work."""
+    from bench.diffusion.samplers import steps_for_nfe
+
+    try:
+        return steps_for_nfe(sampler, nfe, spacing, timesteps, options)
+    except BenchError as e:
+        raise BenchError(f"{at}: {e}") from None
 
 
 def check_learned_variance(variance: str, loss: str, at: str, origin: Origin = plain) -> None:

@@ -18,8 +18,20 @@ class GaussianDenoiser(torch.nn.Module):
         self.num_classes = num_classes
         self.learned_v = learned_v
 
+    def abar_at(self, t: torch.Tensor) -> torch.Tensor:
+        """abar at a trained timestep, or between two: linear in log sigma (sigma^2 = (1 - abar) / abar),
+        the interpolation a noise-level schedule's fractional time input stands for."""
+        t = t.cpu()
+        if not t.is_floating_point():
+            return self.abar[t]
+        log_s = 0.5 * torch.log((1 - self.abar) / self.abar)
+        lo = t.double().floor().long().clamp(0, len(self.abar) - 2)
+        w = t.double() - lo
+        log_sig = (1 - w) * log_s[lo] + w * log_s[lo + 1]
+        return 1.0 / (1.0 + torch.exp(2 * log_sig))
+
     def forward(self, x, t, y=None):
-        abar = self.abar[t.cpu()].to(x.dtype).view(-1, 1, 1, 1)
+        abar = self.abar_at(t).to(x.dtype).view(-1, 1, 1, 1)
         a, s = abar.sqrt(), (1 - abar).sqrt()
         x0 = self.mu + a * self.s0**2 / (a**2 * self.s0**2 + s**2) * (x - a * self.mu)
         eps = (x - a * x0) / s

@@ -136,6 +136,9 @@ class SampleSpec(_Spec):
     # (None: diffusion.variance); only for a model whose loss did not train its variance
     guidance_channels: int | None = field(default=None, metadata=OMIT_DEFAULT)  # guide only the first N
     # channels: a checkpoint's own convention (3 for diffusers' DiT pipeline); None guides all
+    nfe: int | None = field(default=None, metadata=OMIT_DEFAULT)  # a budget of network calls per image:
+    # the study's steps are replaced by the count that makes this sampler meet it exactly
+    rho: float = field(default=7.0, metadata=OMIT_DEFAULT)  # the karras schedule's rho (EDM eq. 5)
 
 
 @dataclass(frozen=True)

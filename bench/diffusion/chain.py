@@ -19,7 +19,8 @@ from bench.core.registry import Registry
 class Chain:
     """Per-step coefficients of a (possibly respaced) chain; index i visits timestep ``t[i]``."""
 
-    t: torch.Tensor  # int64 [K] original timesteps, increasing
+    t: torch.Tensor  # [K] the network's time input, increasing: int64 timesteps, or float64 where a
+    # noise-level schedule (karras, ...) falls between trained timesteps
     abar: torch.Tensor  # float64 [K]
     abar_prev: torch.Tensor  # float64 [K]; abar_prev[0] = 1
     betas: torch.Tensor  # float64 [K]
@@ -30,7 +31,13 @@ class Chain:
 
     @classmethod
     def build(cls, alphas_cumprod: torch.Tensor, t: torch.Tensor) -> Chain:
-        abar = alphas_cumprod[t]
+        """The chain visiting trained timesteps ``t`` (int64, increasing)."""
+        return cls.from_levels(t, alphas_cumprod[t])
+
+    @classmethod
+    def from_levels(cls, t: torch.Tensor, abar: torch.Tensor) -> Chain:
+        """The chain through noise levels ``abar`` (float64, decreasing), the network seeing ``t``."""
+        abar = abar.double()
         abar_prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
         betas = 1.0 - abar / abar_prev
         post_var = betas * (1.0 - abar_prev) / (1.0 - abar)
@@ -46,6 +53,12 @@ class Chain:
 
     def __len__(self) -> int:
         return len(self.t)
+
+    @property
+    def sigma(self) -> torch.Tensor:
+        """sigma_i = sqrt((1 - abar_i) / abar_i), float64 [K]: the level in the EDM / k-diffusion
+        convention x = x0 + sigma eps (the VP state divided by sqrt(abar))."""
+        return ((1.0 - self.abar) / self.abar).sqrt()
 
 
 def gather(values: torch.Tensor, i: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:

@@ -19,9 +19,9 @@ from bench.diffusion.losses import LOSSES
 from bench.diffusion.noise import NoiseSource
 from bench.diffusion.objectives import OBJECTIVES
 from bench.diffusion.prediction import Model, Prediction, is_conditional, null_label
-from bench.diffusion.samplers import SAMPLERS, Denoiser, check_options, declared_options
+from bench.diffusion.samplers import SAMPLERS, Denoiser, check_options
 from bench.diffusion.schedules import NoiseSchedule, make_schedule
-from bench.diffusion.spacing import make_timesteps
+from bench.diffusion.spacing import make_levels, sigma_to_t
 
 
 class Diffusion:
@@ -75,20 +75,26 @@ class Diffusion:
         out = out.to(x_t.dtype)
         return (out[:, :c], out[:, c:]) if self.learned_variance else (out, None)
 
-    def predict(self, model: Model, x_t: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None,
-                guidance: float = 0.0, clip_denoised: bool = False, guidance_channels: int | None = None
-                ) -> Prediction:
+    def predict(self, model: Model, x_t: torch.Tensor, t: torch.Tensor | int | float, y: torch.Tensor | None = None,
+                guidance: float = 0.0, clip_denoised: bool = False, guidance_channels: int | None = None,
+                abar: float | None = None) -> Prediction:
         """eps and x0 at (x_t, t), with classifier-free guidance in ONE network call on 2B.
 
-        ``t`` is an int64 tensor [B], or one int for the whole batch (the sampling fast path).
+        ``t`` is an int64 tensor [B], or one int for the whole batch (the sampling fast path), or
+        one float: a level between trained timesteps (noise-level schedules), whose ``abar`` is
+        then given and sets the coefficients (the network sees the float time).
 
         Guidance (Ho & Salimans 2022, eq. 6): eps~ = (1 + w) eps(x, y) - w eps(x, null). Every
         objective is affine in the prediction at fixed (x_t, t), so mixing predictions then
         converting equals mixing eps.
         """
-        a, s = self.coefs(t, x_t)
-        if isinstance(t, int):
-            t = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
+        if abar is not None:
+            a, s = torch.tensor(abar**0.5, dtype=x_t.dtype), torch.tensor((1.0 - abar) ** 0.5, dtype=x_t.dtype)
+        else:
+            a, s = self.coefs(t, x_t)
+        if isinstance(t, (int, float)):
+            t = torch.full((x_t.shape[0],), t, dtype=torch.long if isinstance(t, int) else torch.float32,
+                           device=x_t.device)
         if guidance != 0.0:
             b = x_t.shape[0]
             null = torch.full_like(y, null_label(model))
@@ -181,11 +187,13 @@ class Diffusion:
                x_T: torch.Tensor | None = None, seeds: Sequence[int] | None = None,
                clip_denoised: bool = False, device: torch.device | str | None = None,
                progress: bool = False, options: Mapping[str, Any] | None = None,
-               info: dict[str, Any] | None = None, guidance_channels: int | None = None) -> torch.Tensor:
+               info: dict[str, Any] | None = None, guidance_channels: int | None = None,
+               rho: float = 7.0) -> torch.Tensor:
         """Draw images with a registered sampler. See DESIGN.md, 'Public contract of bench.diffusion'.
 
-        ``options`` are the sampler's declared knobs (``{"eta": 0.5}`` for ddim); ``eta`` is a
-        shortcut for the option of that name, passed to the samplers that declare it. ``info``,
+        ``options`` are the sampler's declared knobs (``{"eta": 0.5}`` for ddim, ``{"s_churn": 1.0}``
+        for heun); ``eta`` is DDIM's shortcut for its option of that name. ``spacing`` is a timestep
+        spacing or a noise-level schedule (``karras`` with ``rho``), see :mod:`bench.diffusion.spacing`. ``info``,
         when given, receives ``nfe`` (the Denoiser's counted network calls per image).
         ``guidance_channels``: guide only the first N channels (diffusers' DiT pipeline guides 3 of the
         4 latent channels; None, the CFG paper's formula, guides all). ``info``: ``nfe``,
@@ -196,16 +204,19 @@ class Diffusion:
         if not 0.0 <= float(eta) <= 1.0:
             raise BenchError(f"sample.eta={eta} is outside [0, 1]: 0 is deterministic DDIM, 1 is DDPM-like")
         given = dict(options or {})
-        if "eta" in declared_options(sampler):
+        if SAMPLERS.meta(sampler).get("eta_shortcut"):
             given.setdefault("eta", float(eta))
         kwargs = check_options(sampler, given)
         shape = tuple(int(v) for v in shape)
         device = torch.device(device) if device is not None else (
             x_T.device if x_T is not None else _model_device(model))
         y = self._check_labels(model, y, shape[0], guidance, device)
-        chain = Chain.build(self.alphas_cumprod, make_timesteps(spacing, self.timesteps, steps))
+        t, abar = make_levels(spacing, self.alphas_cumprod, steps, rho)
+        if t.is_floating_point() and getattr(model, "discrete_time", False):
+            t = torch.from_numpy(sigma_to_t(((1 - abar) / abar).sqrt().numpy(), self.alphas_cumprod, quantize=True))
+        chain = Chain.from_levels(t, abar)
         noise = NoiseSource(shape, device, generator=generator, seeds=seeds)
-        x = noise() if x_T is None else x_T.to(device=device, dtype=torch.float32)
+        x = noise() if x_T is None else x_T.to(device=device, dtype=x_T.dtype if x_T.dtype == torch.float64 else torch.float32)
         if tuple(x.shape) != shape:
             raise BenchError(f"x_T has shape {tuple(x.shape)} but shape={shape}")
         den = Denoiser(self, model, chain, y, float(guidance), clip_denoised, guidance_channels)

@@ -56,7 +56,8 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
             x = diffusion.sample(model, (hi - lo, *shape), sampler=s.sampler, steps=s.steps, eta=s.eta,
                                  spacing=s.spacing, guidance=s.guidance, y=y, seeds=seeds[lo:hi],
                                  clip_denoised=s.clip_denoised and codec is None, device=device,
-                                 options=s.options.as_dict(), info=calls, guidance_channels=s.guidance_channels)
+                                 options=s.options.as_dict(), info=calls, guidance_channels=s.guidance_channels,
+                                 rho=s.rho)
             if codec is not None:
                 x = codec.decode(x.float())
         out.append(x.float().cpu())

@@ -3,6 +3,7 @@ distinct combination of the section values it reads (a 100,000-point grid checks
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import operator
 from collections.abc import Callable
@@ -34,6 +35,7 @@ class Expander:
         # checks run once the grid is expanded, so a point's own errors (guidance needs label
         # dropout) are reported before the rules they imply (label dropout needs a conditional model)
         self.later: dict[tuple[int, int], tuple[tuple[int, ...], Any, Any]] = {}
+        self.nfe_memo: dict[tuple[Any, ...], Any] = {}
 
     def expand(self, exclude: list[dict[int, set[int]]]) -> list[RunConfig]:
         b = self.b
@@ -53,6 +55,8 @@ class Expander:
                 secs[section] = inst if inst is not None else build(k, idx)
             if secs["model"].space != "latent":
                 secs["vae"] = None  # unused by pixel runs: keep it out of their keys
+            if secs["sample"].nfe is not None:
+                secs["sample"] = self._meet_nfe(idx, secs["sample"], secs["diffusion"].timesteps)
             self._check(idx, secs)
             out.append(RunConfig(**secs, seed=seeds[idx[-1]]))
         for idx, model, train in self.later.values():  # after every point's own checks
@@ -149,6 +153,17 @@ class Expander:
         if "eta" in options and sample.eta not in (0.0, options["eta"]):
             raise BenchError(f"{self._at(idx, 'sample.eta', 'sample.options')}: sample.eta = {sample.eta} and "
                              f"sample.options.eta = {options['eta']} disagree; give eta once")
+
+    def _meet_nfe(self, idx: tuple[int, ...], sample: Any, timesteps: int) -> Any:
+        """The sample section with ``steps`` set so that its sampler meets ``sample.nfe`` exactly."""
+        key = ("nfe", id(sample), timesteps)
+        if key not in self.nfe_memo:
+            self._check_sampler(idx, sample)
+            steps = rules.check_nfe(sample.nfe, sample.sampler, sample.spacing, timesteps, sample.options.as_dict(),
+                                    self._at(idx, "sample.nfe", "sample.sampler", "sample.spacing"))
+            inst = dataclasses.replace(sample, steps=steps)
+            self.nfe_memo[key] = self.interned.setdefault(inst, inst)
+        return self.nfe_memo[key]
 
     def _origin(self, idx: tuple[int, ...]) -> Callable[[str], str]:
         return lambda key: self.b.origin(key, idx)

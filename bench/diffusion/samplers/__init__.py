@@ -14,10 +14,13 @@ from bench.diffusion.samplers.registry import (
     check_options,
     declared_options,
     register_sampler,
+    sampler_nfe,
+    steps_for_nfe,
 )
 
 for _m in pkgutil.iter_modules(__path__):
     if _m.name != "registry":
         importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["SAMPLERS", "Denoiser", "Option", "check_options", "declared_options", "register_sampler"]
+__all__ = ["SAMPLERS", "Denoiser", "Option", "check_options", "declared_options", "register_sampler", "sampler_nfe",
+           "steps_for_nfe"]

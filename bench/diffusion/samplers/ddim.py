@@ -10,11 +10,14 @@ from bench.diffusion.samplers.registry import Denoiser, Option, register_sampler
 ETA = Option("eta", float, 0.0, 0.0, 1.0, "DDIM's eta must be in [0, 1] (0 = deterministic, 1 = DDPM-like noise)")
 
 
-@register_sampler("ddim", options=(ETA,), stochastic=False, paper="Song et al. 2021, eq. 12 and 16")
+@register_sampler("ddim", options=(ETA,), stochastic=lambda o: o["eta"] > 0, order=1, eta_shortcut=True,
+                  paper="Song et al. 2021, eq. 12 and 16")
 def ddim(den: Denoiser, x: torch.Tensor, noise: NoiseSource, *, eta: float = 0.0, progress: bool = False
          ) -> torch.Tensor:
     """x_{prev} = sqrt(abar') x0 + sqrt(1 - abar' - sigma^2) eps + sigma z,
-    sigma = eta sqrt((1 - abar') / (1 - abar)) sqrt(1 - abar / abar')."""
+    sigma = eta sqrt((1 - abar') / (1 - abar)) sqrt(1 - abar / abar').
+
+    With eta = 0 this is Euler's method on the probability-flow ODE in x / sqrt(abar) (first order)."""
     chain = den.chain
     for i in den.steps(progress, "ddim"):
         pred = den(x, i)

@@ -8,7 +8,7 @@ from bench.diffusion.noise import NoiseSource
 from bench.diffusion.samplers.registry import Denoiser, register_sampler
 
 
-@register_sampler("ddpm", stochastic=True, paper="Ho et al. 2020, Alg. 2; respaced as Nichol & Dhariwal")
+@register_sampler("ddpm", stochastic=True, order=None, paper="Ho et al. 2020, Alg. 2; respaced as Nichol & Dhariwal")
 def ddpm(den: Denoiser, x: torch.Tensor, noise: NoiseSource, *, progress: bool = False) -> torch.Tensor:
     """Ancestral sampling: x_{prev} = mu(x_t, x0-hat) + sigma z, with the Diffusion's variance."""
     d, chain = den.diffusion, den.chain

@@ -20,6 +20,7 @@ from bench.core.errors import BenchError
 from bench.core.registry import Registry, did_you_mean
 from bench.diffusion.chain import Chain
 from bench.diffusion.prediction import Model, Prediction
+from bench.diffusion.spacing import level_count, sigma_to_t
 
 Diffusion = Any  # a bench.diffusion.core.Diffusion (not imported: core imports this module)
 
@@ -52,9 +53,33 @@ class Option:
         return value
 
 
-def register_sampler(name: str, *, options: tuple[Option, ...] = (), **meta: Any) -> Callable[[SamplerFn], SamplerFn]:
-    """Decorator: register a sampler with the options it declares (and metadata: paper, stochastic)."""
-    return SAMPLERS.register(name, options={o.name: o for o in options}, **meta)
+def _one_call_per_level(levels: int, options: Mapping[str, Any]) -> int:
+    return levels
+
+
+def register_sampler(name: str, *, options: tuple[Option, ...] = (), paper: str,
+                     stochastic: bool | Callable[[Mapping[str, Any]], bool] = False,
+                     order: int | Callable[[Mapping[str, Any]], int] | None = None,
+                     nfe: Callable[[int, Mapping[str, Any]], int] = _one_call_per_level,
+                     **meta: Any) -> Callable[[SamplerFn], SamplerFn]:
+    """Decorator: register a sampler with what it declares about itself.
+
+    ``options``: its knobs. ``paper``: the paper and algorithm it implements. ``stochastic``: whether
+    it draws noise (a function of the options where a knob decides, as DDIM's eta). ``order``: the
+    global convergence order of the deterministic solver on the probability-flow ODE (a function
+    of the options where ``order`` is one; None for samplers of the SDE only), checked by a
+    convergence test. ``nfe(levels, options)``: network calls per image on a chain of that many
+    levels (Heun: 2 levels - 1); the Denoiser's count must equal it, and ``sample.nfe`` budgets
+    are met through it.
+    """
+    as_fn = (lambda v: v if callable(v) else (lambda opts: v))
+    return SAMPLERS.register(name, options={o.name: o for o in options}, paper=paper,
+                             stochastic=as_fn(stochastic), order=as_fn(order), nfe=nfe, **meta)
+
+
+def sampler_nfe(sampler: str, levels: int, options: Mapping[str, Any] | None = None) -> int:
+    """Network calls per image of ``sampler`` on a chain of ``levels`` levels."""
+    return int(SAMPLERS.meta(sampler)["nfe"](levels, check_options(sampler, options)))
 
 
 def declared_options(sampler: str) -> dict[str, Option]:
@@ -76,10 +101,19 @@ def check_options(sampler: str, options: Mapping[str, Any] | None, where: str = 
 
 @dataclass
 class Denoiser:
-    """The model as a sampler sees it: chain index -> Prediction, counting network calls.
+    """The model as a sampler sees it, counting network calls.
+
+    Two views of one network. ``den(x, i)``: the VP state x_t = sqrt(abar) x0 + sqrt(1 - abar) eps
+    at chain level i (the DDPM / DDIM / DPM-Solver papers' convention). ``den.ve(x, i)`` and
+    ``den.ve_at(x, sigma)``: the state x = x_t / sqrt(abar) = x0 + sigma eps (Karras et al. 2022,
+    k-diffusion) at level i or at any sigma in the trained range (the churned sigma-hat of
+    Euler / Heun); the network sees the interpolated time (see :mod:`bench.diffusion.spacing`).
+    Each returns a Prediction (eps, x0), the same in either view.
 
     ``calls`` is the number of network evaluations per image (one per call, whether the call
     runs B images or, guided, the 2B of cond + uncond); ``guided_calls`` how many were guided.
+    ``sigmas[i]`` is level i's sigma (python floats, computed once: no per-step host work),
+    ``sigmas[-1]`` is 0 (the end of every chain).
     """
 
     diffusion: Diffusion
@@ -92,13 +126,65 @@ class Denoiser:
     calls: int = 0
     guided_calls: int = 0
 
-    def __call__(self, x: torch.Tensor, i: int) -> Prediction:
+    def __post_init__(self) -> None:
+        ints = not self.chain.t.is_floating_point()
+        self._t = [int(v) if ints else float(v) for v in self.chain.t.tolist()]
+        self._abar = [float(v) for v in self.chain.abar.tolist()]
+        self.sigmas = [float(v) for v in self.chain.sigma.tolist()] + [0.0]
+        self._quantize = bool(getattr(self.model, "discrete_time", False))
+
+    def _eval(self, x_t: torch.Tensor, t: int | float, abar: float) -> Prediction:
         self.calls += 1
         self.guided_calls += self.guidance != 0.0
-        t = int(self.chain.t[i])
-        return self.diffusion.predict(self.model, x, t, self.y, self.guidance, self.clip_denoised,
-                                      self.guidance_channels)
+        return self.diffusion.predict(self.model, x_t, t, self.y, self.guidance, self.clip_denoised,
+                                      self.guidance_channels, abar=abar)
+
+    def __call__(self, x: torch.Tensor, i: int) -> Prediction:
+        """(eps, x0) for the VP state ``x`` at chain level ``i``."""
+        return self._eval(x, self._t[i], self._abar[i])
+
+    def ve(self, x: torch.Tensor, i: int) -> Prediction:
+        """(eps, x0) for the state x = x0 + sigma_i eps at level ``i``."""
+        return self._eval(x * self._abar[i] ** 0.5, self._t[i], self._abar[i])
+
+    def ve_at(self, x: torch.Tensor, sigma: float) -> Prediction:
+        """(eps, x0) for x = x0 + sigma eps at a sigma that need not be a level of the chain."""
+        t = sigma_to_t(sigma, self.diffusion.alphas_cumprod, quantize=self._quantize)
+        abar = 1.0 / (1.0 + sigma * sigma)
+        return self._eval(x * abar**0.5, int(t) if self._quantize else float(t), abar)
+
+    def to_ve(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """The VP state at level ``i`` (x_T drawn as N(0, I)) as x0 + sigma eps: x / sqrt(abar_i)."""
+        return x / self._abar[i] ** 0.5
 
     def steps(self, progress: bool, desc: str) -> list[int]:
         idx = list(range(len(self.chain) - 1, -1, -1))
         return list(tqdm(idx, desc=desc, leave=False)) if progress else idx
+
+
+def steps_for_nfe(sampler: str, nfe: int, spacing: str, timesteps: int,
+                  options: Mapping[str, Any] | None = None) -> int:
+    """The fewest ``steps`` whose chain makes ``sampler`` call the network exactly ``nfe`` times
+    (on a deduplicating spacing the chain may have fewer levels than steps), or one BenchError."""
+    if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
+        raise BenchError(f"sample.nfe = {nfe!r} must be a positive int (network calls per image)")
+    opts = check_options(sampler, options)
+    count = SAMPLERS.meta(SAMPLERS.check(sampler, "sample.sampler"))["nfe"]
+    reachable = []
+    for steps in range(1, timesteps + 1):
+        got = count(level_count(spacing, timesteps, steps), opts)
+        if got == nfe:
+            return steps
+        if got < nfe + 3:
+            reachable.append(got)
+        if got > nfe and steps > nfe:
+            break
+    near = sorted({g for g in reachable if abs(g - nfe) <= 2})
+    raise BenchError(f"sampler {sampler!r} cannot meet nfe = {nfe} on spacing {spacing!r} with T = {timesteps} "
+                     f"(its calls per image: {_nfe_rule(sampler)}); "
+                     f"nearby budgets it meets: {near or 'none'}. Choose one of those for this sampler")
+
+
+def _nfe_rule(sampler: str) -> str:
+    n = SAMPLERS.meta(sampler)["nfe"]
+    return "one per level" if n is _one_call_per_level else f"{n(1, {})}, {n(2, {})}, {n(3, {})}, ... on 1, 2, 3 levels"
