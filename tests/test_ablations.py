@@ -63,6 +63,14 @@ def test_shipped_study_fills_every_cell(path: Path, tmp_path, monkeypatch) -> No
         states = table.state[ours]  # paper's columns say "missing" where the paper has no number
         bad = {(r, c): v for c in ours for r, v in states[c].items() if v != "ok"}
         assert ours and not bad, f"{path.name}: table {table.title!r} has unfilled cells: {bad}"
+    budgets = {c.key(): c.sample.nfe for c in study.configs if c.sample.nfe is not None}
+    if budgets:  # a budget is met exactly: the network's own count, logged per run
+        from bench.tracking import fetch_runs, using_uri
+
+        with using_uri(uri):
+            runs = fetch_runs(study.name)
+        logged = {r["tags.bench.key"]: r["metrics.nfe"] for _, r in runs.iterrows() if r["tags.bench.key"] in budgets}
+        assert len(logged) == len(budgets) and all(logged[k] == budgets[k] for k in budgets), logged
     if study.search:
         from bench.search import run_search
 

@@ -33,6 +33,9 @@ class Options(tuple):
     def as_dict(self) -> dict[str, Any]:
         return dict(self)
 
+    def __str__(self) -> str:  # how tables, plots and job labels show it: "order=3", "defaults"
+        return ", ".join(f"{k}={v}" for k, v in self) or "defaults"
+
 
 class _Spec:
     """Base of the section dataclasses: stores ints given for float fields as floats (and -0.0
