@@ -86,7 +86,7 @@ def cmd_list() -> None:
     print("\nsampler options (sample.options):")
     for name in SAMPLERS.names():
         opts = SAMPLERS.meta(name)["options"].values()
-        shown = ", ".join(f"{o.name}={o.default!r} in [{o.low}, {o.high}]" for o in opts) or "none"
+        shown = ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in opts) or "none"
         print(f"  {name:<14} {shown}")
     print("\nmetric outputs (MLflow names; arrow = better):")
     arrows = {True: " ↑", False: " ↓", None: ""}
@@ -158,3 +158,12 @@ def _dispatch(args: argparse.Namespace) -> int:
                    n_trials=args.n_trials)
         return 0
     raise AssertionError(args.command)
+
+
+def _range(o: Any) -> str:
+    """How an option's allowed values read: ' in [0, 1]', ' >= 0', ' (true/false)'."""
+    if o.type is bool:
+        return " (true/false)"
+    if o.low is not None and o.high is not None:
+        return f" in [{o.low:g}, {o.high:g}]"
+    return f" >= {o.low:g}" if o.low is not None else (f" <= {o.high:g}" if o.high is not None else "")

@@ -257,3 +257,17 @@ def test_stochastic_samplers_equal_diffusers_on_the_same_noise():
     finally:
         core.NoiseSource = orig
     assert (ours_sde - ref_sde).abs().max() < 2e-5 * ref_sde.abs().max()
+
+
+def test_a_study_budget_sets_steps_per_sampler_and_refuses_what_cannot_be_met():
+    """``sample.nfe`` in a study: each sampler gets the steps that meet it; Heun's even budget is one
+    error naming the study key and the budgets it meets, before any work."""
+    from bench.study.build import build_study
+
+    raw = {"name": "budget", "base": {"sample": {"spacing": "karras"}, "eval": {"metrics": ["kid"], "extractor": "domain:digits", "num_samples": 200}},
+           "zip": {"sample.sampler": ["ddim", "heun"], "sample.nfe": [10, 9]}}
+    configs = build_study(raw).configs
+    assert [(c.sample.sampler, c.sample.steps, c.sample.nfe) for c in configs] == [("ddim", 10, 10), ("heun", 5, 9)]
+    raw["zip"]["sample.nfe"] = [10, 10]
+    with pytest.raises(BenchError, match=r"sample\.nfe.*heun.*cannot meet nfe = 10.*\[9, 11\]"):
+        build_study(raw)
