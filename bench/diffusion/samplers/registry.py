@@ -72,9 +72,13 @@ def register_sampler(name: str, *, options: tuple[Option, ...] = (), paper: str,
     levels (Heun: 2 levels - 1); the Denoiser's count must equal it, and ``sample.nfe`` budgets
     are met through it.
     """
-    as_fn = (lambda v: v if callable(v) else (lambda opts: v))
     return SAMPLERS.register(name, options={o.name: o for o in options}, paper=paper,
-                             stochastic=as_fn(stochastic), order=as_fn(order), nfe=nfe, **meta)
+                             stochastic=_of_options(stochastic), order=_of_options(order), nfe=nfe, **meta)
+
+
+def _of_options(value: Any) -> Callable[[Mapping[str, Any]], Any]:
+    """A declaration as a function of the options (a constant becomes one that ignores them)."""
+    return value if callable(value) else (lambda opts: value)
 
 
 def sampler_nfe(sampler: str, levels: int, options: Mapping[str, Any] | None = None) -> int:
