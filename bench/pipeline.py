@@ -47,6 +47,8 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     plan = study.plan()
     tracker = Tracker(study.name, tracking_uri)
     killed = tracker.mark_orphans_killed()
+    if not dry_run:
+        tracker.describe(study.question or study.name, _primary_metric(study))
     done = done_keys(plan, tracker)
     print(f"study {study.name!r}: {len(study.configs)} configurations")
     if killed:
@@ -63,3 +65,13 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
         out = build_report(study, tracking_uri=tracker.uri)
         print(f"report: {out}")
     return summary
+
+
+def _primary_metric(study: Any) -> str | None:
+    """The metric of the study's first table (its first value column): what a reader sorts runs by."""
+    for table in study.tables or []:
+        values = table.get("values")
+        values = [values] if isinstance(values, str) else list(values or [])
+        if values:
+            return str(values[0])
+    return None

@@ -67,6 +67,15 @@ class Tracker:
             study_name, artifact_location=_artifact_location(self.uri, study_name))
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
 
+    def describe(self, question: str, primary_metric: str | None) -> None:
+        """Tag the experiment so the MLflow UI (3.x) opens it as model-training work on its runs:
+        the kind, the study's question as its description and the metric its first table reports."""
+        tags = {"mlflow.experimentKind": "custom_model_development", "mlflow.note.content": question.strip()}
+        if primary_metric:
+            tags["mlflow.experiment.primaryMetric.name"] = primary_metric
+        for key, value in tags.items():
+            self.client.set_experiment_tag(self.experiment_id, key, value)
+
     # --- reading ------------------------------------------------------------------------------
     def runs(self, kind: str | None = None, status: str | None = None) -> list[Any]:
         filters = [f"tags.`{KIND_TAG}` = '{kind}'"] if kind else []

@@ -63,6 +63,14 @@ def test_shipped_study_fills_every_cell(path: Path, tmp_path, monkeypatch) -> No
         states = table.state[ours]  # paper's columns say "missing" where the paper has no number
         bad = {(r, c): v for c in ours for r, v in states[c].items() if v != "ok"}
         assert ours and not bad, f"{path.name}: table {table.title!r} has unfilled cells: {bad}"
+    import mlflow
+
+    exp = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(study.name)
+    first = study.tables[0]["values"] if study.tables else None
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens it on its runs
+    assert exp.tags["mlflow.note.content"] == (study.question or study.name).strip()
+    assert exp.tags.get("mlflow.experiment.primaryMetric.name") == (
+        None if first is None else (first if isinstance(first, str) else first[0]))
     budgets = {c.key(): c.sample.nfe for c in study.configs if c.sample.nfe is not None}
     if budgets:  # a budget is met exactly: the network's own count, logged per run
         from bench.tracking import fetch_runs, using_uri
