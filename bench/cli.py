@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--shared-dir", default=None,
                      help="checkpoint/cache folder every node can read and write (Ray/Slurm); sets BENCH_CACHE_DIR")
     run.add_argument("--no-report", action="store_true", help="skip writing reports/<study>/")
+    run.add_argument("--out", default="reports", help="folder for the report (default reports/)")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
 
     plan = sub.add_parser("plan", help="print the jobs of a study, which are done, and their order")
@@ -129,7 +130,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                                      "array_parallelism": args.array_parallelism}.items() if v is not None}
         summary = run_study(args.study, tracking_uri=args.tracking_uri, devices=args.devices, retries=args.retries,
                             dry_run=args.dry_run, progress=not args.quiet, report=not args.no_report,
-                            executor=args.executor, overrides=overrides, executor_options=options)
+                            executor=args.executor, overrides=overrides, executor_options=options,
+                            out_dir=args.out)
         return 1 if summary is not None and summary.failed else 0
     if args.command == "plan":
         from bench.execute import done_keys

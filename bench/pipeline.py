@@ -30,7 +30,7 @@ def check_devices(study: Any, slots: list[Any], devices: str) -> None:
 def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str = "auto", retries: int = 2,
               dry_run: bool = False, progress: bool = True, report: bool = True, executor: str = "local",
               overrides: dict[str, Any] | None = None, executor_options: dict[str, Any] | None = None,
-              **dotted: Any) -> RunSummary | None:
+              out_dir: str | Path = "reports", **dotted: Any) -> RunSummary | None:
     """Run a study: ``bench.run_study("ablations/quickstart.yaml", **{"eval.num_samples": 200})``.
 
     Everything a user can get wrong (the study file, devices, the tracking server) is checked
@@ -62,7 +62,7 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     if report:
         from bench.report import build_report
 
-        out = build_report(study, tracking_uri=tracker.uri)
+        out = build_report(study, tracking_uri=tracker.uri, out_dir=out_dir)
         print(f"report: {out}")
     return summary
 

@@ -90,6 +90,11 @@ def test_grid_on_a_tracking_server(server, tmp_path, monkeypatch):
     # one report from the server's runs, as a second machine would write it
     assert main(["report", str(path), "--tracking-uri", server, "--out", str(tmp_path / "reports")]) == 0
     assert (tmp_path / "reports" / "server-grid" / "report.md").exists()
+    # `run` again: every job is done, nothing reruns, and its report goes where --out says
+    assert main(["run", str(path), "--tracking-uri", server, "--devices", "cpu", "--quiet",
+                 "--out", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "server-grid" / "report.html").exists()
+    assert len(client.search_runs([exp.experiment_id])) == 3
 
 
 def test_unreachable_server_fails_fast_before_any_work(tmp_path, monkeypatch):
