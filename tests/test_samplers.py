@@ -221,7 +221,9 @@ def test_equals_diffusers_where_the_definitions_coincide(name, opts, cls, cfg, s
 
 
 def test_stochastic_samplers_equal_diffusers_on_the_same_noise():
-    """dpm-solver++-sde equals diffusers' sde-dpmsolver++ (midpoint), both replaying one noise list."""
+    """dpm-solver++-sde equals diffusers' sde-dpmsolver++ (midpoint) and euler-ancestral its
+    EulerAncestralDiscreteScheduler, each pair replaying one noise list. (diffusers' trailing start
+    is sigma_max x_T, ours sqrt(1 + sigma_max^2) x_T: the run feeds it ours.)"""
     import diffusers
 
     from bench.diffusion import NoiseSource
@@ -257,6 +259,25 @@ def test_stochastic_samplers_equal_diffusers_on_the_same_noise():
     finally:
         core.NoiseSource = orig
     assert (ours_sde - ref_sde).abs().max() < 2e-5 * ref_sde.abs().max()
+
+    # euler-ancestral against EulerAncestralDiscreteScheduler, whose noise is replayed from the same list
+    import diffusers.schedulers.scheduling_euler_ancestral_discrete as ea
+
+    anc = diffusers.EulerAncestralDiscreteScheduler(**kw)
+    drawn = iter(zs)
+    real = ea.randn_tensor
+    ea.randn_tensor = lambda *a, **k: next(drawn)
+    try:
+        ref_anc = _diffusers_run(anc, net, x_T, steps, ve_start=True)
+    finally:
+        ea.randn_tensor = real
+    core.NoiseSource = Replay
+    try:
+        ours_anc = Diffusion("linear", T).sample(net, x_T.shape, sampler="euler-ancestral", steps=steps,
+                                                 spacing="trailing", x_T=x_T)
+    finally:
+        core.NoiseSource = orig
+    assert (ours_anc - ref_anc).abs().max() < 2e-5 * ref_anc.abs().max()
 
 
 def test_a_study_budget_sets_steps_per_sampler_and_refuses_what_cannot_be_met():
