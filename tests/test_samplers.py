@@ -220,7 +220,7 @@ def test_equals_diffusers_where_the_definitions_coincide(name, opts, cls, cfg, s
     assert (ours - ref).abs().max().item() < 2e-5 * scale, ((ours - ref).abs().max(), scale)
 
 
-def test_stochastic_samplers_equal_diffusers_on_the_same_noise():
+def test_stochastic_samplers_equal_diffusers_on_the_same_noise(monkeypatch):
     """dpm-solver++-sde equals diffusers' sde-dpmsolver++ (midpoint) and euler-ancestral its
     EulerAncestralDiscreteScheduler, each pair replaying one noise list. (diffusers' trailing start
     is sigma_max x_T, ours sqrt(1 + sigma_max^2) x_T: the run feeds it ours.)"""
@@ -249,34 +249,23 @@ def test_stochastic_samplers_equal_diffusers_on_the_same_noise():
             self.k += 1
             return zs[self.k - 1]
 
-    import bench.diffusion.core as core
-
-    orig = core.NoiseSource
-    core.NoiseSource = Replay
-    try:
-        ours_sde = Diffusion("linear", T).sample(net, x_T.shape, sampler="dpm-solver++-sde", steps=steps,
-                                                 spacing="trailing", x_T=x_T)
-    finally:
-        core.NoiseSource = orig
-    assert (ours_sde - ref_sde).abs().max() < 2e-5 * ref_sde.abs().max()
-
-    # euler-ancestral against EulerAncestralDiscreteScheduler, whose noise is replayed from the same list
     import diffusers.schedulers.scheduling_euler_ancestral_discrete as ea
 
-    anc = diffusers.EulerAncestralDiscreteScheduler(**kw)
+    import bench.diffusion.core as core
+
+    monkeypatch.setattr(core, "NoiseSource", Replay)
+
+    def ours(sampler):
+        return Diffusion("linear", T).sample(net, x_T.shape, sampler=sampler, steps=steps, spacing="trailing",
+                                             x_T=x_T)
+
+    assert (ours("dpm-solver++-sde") - ref_sde).abs().max() < 2e-5 * ref_sde.abs().max()
+
+    # euler-ancestral against EulerAncestralDiscreteScheduler, whose noise is replayed from the same list
     drawn = iter(zs)
-    real = ea.randn_tensor
-    ea.randn_tensor = lambda *a, **k: next(drawn)
-    try:
-        ref_anc = _diffusers_run(anc, net, x_T, steps, ve_start=True)
-    finally:
-        ea.randn_tensor = real
-    core.NoiseSource = Replay
-    try:
-        ours_anc = Diffusion("linear", T).sample(net, x_T.shape, sampler="euler-ancestral", steps=steps,
-                                                 spacing="trailing", x_T=x_T)
-    finally:
-        core.NoiseSource = orig
+    monkeypatch.setattr(ea, "randn_tensor", lambda *a, **k: next(drawn))
+    ref_anc = _diffusers_run(diffusers.EulerAncestralDiscreteScheduler(**kw), net, x_T, steps, ve_start=True)
+    ours_anc = ours("euler-ancestral")
     assert (ours_anc - ref_anc).abs().max() < 2e-5 * ref_anc.abs().max()
 
 
