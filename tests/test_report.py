@@ -25,6 +25,8 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from mlflow_runs import log_run  # noqa: E402
+
 from bench.core.errors import BenchError  # noqa: E402
 from bench.report import build_report, load_baselines, validate_report_specs  # noqa: E402
 from bench.study import build_study  # noqa: E402
@@ -69,35 +71,8 @@ def is_of(eta: float, steps: int, seed: int) -> float:
     return 6.0 - eta + steps / 100.0 + 0.3 * seed
 
 
-def _png(seed: int) -> bytes:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _log_run(mlflow, cfg, kind: str, key: str, status: str = "FINISHED", metrics=None, tmp: Path | None = None):
-    with mlflow.start_run(run_name=f"{kind}-{key[:6]}") as run:
-        mlflow.set_tags({"bench.key": key, "bench.train_key": cfg.train_key(), "bench.study": STUDY["name"],
-                         "bench.kind": kind, "bench.label": f"{kind} seed={cfg.seed}"})
-        mlflow.log_params({k: str(v) for k, v in cfg.flat().items()})
-        if kind == "eval":
-            mlflow.set_tags({"protocol.num_samples": "100", "protocol.extractor": "domain:digits",
-                             "protocol.weights_sha256": "ab" * 32, "protocol.reference": "digits:test",
-                             "protocol.backend": "torch-fidelity"})
-        if metrics:
-            mlflow.log_metrics(metrics)
-        if tmp is not None:
-            (tmp / "samples.png").write_bytes(_png(hash(key) % 1000))
-            mlflow.log_artifact(str(tmp / "samples.png"))
-        if status == "FAILED":
-            mlflow.set_tag("bench.error", "RuntimeError: NaN loss at step 7")
-    if status != "FINISHED":
-        mlflow.MlflowClient().set_terminated(run.info.run_id, status)
-    return run.info.run_id
+def _log_run(mlflow, cfg, kind: str, key: str, **kw):
+    return log_run(mlflow, STUDY["name"], cfg, kind, key, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ history) and ``samples`` (the ``samples.png`` grid each EVAL run logged).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
@@ -24,13 +25,14 @@ from typing import Any
 
 import pandas as pd
 
+from bench.report.pooling import pool_caption, pooled_axes
 from bench.report.runs import FINISHED, StudyRuns
 from bench.report.tables import _filter as filter_jobs
 from bench.report.tables import default_format, direction, metric_label
-from bench.study.report_specs import PlotSpec
+from bench.study.report_specs import TRAIN_SECTIONS, PlotSpec, TableSpec
 from bench.tracking import download_artifact, metric_history
 
-__all__ = ["Figure", "render_plot", "PNG_MAGIC"]
+__all__ = ["Figure", "default_plots", "render_plot", "PNG_MAGIC"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _FACET_W, _FACET_H, _DPI = 5.0, 3.6, 110
@@ -44,25 +46,135 @@ class Figure:
     kind: str
     images: list[tuple[str, bytes]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    caption: str = ""  # what a point / bar / line is, and what was split or pooled
 
 
 def render_plot(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], names: dict[str, str]) -> Figure:
-    """Draw ``spec``; an empty selection gives a Figure with a note instead of images."""
+    """Draw ``spec``; an empty selection gives a Figure with a note instead of images.
+
+    No point, line or bar averages over an axis the figure does not show: an axis that varies
+    inside one (x, hue, style, facet) group takes the next free role of the kind (hue, style, col,
+    row), and beyond those one image per value; only the spec's ``pool:`` averages, and says so.
+    """
     title = spec.title or _default_title(spec, names)
     fig = Figure(title, spec.kind)
     if spec.kind == "samples":
         _samples(spec, data, order, names, fig)
         return fig
-    frame = _loss_frame(spec, data, order) if spec.kind == "loss" else _eval_frame(spec, data, order)
+    if spec.kind == "loss":
+        frame, rest = _loss_frame(spec, data), []
+        fig.caption = _loss_caption(spec, frame)
+    else:
+        frame = _eval_frame(spec, data)
+        spec, rest, split = _show_every_axis(spec, frame, names)
+        fig.caption = _caption(spec, frame, names, split, rest)
     if frame.empty:
         fig.notes.append("Nothing to plot yet: no finished runs match this plot.")
         return fig
     draw = {"line": _line, "tradeoff": _tradeoff, "heatmap": _heatmap, "bars": _bars, "loss": _loss}[spec.kind]
-    if spec.kind == "heatmap":  # one colour scale for every facet
-        cells = frame.groupby([spec.row, spec.x, *([spec.col] if spec.col else [])], observed=True)[spec.y].mean()
+    if spec.kind == "heatmap":  # one colour scale for every facet and image
+        cells = frame.groupby([spec.row, spec.x, *([spec.col] if spec.col else []), *rest])[spec.y].mean()
         draw = functools.partial(_heatmap, vrange=(float(cells.min()), float(cells.max())))
-    fig.images.append((title, _draw(spec, frame, order, names, draw)))
+    groups = frame.groupby([frame[a].map(str) for a in rest], sort=False) if rest else [((), frame)]
+    parts = sorted(groups, key=lambda g: _rank(rest, g[1].iloc[0], order))
+    for values, part in parts:
+        values = values if isinstance(values, tuple) else (values,)
+        label = ", ".join(f"{names.get(a, a)} = {v}" for a, v in zip(rest, values))
+        part = _categorical(part.copy(), spec, order)
+        fig.images.append((f"{title} — {label}" if label else title, _draw(spec, part, order, names, draw)))
     return fig
+
+
+# roles an unshown axis may take, in order, per kind ("x" is never re-assigned)
+_FREE_ROLES = {"line": ("hue", "style", "col", "row"), "bars": ("hue", "col"), "tradeoff": ("hue", "style", "col"),
+               "heatmap": ("col",)}  # fmt: skip
+
+
+def _shown(spec: PlotSpec) -> list[str]:
+    roles = ("hue", "style", "col", "row", "label") + (("x",) if spec.kind != "tradeoff" else ())
+    return [a for a in (getattr(spec, r) for r in roles) if a]
+
+
+def _show_every_axis(spec: PlotSpec, frame: pd.DataFrame, names: dict[str, str]
+                     ) -> tuple[PlotSpec, list[str], list[str]]:  # fmt: skip
+    """(spec with unshown varying axes in free roles, axes left for one image per value, axes split)."""
+    split = [a for a in pooled_axes(frame, _shown(spec), names) if a not in spec.pool]
+    rest = list(split)
+    free = [r for r in _FREE_ROLES.get(spec.kind, ()) if getattr(spec, r) is None]
+    fill = {}
+    while rest and free:
+        fill[free.pop(0)] = rest.pop(0)
+    return dataclasses.replace(spec, **fill), rest, split
+
+
+def _rank(axes: list[str], row: Any, order: dict[str, list[Any]]) -> tuple[int, ...]:
+    ranks = {a: {str(v): i for i, v in enumerate(order.get(a, []))} for a in axes}
+    return tuple(ranks[a].get(str(row[a]), 10**6) for a in axes)
+
+
+def _caption(spec: PlotSpec, frame: pd.DataFrame, names: dict[str, str], split: list[str], rest: list[str]) -> str:
+    """What a point and an error bar are, and what was split or pooled."""
+    if frame.empty:
+        return ""
+    shown = [*_shown(spec), *rest]
+    seeds = frame.groupby([frame[a].map(repr) for a in shown])["seed"].nunique() if shown else \
+        pd.Series([frame["seed"].nunique()])  # fmt: skip
+    n = int(seeds.max())
+    if spec.kind == "heatmap":
+        out = f"Each cell: the mean over {n} seed{'s' * (n > 1)}."
+    elif n > 1 or spec.pool:
+        over = " and ".join([*(["seeds"] if n > 1 else []), *(["the pooled values"] if spec.pool else [])])
+        out = f"Each point: the mean of its runs ({n} seed{'s' * (n > 1)}); error bars: sample std (ddof=1) over {over}."
+    else:
+        out = "One seed: each point is one run, no error bars."
+    if split:
+        where = "own image" if rest else "own line or facet"
+        out += (f" {', '.join(names.get(a, a) for a in split)} varies in these runs and the spec does not name it: "
+                f"each value gets its {where} rather than being averaged.")  # fmt: skip
+    if spec.pool:
+        out += " " + pool_caption(frame, spec.pool, shown, names)
+    return out
+
+
+def _loss_caption(spec: PlotSpec, frame: pd.DataFrame) -> str:
+    if frame.empty:
+        return ""
+    return (f"One line per TRAIN run ({frame['run'].nunique()}), labelled by the training axes that differ "
+            "between them. Thin: train_loss as logged (the mean over each log_every window); thick: its "
+            f"exponential moving average over {_ema_span(spec)} logged points.")  # fmt: skip
+
+
+def _ema_span(spec: PlotSpec) -> int:
+    return int(spec.options.get("smooth", 5))
+
+
+def default_plots(tables: list[TableSpec], data: StudyRuns, axes: tuple[str, ...] | list[str]) -> list[PlotSpec]:
+    """The figures of a study with no ``plots:``: the first table's metric against its column axis
+    (one line per value of its first row axis; any other varying axis gets its own facet or
+    image), and the samples grid of the best cell by that metric."""
+    axes = [a for a in axes if a != "seed"]
+    if tables:
+        t = tables[0]
+        metric, x, where = t.values[0], t.columns or t.rows[-1], dict(t.where)
+        hue = next((r for r in t.rows if r != x), None)
+    else:
+        ranked = sorted((m for m in data.metrics if direction(m) is not None), key=lambda m: m != "fid")
+        metric, x, where, hue = (ranked[0] if ranked else None), (axes[0] if axes else None), {}, None
+    out = []
+    jobs = filter_jobs(data.finished(), where)
+    if metric is not None and x is not None and metric in jobs:
+        kind = "line" if _numeric(jobs[x]) else "bars"
+        out.append(PlotSpec(kind=kind, x=x, y=metric, hue=hue, where=where))
+    if metric is not None and metric in jobs and axes and direction(metric) is not None:
+        means = jobs.dropna(subset=[metric]).groupby([jobs[a].map(repr) for a in axes], sort=False)[metric].mean()
+        if len(means):
+            best = means.idxmax() if direction(metric) else means.idxmin()
+            best = best if isinstance(best, tuple) else (best,)
+            row = next(r for r in jobs.to_dict("records") if tuple(repr(r[a]) for a in axes) == best)
+            cell = {a: (row[a],) for a in axes}
+            out.append(PlotSpec(kind="samples", y=metric, where=cell,
+                                title=f"Samples of the best cell by {metric_label(metric)}"))  # fmt: skip
+    return out
 
 
 def _default_title(spec: PlotSpec, names: dict[str, str]) -> str:
@@ -96,42 +208,40 @@ def _categorical(frame: pd.DataFrame, spec: PlotSpec, order: dict[str, list[Any]
     return frame
 
 
-def _eval_frame(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]]) -> pd.DataFrame:
+def _eval_frame(spec: PlotSpec, data: StudyRuns) -> pd.DataFrame:
     jobs = filter_jobs(data.finished(), spec.where)
     need = [m for m in (spec.y, spec.x if spec.kind == "tradeoff" else None) if m]
     if any(m not in jobs for m in need):
         return jobs.iloc[0:0]
-    jobs = jobs.dropna(subset=need).copy()
-    return _categorical(jobs, spec, order)
+    return jobs.dropna(subset=need).copy()
 
 
-def _loss_frame(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]]) -> pd.DataFrame:
-    """``train_loss`` history of every TRAIN run of the study, with the axis values of its config."""
+def _loss_frame(spec: PlotSpec, data: StudyRuns) -> pd.DataFrame:
+    """``train_loss`` history of every TRAIN run of the study (one ``run`` each), with the axis values
+    of its config, its EMA and a ``_label`` naming the training axes that differ between the runs."""
     train = data.runs_of_kind("train")
     by_train_key = data.jobs.drop_duplicates("_train_key").set_index("_train_key")
     by_train_key = filter_jobs(by_train_key, spec.where)
+    mine = by_train_key[by_train_key.index.isin(set(train.get("tags.bench.key", [])))]
+    differ = [a for a in mine.columns if not a.startswith("_") and (a == "seed" or a.split(".")[0] in TRAIN_SECTIONS)
+              and mine[a].map(repr).nunique() > 1]  # fmt: skip
     parts = []
     for run in train.to_dict("records"):
         key = run.get("tags.bench.key")
-        if key not in by_train_key.index:
+        if key not in mine.index:
             continue
         history = metric_history(data.tracking_uri, run["run_id"], "train_loss")
         if not history:
             continue
-        part = pd.DataFrame(history, columns=["step", "train_loss"])
-        part = part.sort_values("step")
-        window = int(spec.options.get("smooth", 1))
-        if window > 1:
-            part["train_loss"] = part["train_loss"].rolling(window, min_periods=1).mean()
-        config = by_train_key.loc[key]
-        for role in ("hue", "style", "col"):
-            axis = getattr(spec, role)
-            if axis:
-                part[axis] = config[axis]
+        part = pd.DataFrame(history, columns=["step", "train_loss"]).sort_values("step")
+        part["train_loss_ema"] = part["train_loss"].ewm(span=_ema_span(spec), adjust=True).mean()
+        config = mine.loc[key]
+        for axis in {*differ, *(a for a in (spec.hue, spec.style, spec.col) if a)}:
+            part[axis] = config[axis]
+        part["_label"] = ", ".join(f"{a.split('.')[-1]}={config[a]}" for a in differ) or "training"
         part["run"] = run["run_id"]
         parts.append(part)
-    frame = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    return _categorical(frame, spec, order) if not frame.empty else frame
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 # --- drawing -----------------------------------------------------------------------------------
@@ -172,6 +282,7 @@ def _draw(spec: PlotSpec, frame: pd.DataFrame, order: dict[str, list[Any]], name
             else:
                 draw(ax, sub, spec, order, names)
             ax.set_title(_short_facet(label, names), fontsize=10)
+        _legend_outside(fig, axes.ravel())
         buf = io.BytesIO()
         fig.savefig(buf, format="png", facecolor="white")
     return buf.getvalue()
@@ -187,7 +298,22 @@ def _legend_title(ax: Any, spec: PlotSpec, names: dict[str, str]) -> None:
     legend = ax.get_legend()
     if legend is not None:
         roles = [names.get(a, a) for a in (spec.hue, spec.style) if a]
-        legend.set_title(" / ".join(dict.fromkeys(roles)) or None)
+        # with hue and style seaborn writes each role's name as an entry: no title then
+        legend.set_title(roles[0] if len(roles) == 1 else None)
+
+
+def _legend_outside(fig: Any, axes: Any) -> None:
+    """One legend for the figure, right of the facets, never on the data (the facets share it)."""
+    found = None
+    for ax in axes:
+        legend = ax.get_legend()
+        if legend is not None:
+            if found is None:
+                found = (ax.get_legend_handles_labels(), legend.get_title().get_text())
+            legend.remove()
+    if found:
+        (handles, labels), title = found
+        fig.legend(handles, labels, title=title or None, loc="outside right upper", frameon=False)
 
 
 def _numeric(series: pd.Series) -> bool:
@@ -203,8 +329,9 @@ def _line(ax: Any, sub: pd.DataFrame, spec: PlotSpec, order: dict[str, list[Any]
                  ax=ax, **marks)  # fmt: skip
     xs = sorted(v for v in sub[x].unique() if v is not None) if _numeric(sub[x]) else []
     logx = spec.options.get("logx")
-    if logx is None:
-        logx = bool(xs) and xs[0] > 0 and xs[-1] / xs[0] >= 10
+    if logx is None:  # step and NFE counts are read on a log axis (the papers' convention)
+        counts = x.rsplit(".", 1)[-1] in ("steps", "nfe", "timesteps")
+        logx = bool(xs) and xs[0] > 0 and xs[-1] / xs[0] >= (2 if counts else 10)
     if logx and xs:
         ax.set_xscale("log")
         ax.minorticks_off()
@@ -212,7 +339,7 @@ def _line(ax: Any, sub: pd.DataFrame, spec: PlotSpec, order: dict[str, list[Any]
         ax.set_xticks(xs, [f"{v:g}" for v in xs])
     if spec.options.get("logy"):
         ax.set_yscale("log")
-    ax.set_xlabel(names.get(x, x))
+    ax.set_xlabel(names.get(x, x) + (" (log scale)" if logx and xs else ""))
     ax.set_ylabel(metric_label(spec.y or ""))
     _legend_title(ax, spec, names)
 
@@ -278,14 +405,32 @@ def _bars(ax: Any, sub: pd.DataFrame, spec: PlotSpec, order: dict[str, list[Any]
 
 
 def _loss(ax: Any, sub: pd.DataFrame, spec: PlotSpec, order: dict[str, list[Any]], names: dict[str, str]) -> None:
+    """One line per TRAIN run: the logged value thin, its EMA thick, coloured by ``hue`` (else by run)."""
     import seaborn as sns
 
-    sns.lineplot(data=sub, x="step", y="train_loss", hue=spec.hue, style=spec.style, errorbar="sd", ax=ax)
-    if spec.options.get("logy", True):
+    hue = spec.hue or "_label"
+    colours = list(dict.fromkeys(sub[hue].map(str)))
+    palette = dict(zip(colours, sns.color_palette(n_colors=max(1, len(colours)))))
+    dashes = dict(zip(dict.fromkeys(sub[spec.style].map(str)), ("-", "--", ":", "-."))) if spec.style else {}
+    for _, part in sub.groupby("run", sort=False):
+        first = part.iloc[0]
+        colour = palette[str(first[hue])]
+        ax.plot(part["step"], part["train_loss"], color=colour, alpha=0.3, lw=0.8)
+        label = str(first[spec.hue]) if spec.hue and not spec.style else str(first["_label"])
+        ax.plot(part["step"], part["train_loss_ema"], color=colour, lw=1.8, label=label,
+                ls=dashes.get(str(first[spec.style]), "-") if spec.style else "-")  # fmt: skip
+    positive = sub["train_loss"][sub["train_loss"] > 0]
+    logy = spec.options.get("logy")
+    if logy is None:  # log when the loss falls by 10x or more
+        logy = len(positive) > 1 and positive.max() / positive.min() >= 10
+    if logy:
         ax.set_yscale("log")
     ax.set_xlabel("training step")
-    ax.set_ylabel("training loss")
-    _legend_title(ax, spec, names)
+    ax.set_ylabel("training loss ↓" + (" (log scale)" if logy else ""))
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if len(unique) > 1 or spec.hue:
+        ax.legend(unique.values(), unique.keys(), title=names.get(spec.hue, spec.hue) if spec.hue else None)
 
 
 # --- sample grids ------------------------------------------------------------------------------
@@ -331,8 +476,9 @@ def _samples(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], names
     if len(jobs) > limit:
         fig.notes.append(f"Showing the first {limit} of {len(jobs)} sample grids (raise `max:` for more).")
     with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
+        others = [a for a in names if a != "seed" and a not in by and expected[a].map(repr).nunique() > 1]
         for i, r in enumerate(jobs.head(limit).to_dict("records")):
-            caption = ", ".join(f"{names.get(a, a)} = {r[a]}" for a in by) or "samples"
+            caption = ", ".join(f"{names.get(a, a)} = {r[a]}" for a in [*by, *others]) or "samples"
             if spec.y and spec.y in r and r[spec.y] is not None and math.isfinite(float(r[spec.y])):
                 caption += f" — {metric_label(spec.y)} {format(float(r[spec.y]), default_format(spec.y, '.3g'))}"
             try:

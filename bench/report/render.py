@@ -15,7 +15,7 @@ import pandas as pd
 
 from bench.core.paths import atomic_write_bytes
 from bench.metrics import OUTPUTS
-from bench.report.plots import Figure, render_plot
+from bench.report.plots import Figure, default_plots, render_plot
 from bench.report.runs import MISSING, StudyRuns, axis_order, collect_runs, short_names
 from bench.report.tables import Table, make_table
 from bench.study.baselines import Baseline, baselines_dir_for, load_baselines
@@ -111,6 +111,8 @@ def _gather(study: Study, tracking_uri: str | None, baselines_dir: str | Path | 
     )
     order, names = axis_order(study), short_names(list(study.axes))
     tables = [make_table(s, data, order, names, _baseline(baselines, s.baseline)) for s in table_specs]
+    if "plots" not in study.raw:  # no `plots:` at all (an empty list asks for none): the default figures
+        plot_specs = default_plots(table_specs, data, study.axes)
     return uri, runs, data, tables, plot_specs, order, names
 
 
@@ -170,7 +172,7 @@ def _markdown(r: _Report, images: list[list[str]]) -> str:
         many = len(fig.images) > 1 or fig.kind == "samples"
         for (caption, _), p in zip(fig.images, paths):
             out += [f"![{caption}]({p})" + (f"  \n*{caption}*" if many else ""), ""]
-        out += [*[f"*{n}*  " for n in fig.notes], ""]
+        out += [*([f"*{fig.caption}*", ""] if fig.caption else []), *[f"*{n}*  " for n in fig.notes], ""]
     if r.search_md:
         out += [r.search_md, ""]
     failures = r.failures()
@@ -211,6 +213,7 @@ table.bench-table th { background: #f6f8fa; text-align: center; }
 table.kv td { text-align: left; }
 table.bench-table caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3rem; }
 .note { color: #57606a; font-size: .85rem; margin: .2rem 0; }
+.caption { color: #333; font-size: .88rem; margin: .2rem 0 .6rem; max-width: 900px; }
 .legend span { display: inline-block; padding: 0 .4rem; margin-right: .5rem; border: 1px solid #d0d7de; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 .grids { display: flex; flex-wrap: wrap; gap: 1rem; }
@@ -233,6 +236,7 @@ study file <code>{{ study.path }}</code>{% endif %}.<br><strong>Runs:</strong> {
 {% for caption, b64 in images %}<figure><img alt="{{ caption }}" src="data:image/png;base64,{{ b64 }}">
 {% if images | length > 1 or f.kind == "samples" %}<figcaption>{{ caption }}</figcaption>{% endif %}</figure>{% endfor %}
 {% if f.kind == "samples" %}</div>{% endif %}
+{% if f.caption %}<p class="caption">{{ f.caption }}</p>{% endif %}
 {% for n in f.notes %}<p class="note">{{ n }}</p>{% endfor %}</section>{% endfor %}
 {% if r.search_html %}{{ r.search_html | safe }}{% endif %}
 {% if failures %}<h2>Failed runs</h2>{{ failures | safe }}{% endif %}

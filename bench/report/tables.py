@@ -11,6 +11,7 @@ through pandas' Styler; no table is assembled by hand.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +19,7 @@ import pandas as pd
 from pandas.io.formats.style import Styler
 
 from bench.metrics import OUTPUTS, higher_is_better
+from bench.report.pooling import pool_caption, pooled_axes
 from bench.report.runs import FAILED, FINISHED, KILLED, RUNNING, StudyRuns
 from bench.study.baselines import Baseline, values_equal
 from bench.study.report_specs import TableSpec
@@ -136,41 +138,100 @@ def make_table(
 ) -> Table:
     """Build one table of ``spec`` from the study's jobs (see the module docstring)."""
     jobs = _filter(data.jobs, spec.where)
-    keys = [*spec.rows, *([spec.columns] if spec.columns else [])]
-    row_vals = _combos(jobs, list(spec.rows), order)
+    shown = [*spec.rows, *([spec.columns] if spec.columns else [])]
+    split = [a for a in pooled_axes(jobs, shown, names) if a not in spec.pool]
+    rows = [*spec.rows, *split]  # an axis that varies inside a cell and is not pooled on purpose: a row level
+    keys = [*rows, *([spec.columns] if spec.columns else [])]
+    row_vals = _combos(jobs, rows, order)
     col_vals = _combos(jobs, [spec.columns], order) if spec.columns else [()]
     sources: tuple[str, ...] = ("ours", "paper") if baseline else ()
-    col_tuples = [_col(m, c, s, spec.labels) for m in spec.values for c in col_vals for s in sources or (None,)]
+    index = pd.MultiIndex.from_tuples(
+        [tuple(_label(v, spec.labels) for v in r) for r in row_vals], names=[names.get(k, k) for k in rows]
+    )
+    blocks, stats, once = [], [], []
+    for m in spec.values:
+        grid = [[_cell(jobs, dict(zip(keys, (*r, *c))), m) for c in col_vals] for r in row_vals]
+        cols = list(col_vals)
+        if _invariant(grid):  # e.g. NLL under every step count: the same number, shown once
+            first = [next((x for x in row if x.n), row[0]) for row in grid]
+            grid, cols = [[x] for x in first], [(ALL_TEXT,)]
+            once.append(m)
+        fmt = legible_format(spec.format.get(m, default_format(m)), grid)
+        for j, c in enumerate(cols):
+            column = [row[j] for row in grid]
+            marks = _best_marks(column, fmt, direction(m))
+            for r, cell, bold in zip(row_vals, column, marks):
+                where = dict(zip(keys, (*r, *(c if c != (ALL_TEXT,) else ()))))
+                stats.append({**where, "metric": m, "source": "ours", **vars(cell)})
+                entry = {"ours": (cell.text(fmt), cell.state(), bold)}
+                if baseline:
+                    paper = baseline.lookup(where, m)
+                    entry["paper"] = (paper.text() if paper else MISSING_TEXT, "paper" if paper else "missing", False)
+                    stats.append({**where, "metric": m, "source": "paper", "mean": paper and paper.value})
+                for source in sources or ("ours",):
+                    blocks.append((_col(m, c, source if baseline else None, spec.labels), r, *entry[source]))
+    col_tuples = list(dict.fromkeys(b[0] for b in blocks))
     level_names = [None, *([names.get(spec.columns)] if spec.columns else []), *([None] if baseline else [])]
     columns = (pd.MultiIndex.from_tuples(col_tuples, names=level_names) if len(level_names) > 1
                else pd.Index(col_tuples))  # fmt: skip
-    index = pd.MultiIndex.from_tuples(
-        [tuple(_label(v, spec.labels) for v in r) for r in row_vals], names=[names.get(k, k) for k in spec.rows]
-    )
     text = pd.DataFrame("", index=index, columns=columns)
     state = pd.DataFrame("ok", index=index, columns=columns)
     best = pd.DataFrame(False, index=index, columns=columns)
-    stats = []
-    for m in spec.values:
-        fmt = spec.format.get(m, default_format(m))
-        for c in col_vals:
-            cells = []
-            for r, label in zip(row_vals, index):
-                where = dict(zip(keys, (*r, *c)))
-                cell = _cell(jobs, where, m)
-                col = _col(m, c, "ours" if baseline else None, spec.labels)
-                text.loc[label, col], state.loc[label, col] = cell.text(fmt), cell.state()
-                cells.append((label, col, cell))
-                stats.append({**where, "metric": m, "source": "ours", **vars(cell)})
-                if baseline:
-                    paper = baseline.lookup(where, m)
-                    pcol = _col(m, c, "paper", spec.labels)
-                    text.loc[label, pcol] = paper.text() if paper else MISSING_TEXT
-                    state.loc[label, pcol] = "paper" if paper else "missing"
-                    stats.append({**where, "metric": m, "source": "paper", "mean": paper and paper.value})
-            _mark_best(best, cells, direction(m))
+    position = {r: label for r, label in zip(row_vals, index)}
+    for col, r, shown_text, cell_state, bold in blocks:
+        text.loc[position[r], col], state.loc[position[r], col], best.loc[position[r], col] = shown_text, cell_state, bold
     title = spec.title or _default_title(spec, names)
-    return Table(title, spec, text, state, best, pd.DataFrame(stats), _notes(spec, jobs, names, data, baseline))
+    notes = _notes(spec, jobs, names, data, baseline, split, once)
+    return Table(title, spec, text, state, best, pd.DataFrame(stats), notes)
+
+
+ALL_TEXT = "all"
+
+
+def _invariant(grid: list[list[Cell]]) -> bool:
+    """Every row reads the same finished value in every column (and some row has two to compare)."""
+    if not grid or len(grid[0]) < 2:
+        return False
+    compared = False
+    for row in grid:
+        means = [c.mean for c in row if c.mean is not None]
+        if any(not math.isclose(x, means[0], rel_tol=1e-9, abs_tol=1e-12) for x in means):
+            return False
+        compared |= len(means) >= 2
+    return compared
+
+
+def legible_format(fmt: str, grid: list[list[Cell]]) -> str:
+    """``fmt`` with enough digits that every column's distinct means print differently (and each
+    value has at least 2 significant digits); formats other than ``.Nf`` / ``.Ng`` are kept."""
+    found = re.fullmatch(r"\.(\d+)([fg])", fmt)
+    if not found:
+        return fmt
+    digits, kind = int(found.group(1)), found.group(2)
+    means = [c.mean for row in grid for c in row if c.mean is not None and math.isfinite(c.mean)]
+    if kind == "f":
+        nonzero = [abs(v) for v in means if v != 0]
+        if nonzero:
+            digits = max(digits, 1 - math.floor(math.log10(min(nonzero))))
+    else:
+        digits = max(digits, 2)
+    columns = [[row[j].mean for row in grid if row[j].mean is not None and math.isfinite(row[j].mean)]
+               for j in range(len(grid[0]) if grid else 0)]  # fmt: skip
+    limit = digits + 4
+    while digits < limit and any(len({format(v, f".{digits}{kind}") for v in col}) < len({f"{v:.12g}" for v in col})
+                                 for col in columns):  # fmt: skip
+        digits += 1
+    return f".{digits}{kind}"
+
+
+def _best_marks(column: list[Cell], fmt: str, higher: bool | None) -> list[bool]:
+    """Bold the cells that print as the best value, and none when every cell prints the same."""
+    shown = [format_value(c.mean, fmt) if c.mean is not None and math.isfinite(c.mean) else None for c in column]
+    scored = [(c.mean, t) for c, t in zip(column, shown) if t is not None]
+    if higher is None or len(scored) < 2 or len({t for _, t in scored}) < 2:
+        return [False] * len(column)
+    target = (max if higher else min)(scored)[1]
+    return [t == target for t in shown]
 
 
 def _col(metric: str, col: tuple[Any, ...], source: str | None, labels: dict[str, str]) -> Any:
@@ -221,16 +282,6 @@ def _cell(jobs: pd.DataFrame, where: dict[str, Any], metric: str) -> Cell:
     return cell
 
 
-def _mark_best(best: pd.DataFrame, cells: list[tuple[Any, Any, Cell]], higher: bool | None) -> None:
-    scored = [(label, col, c.mean) for label, col, c in cells if c.mean is not None and math.isfinite(c.mean)]
-    if higher is None or len(scored) < 2:
-        return
-    target = (max if higher else min)(s for _, _, s in scored)
-    for label, col, score in scored:
-        if math.isclose(score, target, rel_tol=1e-12, abs_tol=1e-12):
-            best.loc[label, col] = True
-
-
 def _default_title(spec: TableSpec, names: dict[str, str]) -> str:
     what = ", ".join(output_name(m) for m in spec.values)
     by = " × ".join(names.get(k, k) for k in spec.rows)
@@ -238,16 +289,20 @@ def _default_title(spec: TableSpec, names: dict[str, str]) -> str:
 
 
 def _notes(spec: TableSpec, jobs: pd.DataFrame, names: dict[str, str], data: StudyRuns,
-           baseline: Baseline | None) -> list[str]:  # fmt: skip
+           baseline: Baseline | None, split: list[str], once: list[str]) -> list[str]:  # fmt: skip
     notes = ["Mean ± sample std (ddof=1) over seeds; with one seed IS / KID show their own spread "
              "(over splits / subsets). (n=k/N): k of N expected runs finished. "
-             "'failed': every run of the cell failed; '—': not run (yet)."]  # fmt: skip
-    shown = {*spec.rows, *([spec.columns] if spec.columns else []), *spec.where}
-    pooled = [a for a in jobs.columns if not a.startswith("_") and a not in shown and a != "seed"
-              and a in names and jobs[a].map(str).nunique() > 1]  # fmt: skip
-    if pooled:
-        notes.append(f"Cells pool over {', '.join(names.get(a, a) for a in pooled)} (not a row or column of this "
-                     "table); add `where:` to the table spec to pick one value.")  # fmt: skip
+             "'failed': every run of the cell failed; '—': not run (yet). Bold: the best value as printed "
+             "(none where a column prints one value)."]  # fmt: skip
+    if split:
+        notes.append(f"Rows also split by {', '.join(names.get(a, a) for a in split)}: it varies in these runs "
+                     "and the spec does not show it; add `where:` to pick one value or `pool:` to average over it.")
+    if spec.pool:
+        notes.append(pool_caption(jobs, spec.pool, [*spec.rows, *([spec.columns] if spec.columns else [])], names,
+                                  unit="cell"))  # fmt: skip
+    for m in once:
+        col = names.get(spec.columns or "", spec.columns)
+        notes.append(f"{output_name(m)} does not vary with {col} in these runs: shown once (column '{ALL_TEXT}').")
     if baseline:
         notes.append(protocol_note(baseline, data))
     return notes

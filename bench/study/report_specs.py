@@ -16,6 +16,8 @@ Table spec (one mapping per table)::
     format: {fid: 2}                  # decimals or a format spec (".3g") per metric, or one for all
     where: {sample.sampler: ddim}     # keep only these axis values (a value or a list)
     labels: {fixed_large: "σ̂"}        # display names for axis values in rows / columns
+    pool: [diffusion.objective]       # average over these axes (said in the legend); an axis that
+                                      # varies, is not shown and is not pooled becomes a row level
 
 Plot spec: ``kind`` is one of :data:`PLOT_KINDS` (default ``line``, or ``tradeoff`` when ``x``
 is a metric); ``y`` is always the plotted metric; ``x``/``hue``/``style``/``col``/``row`` are
@@ -28,7 +30,9 @@ axes (``x`` is a metric for ``tradeoff``). See :data:`PLOT_FIELDS` for what each
     {kind: loss, hue: diffusion.objective}     # train_loss history of the TRAIN runs, x = step
     {kind: samples, by: [model.space], y: fid, seed: 0, max: 16}     # samples.png of EVAL runs
 
-Every kind takes ``where`` (keep only these axis values) and ``title``. Unlike the study loader's
+Every kind takes ``where`` (keep only these axis values), ``title`` and ``pool`` (axes to average
+over, stated in the caption; any other axis that varies and is not shown gets a facet or a figure
+of its own, see :mod:`bench.report.pooling`). Unlike the study loader's
 generic check, ``loss`` and ``samples`` plots need no ``x`` / ``y``.
 """
 
@@ -56,12 +60,12 @@ __all__ = [
 # A metric's registry name -> the output key a table shows (``values: is`` means IS mean +- std).
 METRIC_ALIASES = {"is": "is_mean", "kid": "kid_mean", "nll": "nll_bpd", "latent_nll": "latent_nll_bpd"}
 
-TABLE_KEYS = ("rows", "columns", "values", "title", "caption", "baseline", "format", "where", "labels")
+TABLE_KEYS = ("rows", "columns", "values", "title", "caption", "baseline", "format", "where", "labels", "pool")
 
 PLOT_KINDS = ("line", "tradeoff", "heatmap", "bars", "loss", "samples")
 
 # kind -> {field: role}; roles: "axis", "metric", "axes" (list of axes), "value" (free-form).
-_COMMON = {"kind": "value", "title": "value", "caption": "value", "where": "where"}
+_COMMON = {"kind": "value", "title": "value", "caption": "value", "where": "where", "pool": "axes"}
 PLOT_FIELDS: dict[str, dict[str, str]] = {
     "line": {"x": "axis", "y": "metric", "hue": "axis", "style": "axis", "col": "axis", "row": "axis",
              "logx": "value", "logy": "value"},
@@ -97,6 +101,7 @@ class TableSpec:
     format: dict[str, str] = field(default_factory=dict)
     where: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    pool: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,7 @@ class PlotSpec:
     title: str = ""
     where: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)  # logx, logy, smooth, seed, max, format
+    pool: tuple[str, ...] = ()
 
 
 def canonical_metric(name: str) -> str:
@@ -262,7 +268,17 @@ class _Checker:
             format=self.formats(spec.get("format"), values, f"{at}.format"),
             where=self.where_filter(spec.get("where"), f"{at}.where"),
             labels={str(k): str(v) for k, v in labels.items()},
+            pool=self.pool(spec.get("pool"), {*rows, *([columns] if columns else [])}, f"{at}.pool"),
         )  # fmt: skip
+
+    def pool(self, value: Any, shown: set[str], at: str) -> tuple[str, ...]:
+        if value is None:
+            return ()
+        out = self.names(value, at, self.axis)
+        for a in out:
+            if a in shown:
+                raise self.fail(at, f"{a!r} is shown (a row, column or plot role); it cannot also be pooled")
+        return out
 
     def formats(self, value: Any, values: tuple[str, ...], at: str) -> dict[str, str]:
         if value is None:
@@ -323,6 +339,8 @@ class _Checker:
                 out["options"][name] = value
         self.plot_rules(kind, spec, out, at)
         out["where"] = self.where_filter(spec.get("where"), f"{at}.where")
+        roles = {out.get(n) for n in ("x", "hue", "style", "col", "row", "label") if fields_is_axis(kind, n)}
+        out["pool"] = self.pool(spec.get("pool"), {r for r in roles if r} | set(out.get("by", ())), f"{at}.pool")
         out["title"] = self.text(spec.get("title"), f"{at}.title") or self.text(spec.get("caption"), f"{at}.caption")
         return PlotSpec(**out)
 
