@@ -59,6 +59,9 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     pool = make_pool(executor, devices, progress, **(executor_options or {}))
     summary = run_plan(plan, pool, tracker, done, retries=retries, progress=progress)
     print(summary)
+    store = tracker.uri or "sqlite:///mlflow.db"
+    served = store.startswith(("http://", "https://"))
+    print(f"MLflow runs: {tracker.runs_view()}" + ("" if served else f" (after `mlflow ui --backend-store-uri {store}`)"))
     if report:
         from bench.report import build_report
 

@@ -76,6 +76,14 @@ class Tracker:
         for key, value in tags.items():
             self.client.set_experiment_tag(self.experiment_id, key, value)
 
+    def runs_view(self, ui: str | None = None) -> str:
+        """The URL of this study's runs in the MLflow UI: the server itself when tracking to one,
+        else ``ui`` (default ``mlflow ui``'s http://127.0.0.1:5000). ``workflowType=machine_learning``
+        opens the UI's model-training view, whose experiment page is the runs table (3.x opens
+        the GenAI overview otherwise, whatever the experiment's kind)."""
+        base = (ui or (self.uri if str(self.uri).startswith(("http://", "https://")) else "http://127.0.0.1:5000"))
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}?workflowType=machine_learning"
+
     # --- reading ------------------------------------------------------------------------------
     def runs(self, kind: str | None = None, status: str | None = None) -> list[Any]:
         filters = [f"tags.`{KIND_TAG}` = '{kind}'"] if kind else []

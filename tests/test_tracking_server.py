@@ -5,6 +5,7 @@ fails before any work, in well under 30 s, with one clear message."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -66,6 +67,7 @@ def test_grid_on_a_tracking_server(server, tmp_path, monkeypatch):
 
     from bench.cli import main
     from bench.pipeline import run_study
+    from bench.tracking import Tracker
 
     monkeypatch.setenv("BENCH_THREADS", "1")
     monkeypatch.chdir(tmp_path)  # nothing may land in ./mlflow.db: everything goes to the server
@@ -95,6 +97,27 @@ def test_grid_on_a_tracking_server(server, tmp_path, monkeypatch):
                  "--out", str(tmp_path / "elsewhere")]) == 0
     assert (tmp_path / "elsewhere" / "server-grid" / "report.html").exists()
     assert len(client.search_runs([exp.experiment_id])) == 3
+    if CHROMIUM:  # the MLflow UI, as a user opens the URL `run` prints, lists the study's runs
+        page = _rendered_text(Tracker("server-grid", server).runs_view(), tmp_path)
+        assert "Runs" in page and "Traces 0" not in page  # the model-training view, not the GenAI overview
+        assert all(r.info.run_name in page for r in runs)
+        assert exp.tags["mlflow.note.content"] in page  # the study's question as the description
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _rendered_text(url: str, tmp_path: Path) -> str:
+    """The visible text of ``url`` after headless Chromium ran its scripts."""
+    import html
+    import re
+
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+           "--disable-background-networking", "--disable-component-update", f"--user-data-dir={tmp_path / 'ui'}",
+           "--virtual-time-budget=30000", "--dump-dom", url]
+    dom = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=180).stdout
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
 
 
 def test_unreachable_server_fails_fast_before_any_work(tmp_path, monkeypatch):
