@@ -282,7 +282,7 @@ def _draw(spec: PlotSpec, frame: pd.DataFrame, order: dict[str, list[Any]], name
             else:
                 draw(ax, sub, spec, order, names)
             ax.set_title(_short_facet(label, names), fontsize=10)
-        _legend_outside(fig, axes.ravel())
+        _legend_outside(fig, axes.ravel(), names)
         buf = io.BytesIO()
         fig.savefig(buf, format="png", facecolor="white")
     return buf.getvalue()
@@ -302,7 +302,7 @@ def _legend_title(ax: Any, spec: PlotSpec, names: dict[str, str]) -> None:
         legend.set_title(roles[0] if len(roles) == 1 else None)
 
 
-def _legend_outside(fig: Any, axes: Any) -> None:
+def _legend_outside(fig: Any, axes: Any, names: dict[str, str]) -> None:
     """One legend for the figure, right of the facets, never on the data (the facets share it)."""
     found = None
     for ax in axes:
@@ -313,6 +313,7 @@ def _legend_outside(fig: Any, axes: Any) -> None:
             legend.remove()
     if found:
         (handles, labels), title = found
+        labels = [names.get(t, t) for t in labels]  # seaborn's role headings are the full axis names
         fig.legend(handles, labels, title=title or None, loc="outside right upper", frameon=False)
 
 
