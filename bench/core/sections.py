@@ -48,8 +48,9 @@ class _Spec:
                 self.__dict__[name] = float(value) + 0.0  # frozen: write the instance dict directly
         if isinstance(self.__dict__.get("metrics"), list):
             self.__dict__["metrics"] = tuple(self.__dict__["metrics"])
-        if isinstance(self.__dict__.get("options"), dict):
-            self.__dict__["options"] = Options.of(self.__dict__["options"])
+        for name in ("options", "guidance_options"):
+            if isinstance(self.__dict__.get(name), dict):
+                self.__dict__[name] = Options.of(self.__dict__[name])
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,8 @@ class SampleSpec(_Spec):
     nfe: int | None = field(default=None, metadata=OMIT_DEFAULT)  # a budget of network calls per image:
     # the study's steps are replaced by the count that makes this sampler meet it exactly
     rho: float = field(default=7.0, metadata=OMIT_DEFAULT)  # the karras schedule's rho (EDM eq. 5)
+    guidance_method: str = field(default="cfg", metadata=OMIT_DEFAULT)  # registry bench.diffusion.GUIDANCE
+    guidance_options: Options = field(default=Options(), metadata=OMIT_DEFAULT)  # the method's declared knobs
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ shared/DESIGN.md, 'Public contract of bench.diffusion'.
 
 from bench.diffusion.chain import VARIANCES, Chain
 from bench.diffusion.core import Diffusion
+from bench.diffusion.guidance import GUIDANCE, check_guidance, register_guidance
 from bench.diffusion.losses import LOSSES
 from bench.diffusion.noise import NoiseSource
 from bench.diffusion.objectives import OBJECTIVES, convert
@@ -17,6 +18,6 @@ from bench.diffusion.spacing import SPACINGS, make_timesteps
 __all__ = [
     "Diffusion", "Prediction", "Chain", "Denoiser", "NoiseSource", "NoiseSchedule",
     "make_schedule", "make_timesteps", "convert", "is_conditional",
-    "Option", "check_options",
-    "SCHEDULES", "OBJECTIVES", "VARIANCES", "LOSSES", "SAMPLERS", "SPACINGS",
+    "Option", "check_options", "check_guidance", "register_guidance",
+    "GUIDANCE", "SCHEDULES", "OBJECTIVES", "VARIANCES", "LOSSES", "SAMPLERS", "SPACINGS",
 ]

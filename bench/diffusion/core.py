@@ -14,6 +14,7 @@ import torch
 
 from bench.core.errors import BenchError
 from bench.diffusion.chain import VARIANCES, Chain, gather
+from bench.diffusion.guidance import GUIDANCE, Guided, _always, check_guidance, guidance_weight
 from bench.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from bench.diffusion.losses import LOSSES
 from bench.diffusion.noise import NoiseSource
@@ -77,38 +78,60 @@ class Diffusion:
 
     def predict(self, model: Model, x_t: torch.Tensor, t: torch.Tensor | int | float, y: torch.Tensor | None = None,
                 guidance: float = 0.0, clip_denoised: bool = False, guidance_channels: int | None = None,
-                abar: float | None = None) -> Prediction:
-        """eps and x0 at (x_t, t), with classifier-free guidance in ONE network call on 2B.
+                abar: float | None = None, guidance_method: str = "cfg",
+                guidance_options: Mapping[str, Any] | None = None,
+                guidance_state: dict[str, Any] | None = None) -> Prediction:
+        """eps and x0 at (x_t, t), guided by ``guidance_method`` (default classifier-free guidance,
+        Ho & Salimans 2022 eq. 6) in ONE network call on 2B.
 
         ``t`` is an int64 tensor [B], or one int for the whole batch (the sampling fast path), or
         one float: a level between trained timesteps (noise-level schedules), whose ``abar`` is
         then given and sets the coefficients (the network sees the float time).
 
-        Guidance (Ho & Salimans 2022, eq. 6): eps~ = (1 + w) eps(x, y) - w eps(x, null). Every
-        objective is affine in the prediction at fixed (x_t, t), so mixing predictions then
-        converting equals mixing eps.
+        Guidance (:mod:`bench.diffusion.guidance`): both branches become (eps, x0) and the method
+        combines them; ``w = 0`` (or a call outside the method's active range, e.g. cfg-interval's
+        interval) is one conditional B call. ``guidance_state`` carries a method's memory across the
+        calls of one chain (APG's momentum).
         """
         if abar is not None:
             a, s = torch.tensor(abar**0.5, dtype=x_t.dtype), torch.tensor((1.0 - abar) ** 0.5, dtype=x_t.dtype)
         else:
             a, s = self.coefs(t, x_t)
+        scalar_t = float(t) if isinstance(t, (int, float)) else None
         if isinstance(t, (int, float)):
             t = torch.full((x_t.shape[0],), t, dtype=torch.long if isinstance(t, int) else torch.float32,
                            device=x_t.device)
+        method = None
         if guidance != 0.0:
+            opts = check_guidance(guidance_method, guidance_options)
+            meta = GUIDANCE.meta(guidance_method)
+            sigma = float(s.flatten()[0] / a.flatten()[0]) if a.numel() == 1 else None
+            if sigma is None and (meta["active"] is not _always or opts["schedule"] != "constant"):
+                raise BenchError(f"guidance method {guidance_method!r} with {opts} needs one noise level per call "
+                                 "(an int or float t), not a tensor of timesteps")
+            method = GUIDANCE.get(guidance_method) if sigma is None or meta["active"](sigma, opts) else None
+        if method is not None:
             b = x_t.shape[0]
             null = torch.full_like(y, null_label(model))
             pred2, var2 = self._call(model, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
-            pred = (1.0 + guidance) * pred2[:b] - guidance * pred2[b:]
+            cond, uncond = pred2[:b], pred2[b:]
             if guidance_channels is not None:  # a checkpoint's own convention (DiT: 3 of 4 latent channels)
-                pred = torch.cat([pred[:, :guidance_channels], pred2[:b, guidance_channels:]], dim=1)
+                uncond = torch.cat([uncond[:, :guidance_channels], cond[:, guidance_channels:]], dim=1)
+            eps_c, x0_c = self.objective.to_eps_x0(cond, x_t, a, s)
+            eps_u, x0_u = self.objective.to_eps_x0(uncond, x_t, a, s)
+            w = guidance if scalar_t is None else guidance_weight(guidance, opts["schedule"], scalar_t, self.timesteps)
+            g = Guided(eps_c, x0_c, eps_u, x0_u, x_t, a, s, sigma if sigma is not None else float("nan"))
+            eps, x0 = method(g, w, guidance_state if guidance_state is not None else {}, **opts)
             var_out = None if var2 is None else var2[:b]
+            own_eps = bool(meta.get("weight") == "lambda")  # cfg++ renoises along eps_u: keep it when clipping
         else:
             pred, var_out = self._call(model, x_t, t, y)
-        eps, x0 = self.objective.to_eps_x0(pred, x_t, a, s)
+            eps, x0 = self.objective.to_eps_x0(pred, x_t, a, s)
+            own_eps = False
         if clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
-            eps = (x_t - a * x0) / s
+            if not own_eps:
+                eps = (x_t - a * x0) / s
         return Prediction(eps, x0, var_out)
 
     def p_mean_logvar(self, chain: Chain, i: torch.Tensor | int, x_t: torch.Tensor, pred: Prediction
@@ -188,7 +211,8 @@ class Diffusion:
                clip_denoised: bool = False, device: torch.device | str | None = None,
                progress: bool = False, options: Mapping[str, Any] | None = None,
                info: dict[str, Any] | None = None, guidance_channels: int | None = None,
-               rho: float = 7.0) -> torch.Tensor:
+               rho: float = 7.0, guidance_method: str = "cfg",
+               guidance_options: Mapping[str, Any] | None = None) -> torch.Tensor:
         """Draw images with a registered sampler. See DESIGN.md, 'Public contract of bench.diffusion'.
 
         ``options`` are the sampler's declared knobs (``{"eta": 0.5}`` for ddim, ``{"s_churn": 1.0}``
@@ -199,6 +223,8 @@ class Diffusion:
         4 latent channels; None, the CFG paper's formula, guides all). ``info``: ``nfe``,
         ``guided_calls`` (how many of them ran cond + uncond as one 2B batch) and ``visited_steps``
         (the distinct timesteps of the chain: fewer than ``steps`` where a spacing deduplicates).
+        ``guidance_method`` / ``guidance_options``: a method of :data:`bench.diffusion.GUIDANCE` and its
+        options (``guidance_method="cfg-interval", guidance_options={"sigma_lo": 0.28, "sigma_hi": 5.42}``).
         """
         fn = SAMPLERS.get(SAMPLERS.check(sampler, "sample.sampler"))
         if not 0.0 <= float(eta) <= 1.0:
@@ -210,6 +236,7 @@ class Diffusion:
         shape = tuple(int(v) for v in shape)
         device = torch.device(device) if device is not None else (
             x_T.device if x_T is not None else _model_device(model))
+        guide_opts = check_guidance(guidance_method, guidance_options)
         y = self._check_labels(model, y, shape[0], guidance, device)
         t, abar = make_levels(spacing, self.alphas_cumprod, steps, rho)
         if t.is_floating_point() and getattr(model, "discrete_time", False):
@@ -219,7 +246,9 @@ class Diffusion:
         x = noise() if x_T is None else x_T.to(device=device, dtype=x_T.dtype if x_T.dtype == torch.float64 else torch.float32)
         if tuple(x.shape) != shape:
             raise BenchError(f"x_T has shape {tuple(x.shape)} but shape={shape}")
-        den = Denoiser(self, model, chain, y, float(guidance), clip_denoised, guidance_channels)
+        den = Denoiser(self, model, chain, y, float(guidance), clip_denoised, guidance_channels,
+                       guidance_method=guidance_method, guidance_options=guide_opts,
+                       guidance_active=GUIDANCE.meta(guidance_method)["active"])
         with torch.no_grad():
             out = fn(den, x, noise, progress=progress, **kwargs)
         if info is not None:

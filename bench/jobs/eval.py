@@ -57,7 +57,8 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
                                  spacing=s.spacing, guidance=s.guidance, y=y, seeds=seeds[lo:hi],
                                  clip_denoised=s.clip_denoised and codec is None, device=device,
                                  options=s.options.as_dict(), info=calls, guidance_channels=s.guidance_channels,
-                                 rho=s.rho)
+                                 rho=s.rho, guidance_method=s.guidance_method,
+                                 guidance_options=s.guidance_options.as_dict())
             if codec is not None:
                 x = codec.decode(x.float())
         out.append(x.float().cpu())

@@ -150,6 +150,12 @@ class Expander:
         options = sample.options.as_dict()
         where = self._at(idx, "sample.options", "sample.sampler")
         check_options(sample.sampler, options, where if "sample.options" in self.b.axis_at else "sample.options")
+        from bench.diffusion import check_guidance
+
+        gwhere = self._at(idx, "sample.guidance_options", "sample.guidance_method")
+        check_guidance(sample.guidance_method, sample.guidance_options.as_dict(),
+                       gwhere if "sample.guidance_options" in self.b.axis_at or "sample.guidance_method" in self.b.axis_at
+                       else "sample.guidance_options")  # fmt: skip
         if "eta" in options and sample.eta not in (0.0, options["eta"]):
             raise BenchError(f"{self._at(idx, 'sample.eta', 'sample.options')}: sample.eta = {sample.eta} and "
                              f"sample.options.eta = {options['eta']} disagree; give eta once")

@@ -38,9 +38,15 @@ class Option:
     low: float | None = None
     high: float | None = None
     help: str = ""
+    choices: tuple[str, ...] = ()  # for a str option: the values it takes
 
     def check(self, value: Any, where: str) -> Any:
         """``value`` as this option's type, or one BenchError saying what is allowed."""
+        if self.type is str:
+            if value not in self.choices:
+                raise BenchError(f"{where} = {value!r} is not one of {', '.join(self.choices)}: {self.help}."
+                                 f"{did_you_mean(str(value), self.choices)} Fix the value")
+            return value
         ok = isinstance(value, bool) if self.type is bool else (
             isinstance(value, (int, float)) and not isinstance(value, bool)
             and (self.type is float or float(value).is_integer()))
@@ -127,10 +133,14 @@ class Denoiser:
     guidance: float
     clip_denoised: bool
     guidance_channels: int | None = None
+    guidance_method: str = "cfg"
+    guidance_options: Mapping[str, Any] | None = None  # the method's checked options
+    guidance_active: Callable[[float, Mapping[str, Any]], bool] = lambda sigma, options: True
     calls: int = 0
     guided_calls: int = 0
 
     def __post_init__(self) -> None:
+        self._guide_state: dict[str, Any] = {}  # a method's memory along this chain (APG momentum)
         ints = not self.chain.t.is_floating_point()
         self._t = [int(v) if ints else float(v) for v in self.chain.t.tolist()]
         self._abar = [float(v) for v in self.chain.abar.tolist()]
@@ -139,9 +149,12 @@ class Denoiser:
 
     def _eval(self, x_t: torch.Tensor, t: int | float, abar: float) -> Prediction:
         self.calls += 1
-        self.guided_calls += self.guidance != 0.0
-        return self.diffusion.predict(self.model, x_t, t, self.y, self.guidance, self.clip_denoised,
-                                      self.guidance_channels, abar=abar)
+        guided = self.guidance != 0.0 and self.guidance_active(((1.0 - abar) / abar) ** 0.5, self.guidance_options or {})
+        self.guided_calls += guided  # a 2B call; outside a method's interval one B call is made
+        return self.diffusion.predict(self.model, x_t, t, self.y, self.guidance if guided else 0.0,
+                                      self.clip_denoised, self.guidance_channels, abar=abar,
+                                      guidance_method=self.guidance_method, guidance_options=self.guidance_options,
+                                      guidance_state=self._guide_state)
 
     def __call__(self, x: torch.Tensor, i: int) -> Prediction:
         """(eps, x0) for the VP state ``x`` at chain level ``i``."""
