@@ -39,3 +39,36 @@ class GaussianDenoiser(torch.nn.Module):
         if self.learned_v is not None:
             out = torch.cat([out, torch.full_like(out, self.learned_v)], 1)
         return out
+
+
+class MixtureDenoiser(torch.nn.Module):
+    """The exact eps-denoiser of a two-class Gaussian mixture: class c in {0, 1} has x0 ~ N(mu_c, s0^2 I)
+    with mu_c = (2c - 1) m (every pixel), the classes equally likely; label 2 is the null label
+    (unconditional: the posterior-weighted mixture of the two class denoisers)."""
+
+    num_classes = 2
+
+    def __init__(self, alphas_cumprod: torch.Tensor, m: float = 1.0, s0: float = 0.5) -> None:
+        super().__init__()
+        self.abar, self.m, self.s0 = alphas_cumprod.double(), m, s0
+        self.calls = 0
+
+    def class_x0(self, x: torch.Tensor, a: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(E[x0 | x_t, c=0], E[x0 | x_t, c=1], p(c=1 | x_t))."""
+        var = a**2 * self.s0**2 + s**2
+        means = [(2 * c - 1) * self.m for c in (0, 1)]
+        x0 = [mu + a * self.s0**2 / var * (x - a * mu) for mu in means]
+        # log N(x; a mu_c, var I) summed over pixels; the difference of the two gives p(c=1 | x)
+        logit = ((x - a * means[0]) ** 2 - (x - a * means[1]) ** 2).flatten(1).sum(1) / (2 * var.flatten())
+        return x0[0], x0[1], torch.sigmoid(logit).view(-1, 1, 1, 1)
+
+    def forward(self, x, t, y=None):
+        self.calls += 1
+        t = t.cpu()
+        abar = (self.abar[t] if not t.is_floating_point() else GaussianDenoiser.abar_at(self, t)).to(x.dtype)
+        abar = abar.view(-1, 1, 1, 1)
+        a, s = abar.sqrt(), (1 - abar).sqrt()
+        x0_0, x0_1, p1 = self.class_x0(x, a, s)
+        yy = y.view(-1, 1, 1, 1)
+        x0 = torch.where(yy == 0, x0_0, torch.where(yy == 1, x0_1, (1 - p1) * x0_0 + p1 * x0_1))
+        return (x - a * x0) / s
