@@ -184,6 +184,66 @@ def test_guidance_search_end_to_end_with_a_failing_trial(ws: Any, monkeypatch: p
     assert "data:image/png;base64," in (folder / "report.html").read_text().split(sec["title"])[-1]
 
 
+METHOD_PARAMS = {
+    "sample.guidance_method": {"choices": ["cfg", "cfg-interval", "apg"]},
+    "sample.guidance": {"type": "float", "low": 0.5, "high": 4.0},
+    "sample.guidance_options.sigma_lo": {"type": "float", "low": 0.02, "high": 1.0, "log": True},
+    "sample.guidance_options.sigma_hi": {"type": "float", "low": 1.0, "high": 50.0, "log": True},
+}
+
+
+def test_search_over_the_guidance_method_and_its_interval_on_one_checkpoint(ws: Any) -> None:
+    """The method as a categorical with w and cfg-interval's (sigma_lo, sigma_hi] searched jointly:
+    a trial draws the interval only when its method is cfg-interval, runs with exactly the drawn
+    settings, and the report's Pareto front is drawn across methods. No training (the ws model)."""
+    from bench.report.search import search_section
+    from bench.search import run_search
+
+    study = load_study(write_study(ws, "methods", n_trials=6, params=METHOD_PARAMS,
+                                   objectives=[{"metric": "fid", "direction": "minimize"},
+                                               {"metric": "is_mean", "direction": "maximize"}],
+                                   sampler="random"))  # fmt: skip
+    storage = str(ws.root / "methods.db")
+    summary = run_search(study, tracking_uri=ws.uri, storage=storage, devices="cpu", progress=False)
+    assert summary.n_complete == 6
+    trials = {t.number: t for t in assert_consistent(ws.uri, storage, study, 6)}
+    methods = set()
+    for run in trial_runs(ws.uri, study):
+        params, trial = run.data.params, trials[int(run.data.tags["optuna.trial_number"])]
+        method = trial.params["sample.guidance_method"]
+        methods.add(method)
+        assert params.get("sample.guidance_method", "cfg") == method  # the default is not logged (OMIT_DEFAULT)
+        assert float(params["sample.guidance"]) == pytest.approx(trial.params["sample.guidance"])
+        drawn = {k for k in trial.params if k.startswith("sample.guidance_options.")}
+        logged = {k for k in params if k.startswith("sample.guidance_options.")}
+        if method == "cfg-interval":
+            assert drawn == logged == {"sample.guidance_options.sigma_lo", "sample.guidance_options.sigma_hi"}
+            assert float(params["sample.guidance_options.sigma_lo"]) < float(params["sample.guidance_options.sigma_hi"])
+        else:
+            assert not drawn and not logged
+        # cost is honest: every call guided at w > 0, only those inside the interval for cfg-interval
+        guided, nfe = run.data.metrics["guided_calls"], run.data.metrics["nfe"]
+        assert guided <= nfe if method == "cfg-interval" else guided == nfe
+    assert len(methods) >= 2  # random sampling over 3 methods in 6 trials (seed 0)
+    sec = search_section(study, tracking_uri=ws.uri, storage=storage)
+    assert sec["images"]["search_pareto.png"].startswith(b"\x89PNG")
+    frame = sec["trials"]
+    assert set(frame["sample.guidance_method"]) == methods  # cfg too, though its default is not logged
+    assert frame.loc[frame["sample.guidance_method"] != "cfg-interval", "sample.guidance_options.sigma_lo"].isna().all()
+
+
+def test_guidance_option_ranges_are_checked_before_work() -> None:
+    bad = {**METHOD_PARAMS, "sample.guidance_options.sigma_lo": {"type": "float", "low": 0.02, "high": 2.0}}
+    with pytest.raises(BenchError, match="overlaps sigma_hi's"):
+        build_study(study_dict(params=bad))
+    bad = {**METHOD_PARAMS, "sample.guidance_options.sigma_low": {"type": "float", "low": 0.1, "high": 0.2}}
+    with pytest.raises(BenchError, match="no guidance method searched here.*sigma_low.*Did you mean 'sigma_lo'"):
+        build_study(study_dict(params=bad))
+    bad = {**METHOD_PARAMS, "sample.guidance_options.momentum": {"type": "float", "low": -2.0, "high": 0.0}}
+    with pytest.raises(BenchError, match="momentum.low = -2.0 is outside"):
+        build_study(study_dict(params=bad))
+
+
 def test_killed_search_resumes_without_duplicates(ws: Any) -> None:
     """kill -9 mid-trial after 3 complete trials; the rerun ends with 6 COMPLETE, no duplicates."""
     from bench.search import run_search

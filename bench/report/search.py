@@ -68,7 +68,7 @@ def trials_frame(tracker: Any, name: str, spec: SearchSpec) -> pd.DataFrame:
     for r in trial_runs(tracker, name):
         tags, m = r.data.tags, r.data.metrics
         row: dict[str, Any] = {"trial": int(tags.get("optuna.trial_number", -1)), "state": r.info.status}
-        row.update({p.key: _typed(p, r.data.params.get(p.key)) for p in spec.params})
+        row.update({p.key: _typed(p, r.data.params.get(p.key, _omitted_default(p.key))) for p in spec.params})
         row.update({k: m.get(k, math.nan) for k in metrics})
         row["feasible"] = r.info.status == "FINISHED" and all(
             m.get(k, math.inf) <= bound for k, bound in spec.budget.items())
@@ -81,6 +81,16 @@ def trials_frame(tracker: Any, name: str, spec: SearchSpec) -> pd.DataFrame:
     keep = {o.metric for o in spec.objectives}
     unused = [c for c in metrics if c not in keep and df[c].isna().all()]
     return df.drop(columns=unused + (["error"] if not df["error"].astype(bool).any() else []))
+
+
+def _omitted_default(key: str) -> str | None:
+    """A key a run does not log holds its default when the field is omitted at its default
+    (``sample.guidance_method: cfg``); an option a trial's method lacks stays None."""
+    from bench.core.config import RunConfig
+
+    section, _, name = key.partition(".")
+    value = getattr(getattr(RunConfig(), section, None), name, None)
+    return None if value is None or "." in name else str(value)
 
 
 def _typed(p: Param, text: str | None) -> Any:
@@ -189,7 +199,14 @@ def _pareto_plot(plt: Any, done: pd.DataFrame, best: list[dict[str, Any]], spec:
     (a, da), (b, db) = [(o.metric, o.direction) for o in spec.objectives]
     fig, ax = plt.subplots(figsize=(5, 4))
     feas = done["feasible"].astype(bool)
-    ax.scatter(done[a][feas], done[b][feas], color="0.6", label="trials")
+    by = next((p.key for p in spec.params if p.type == "categorical" and p.key in done), None)
+    if by is None:
+        ax.scatter(done[a][feas], done[b][feas], color="0.6", label="trials")
+    else:  # one colour per value of the first categorical key (the guidance method, say)
+        for i, value in enumerate(dict.fromkeys(done[by].map(str))):
+            mine = feas & (done[by].map(str) == value)
+            ax.scatter(done[a][mine], done[b][mine], color=f"C{i % 3}" if i < 3 else f"C{i + 1}",
+                       label=f"{by.rpartition('.')[2]} = {value}")
     if (~feas).any():
         ax.scatter(done[a][~feas], done[b][~feas], facecolors="none", edgecolors="0.6", label="over budget")
     front = sorted([r["metrics"][a], r["metrics"][b]] for r in best if a in r["metrics"] and b in r["metrics"])

@@ -47,6 +47,8 @@ from bench.study.search_spec import (
     SEARCH_SAMPLERS,
     Param,
     SearchSpec,
+    guidance_overrides,
+    option_applies,
     optuna_study_name,
     parse_search,
     positive_int,
@@ -202,7 +204,10 @@ class _Runner:
             trial.set_user_attr("bench.surplus", True)
             self.ostudy.tell(trial, state=TrialState.FAIL)
             return False
-        params = {p.key: _suggest(trial, p) for p in self.spec.params}
+        params: dict[str, Any] = {}
+        for p in self.spec.params:  # the method first: an option is drawn only where the method has it
+            if option_applies(p.key, params, self.base):
+                params[p.key] = _suggest(trial, p)
         self._evaluate(trial, params)
         return True
 
@@ -211,7 +216,7 @@ class _Runner:
 
         import bench.jobs as jobs
 
-        cfg = self.base.override(**params)
+        cfg = self.base.override(**guidance_overrides(params, self.base))
         shown = " ".join(f"{k.rpartition('.')[2]}={_fmt(v)}" for k, v in params.items())
         tags = {"bench.train_key": cfg.train_key(), "bench.eval_key": cfg.key(), "bench.seed": str(cfg.seed),
                 "optuna.trial_number": str(trial.number), "optuna.study_name": self.name}

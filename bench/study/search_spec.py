@@ -133,9 +133,81 @@ def _read_params(value: Any, base: RunConfig, where: str) -> tuple[Param, ...]:
     if not isinstance(value, dict) or not value:
         raise BenchError(f"{where}: give at least one key to search, e.g. "
                          "params: {sample.guidance: {type: float, low: 0.0, high: 8.0}}")
-    params = tuple(_read_param(str(k), v, base, f"{where}.{k}") for k, v in value.items())
+    plain = tuple(_read_param(str(k), v, base, f"{where}.{k}") for k, v in value.items()
+                  if not str(k).startswith(GUIDANCE_OPTION))
+    methods = next((p.choices for p in plain if p.key == "sample.guidance_method"), (base.sample.guidance_method,))
+    options = tuple(_read_guidance_option(str(k), v, methods, f"{where}.{k}") for k, v in value.items()
+                    if str(k).startswith(GUIDANCE_OPTION))
+    _check_interval_ranges(options, where)
+    params = (*plain, *options)
     _check_guidance(params, base, where)
     return params
+
+
+GUIDANCE_OPTION = "sample.guidance_options."
+
+
+def _read_guidance_option(key: str, spec: Any, methods: tuple[Any, ...], where: str) -> Param:
+    """``sample.guidance_options.<name>``: a float / int range of an option that one of the
+    searched (or the base) guidance methods declares; a trial whose method lacks it does not draw it."""
+    from bench.diffusion import GUIDANCE
+
+    name = key[len(GUIDANCE_OPTION):]
+    declared = {m: GUIDANCE.meta(m)["options"] for m in methods}
+    owners = [m for m, opts in declared.items() if name in opts]
+    if not owners:
+        known = sorted({o for opts in declared.values() for o in opts})
+        raise BenchError(f"{where}: no guidance method searched here ({', '.join(map(str, methods))}) has an "
+                         f"option {name!r}.{did_you_mean(name, known)} Their options: {', '.join(known)}")
+    option = declared[owners[0]][name]
+    if option.type not in (int, float) or not isinstance(spec, dict):
+        raise BenchError(f"{where}: only number options are searched here, as {{type: float, low:, high:}}; "
+                         f"{name} is {option.type.__name__}: put its values in the study's grid instead")
+    kind = spec.get("type", option.type.__name__)
+    if kind not in ("float", "int") or set(spec) - {"type", "low", "high", "log", "step"}:
+        raise BenchError(f"{where}: give {{type: float|int, low:, high:, log:, step:}}, got {spec!r}")
+    for b in ("low", "high"):
+        v = spec.get(b)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise BenchError(f"{where}.{b}: a range needs `{b}:` as a number, got {v!r}")
+        option.check(v, f"{where}.{b}")
+    if spec["low"] >= spec["high"]:
+        raise BenchError(f"{where}: the range [{spec['low']}, {spec['high']}] is empty or inverted; `low` must be "
+                         "below `high`")
+    if spec.get("log") and spec["low"] <= 0:
+        raise BenchError(f"{where}: a log-scale range needs low > 0, got low = {spec['low']}")
+    return Param(key, kind, low=spec["low"], high=spec["high"], log=bool(spec.get("log", False)), step=spec.get("step"))
+
+
+def _check_interval_ranges(options: tuple[Param, ...], where: str) -> None:
+    """cfg-interval's sigma_lo must stay below sigma_hi in every trial: their ranges may not overlap."""
+    ranges = {p.key[len(GUIDANCE_OPTION):]: p for p in options}
+    lo, hi = ranges.get("sigma_lo"), ranges.get("sigma_hi")
+    if lo is not None and hi is not None and lo.high > hi.low:
+        raise BenchError(f"{where}: {GUIDANCE_OPTION}sigma_lo's range [{lo.low}, {lo.high}] overlaps sigma_hi's "
+                         f"[{hi.low}, {hi.high}], so a trial could draw an empty interval; make sigma_lo's `high` "
+                         "at most sigma_hi's `low`")
+
+
+def guidance_overrides(params: dict[str, Any], base: RunConfig) -> dict[str, Any]:
+    """A trial's drawn values as config overrides: the option keys merged into ``sample.guidance_options``."""
+    out = {k: v for k, v in params.items() if not k.startswith(GUIDANCE_OPTION)}
+    opts = {k[len(GUIDANCE_OPTION):]: v for k, v in params.items() if k.startswith(GUIDANCE_OPTION)}
+    if opts:
+        method = out.get("sample.guidance_method", base.sample.guidance_method)
+        kept = base.sample.guidance_options.as_dict() if method == base.sample.guidance_method else {}
+        out["sample.guidance_options"] = {**kept, **opts}
+    return out
+
+
+def option_applies(key: str, params: dict[str, Any], base: RunConfig) -> bool:
+    """Whether a trial draws ``key``: a guidance option only when the trial's method declares it."""
+    if not key.startswith(GUIDANCE_OPTION):
+        return True
+    from bench.diffusion import GUIDANCE
+
+    method = params.get("sample.guidance_method", base.sample.guidance_method)
+    return key[len(GUIDANCE_OPTION):] in GUIDANCE.meta(method)["options"]
 
 
 def _read_param(key: str, spec: Any, base: RunConfig, where: str) -> Param:
