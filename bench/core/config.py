@@ -137,6 +137,16 @@ class RunConfig:
         """Dotted keys -> values (``sample.steps``), as logged to MLflow."""
         return flatten(asdict(self))
 
+    def value(self, dotted: str) -> Any:
+        """The value at a dotted key, defaults included (``flat`` leaves out a field omitted at its
+        default, e.g. ``sample.guidance_method: cfg``); ``sample.options.eta`` reads one option."""
+        if dotted == "seed":
+            return self.seed
+        section, _, name = dotted.partition(".")
+        name, _, option = name.partition(".")
+        value = getattr(getattr(self, section), name)
+        return value.as_dict().get(option) if option else value
+
     def override(self, **dotted: Any) -> RunConfig:
         """``cfg.override(**{"sample.steps": 20})``: a new config with dotted keys replaced."""
         return from_dict(merge(asdict(self), unflatten(dotted)))

@@ -48,8 +48,7 @@ def collect_runs(study: Study, runs: pd.DataFrame, tracking_uri: str) -> StudyRu
     metric_cols = sorted(c for c in runs.columns if c.startswith("metrics."))
     rows = []
     for cfg in study.configs:
-        flat = cfg.flat()
-        row: dict[str, Any] = {a: flat.get(a) for a in study.axes if a != "seed"}
+        row: dict[str, Any] = {a: cfg.value(a) for a in study.axes if a != "seed"}
         row["seed"] = cfg.seed
         key, train_key, vae_key = cfg.key(), cfg.train_key(), cfg.vae_key()
         row.update(_key=key, _train_key=train_key, _status=MISSING, _reason="", _run_id="", _kind="")
@@ -122,9 +121,8 @@ def axis_order(study: Study) -> dict[str, list[Any]]:
     order: dict[str, list[Any]] = {a: [] for a in study.axes}
     order.setdefault("seed", [])
     for cfg in study.configs:
-        flat = cfg.flat()
         for a in order:
-            v = cfg.seed if a == "seed" else flat.get(a)
+            v = cfg.value(a)
             if v not in order[a]:
                 order[a].append(v)
     return order

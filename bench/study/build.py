@@ -58,8 +58,7 @@ class Study:
 
     def point(self, cfg: RunConfig) -> dict[str, Any]:
         """The axis values of ``cfg`` (``{"sample.eta": 0.5, "seed": 1}``), e.g. for a table cell."""
-        flat = cfg.flat()
-        return {a: flat.get(a) for a in self.axes}
+        return {a: cfg.value(a) for a in self.axes}
 
     def plan(self) -> Any:
         """The job DAG of this study (:func:`bench.plan.plan`)."""
