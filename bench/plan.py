@@ -242,7 +242,15 @@ def plan(configs: Iterable[RunConfig], axes: Iterable[str] | None = None) -> Pla
         if tkey not in trains:
             deps = (vkey,) if vkey else ()
             trains[tkey] = Job("train", tkey, cfg, deps, train_cost(cfg, unit), labels.train(cfg))
-        evals[key] = Job("eval", key, cfg, (tkey,), eval_cost(cfg, unit), labels.eval(cfg, tkey))
+        needs = (tkey,)
+        guide = cfg.guide_config()
+        if guide is not None:  # autoguidance: the guiding model is a TRAIN node of its own, shared
+            gkey = guide.train_key()
+            if gkey not in trains:
+                label = f"{labels.train(guide)} (guide: {cfg.sample.guide})"
+                trains[gkey] = Job("train", gkey, guide, (vkey,) if vkey else (), train_cost(guide), label)
+            needs = (tkey, gkey)
+        evals[key] = Job("eval", key, cfg, needs, eval_cost(cfg, unit), labels.eval(cfg, tkey))
     return Plan({**vaes, **trains, **evals})
 
 

@@ -6,6 +6,7 @@ conditional sampling with one B call per level, and every method runs through ev
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -50,12 +51,12 @@ def _sigma(d, t):
     return math.sqrt((1 - abar) / abar)
 
 
-@pytest.mark.parametrize("method", ["cfg", "cfg-interval", "apg"])
+@pytest.mark.parametrize("method", ["cfg", "cfg-interval", "apg", "autoguidance"])
 def test_w_zero_is_conditional_for_every_method(setup, method) -> None:
     d, model = setup
     x = _x()
     eps_c, x0_c, _, _ = _branches(d, model, x, T_MID)
-    p = _predict(d, model, x, T_MID, 0.0, method)
+    p = _predict(d, model, x, T_MID, 0.0, method)  # no guide needed: w = 0 never calls it
     torch.testing.assert_close(p.x0, x0_c, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(p.eps, eps_c, rtol=1e-5, atol=1e-5)
 
@@ -152,11 +153,13 @@ def test_weight_schedules_keep_w_on_average_and_vary_as_declared(setup) -> None:
     torch.testing.assert_close(near.x0, x0_c + 3.0 * (x0_c - x0_u), rtol=1e-4, atol=1e-4)
 
 
-def _sample(d, model, w, method="cfg", sampler="ddim", steps=20, spacing="trailing", **options):
+def _sample(d, model, w, method="cfg", sampler="ddim", steps=20, spacing="trailing", guide=None, **options):
     info: dict = {}
     y = torch.ones(64, dtype=torch.long)
+    if GUIDANCE.meta(method).get("guide") and guide is None:
+        guide = MixtureDenoiser(d.alphas_cumprod, s0=0.8)  # a worse model of the same data: too wide
     out = d.sample(model, (64, 1, 4, 4), sampler=sampler, steps=steps, spacing=spacing, guidance=w, y=y,
-                   seeds=range(64), guidance_method=method, guidance_options=options, info=info)
+                   seeds=range(64), guidance_method=method, guidance_options=options, info=info, guide=guide)
     return out, info
 
 
@@ -203,7 +206,8 @@ def test_every_method_through_every_sampler(setup, method) -> None:
         steps = 6
         out, info = _sample(d, model, 0.5, method, sampler=sampler, steps=steps)
         assert torch.isfinite(out).all(), (method, sampler)
-        assert info["nfe"] == sampler_nfe(sampler, info["visited_steps"]), (method, sampler)
+        networks = 2 if GUIDANCE.meta(method).get("guide") else 1  # autoguidance: the guide's calls count too
+        assert info["nfe"] == networks * sampler_nfe(sampler, info["visited_steps"]), (method, sampler)
         assert 0 < info["guided_calls"] <= info["nfe"]
 
 
@@ -216,3 +220,72 @@ def test_unknown_method_and_options_are_refused(setup) -> None:
         check_guidance("cfg-interval", {"sigma_lo": 3.0, "sigma_hi": 1.0})
     with pytest.raises(BenchError, match="schedule.*not one of constant, linear, cosine"):
         check_guidance("cfg", {"schedule": "cubic"})
+
+
+def test_autoguidance_is_cfg_against_the_weaker_models_prediction(setup) -> None:
+    """x0 = x0_main + w (x0_main - x0_guide) for the same label; a guide equal to the model is no
+    guidance; the guide runs once per level (counted in nfe); the main model need not be conditional."""
+    d, model = setup
+    weak = MixtureDenoiser(d.alphas_cumprod, s0=0.8)
+    x, w, y = _x(), 1.5, torch.ones(SHAPE[0], dtype=torch.long)
+    _, x0_c, _, _ = _branches(d, model, x, T_MID)
+    _, x0_g, _, _ = _branches(d, weak, x, T_MID)
+    p = d.predict(model, x, T_MID, y, w, guidance_method="autoguidance", guide=weak)
+    torch.testing.assert_close(p.x0, x0_c + w * (x0_c - x0_g), rtol=1e-4, atol=1e-4)
+    same, info = _sample(d, model, 2.0, "autoguidance", guide=model)
+    cond, _ = _sample(d, model, 0.0)
+    torch.testing.assert_close(same, cond)
+    assert info["nfe"] == 40 and info["guide_calls"] == info["guided_calls"] == 20
+    # a wider (worse) guide: guidance sharpens toward the main model, samples' spread shrinks
+    sharp, _ = _sample(d, model, 2.0, "autoguidance", guide=weak)
+    assert float(sharp.std()) < float(cond.std())
+    from gaussian import GaussianDenoiser
+
+    uncond = GaussianDenoiser(d.alphas_cumprod, "eps", mu=0.0, s0=0.5)  # no labels at all
+    out = d.sample(uncond, (8, 1, 4, 4), steps=5, spacing="trailing", guidance=1.0, seeds=range(8),
+                   guidance_method="autoguidance", guide=GaussianDenoiser(d.alphas_cumprod, "eps", mu=0.0, s0=0.8))
+    assert torch.isfinite(out).all()
+    with pytest.raises(BenchError, match="needs its guiding model"):
+        d.sample(uncond, (8, 1, 4, 4), steps=5, guidance=1.0, seeds=range(8), guidance_method="autoguidance")
+
+
+# --- autoguidance in a study: the guide is a plan node, checked before work ---------------------
+
+def _study(zip_=None, **sample):
+    from bench.study import build_study
+
+    raw = {"name": "auto", "base": {
+        "data": {"dataset": "digits"}, "model": {"backbone": "unet-tiny", "class_cond": True},
+        "train": {"steps": 20, "p_uncond": 0.1},
+        "sample": {"steps": 5, "guidance": 1.0, "guidance_method": "autoguidance", "guide": {"train": {"steps": 5}},
+                   **sample},
+        "eval": {"num_samples": 65, "extractor": "domain:digits", "metrics": ["fid"]}}}
+    raw["zip"] = zip_ or {"sample.guidance": [1.0, 2.0]}
+    return build_study(raw, source="auto.yaml")
+
+
+def test_the_guide_is_one_train_node_shared_with_an_equal_training() -> None:
+    # the 5-step model is a row of its own (plain CFG) and the guide of the 20-step model's runs
+    study = _study({"train.steps": [5, 20, 20], "sample.guidance_method": ["cfg", "autoguidance", "autoguidance"],
+                    "sample.guide": [{}, {"train.steps": 5}, {"train.steps": 5}],
+                    "sample.guidance": [1.0, 1.0, 2.0]})  # fmt: skip
+    plan = study.plan()
+    five, twenty = (next(c for c in study.configs if c.train.steps == n).train_key() for n in (5, 20))
+    assert {j.key for j in plan.by_kind("train")} == {five, twenty}  # the guide is not trained twice
+    auto = [j for j in plan.by_kind("eval") if j.config.sample.guide]
+    assert len(auto) == 2 and all(set(j.deps) == {twenty, five} for j in auto)
+
+
+@pytest.mark.parametrize(
+    ("sample", "needle"),
+    [
+        ({"guidance_method": "cfg"}, "sample.guide is the guiding model of guidance_method: autoguidance"),
+        ({"guide": {}}, "autoguidance needs sample.guide"),
+        ({"guide": {"data": {"image_size": 16}}}, "only model.* and train.* keys"),
+        ({"guide": {"train": {"steps": -3}}}, "base.sample.guide.train.steps: negative train.steps = -3"),
+        ({"guide": {"model": {"backbone": "unet-tiniest"}}}, "sample.guide.model.backbone"),
+    ],
+)
+def test_guide_mistakes_are_refused_before_work(sample, needle) -> None:
+    with pytest.raises(BenchError, match=re.escape(needle)):
+        _study(**sample)

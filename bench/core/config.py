@@ -147,6 +147,10 @@ class RunConfig:
         value = getattr(getattr(self, section), name)
         return value.as_dict().get(option) if option else value
 
+    def guide_config(self) -> RunConfig | None:
+        """Autoguidance's guiding model as a config (``sample.guide`` applied), or None."""
+        return self.override(**self.sample.guide.as_dict()) if self.sample.guide else None
+
     def override(self, **dotted: Any) -> RunConfig:
         """``cfg.override(**{"sample.steps": 20})``: a new config with dotted keys replaced."""
         return from_dict(merge(asdict(self), unflatten(dotted)))

@@ -28,7 +28,16 @@ class Options(tuple):
 
     @classmethod
     def of(cls, mapping: Any) -> Options:
-        return mapping if isinstance(mapping, Options) else cls(sorted(dict(mapping).items()))
+        """Sorted pairs of ``mapping``; a nested mapping ({train: {steps: 100}}) becomes dotted keys."""
+        if isinstance(mapping, Options):
+            return mapping
+        flat: dict[str, Any] = {}
+        for k, v in dict(mapping).items():
+            if isinstance(v, dict):
+                flat.update({f"{k}.{kk}": vv for kk, vv in cls.of(v)})
+            else:
+                flat[k] = v
+        return cls(sorted(flat.items()))
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self)
@@ -48,7 +57,7 @@ class _Spec:
                 self.__dict__[name] = float(value) + 0.0  # frozen: write the instance dict directly
         if isinstance(self.__dict__.get("metrics"), list):
             self.__dict__["metrics"] = tuple(self.__dict__["metrics"])
-        for name in ("options", "guidance_options"):
+        for name in ("options", "guidance_options", "guide"):
             if isinstance(self.__dict__.get(name), dict):
                 self.__dict__[name] = Options.of(self.__dict__[name])
 
@@ -145,6 +154,8 @@ class SampleSpec(_Spec):
     rho: float = field(default=7.0, metadata=OMIT_DEFAULT)  # the karras schedule's rho (EDM eq. 5)
     guidance_method: str = field(default="cfg", metadata=OMIT_DEFAULT)  # registry bench.diffusion.GUIDANCE
     guidance_options: Options = field(default=Options(), metadata=OMIT_DEFAULT)  # the method's declared knobs
+    guide: Options = field(default=Options(), metadata=OMIT_DEFAULT)  # autoguidance's guiding model: this
+    # run's model with these model.* / train.* overrides ({train.steps: 100}), a node of the plan
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ class Diffusion:
                 guidance: float = 0.0, clip_denoised: bool = False, guidance_channels: int | None = None,
                 abar: float | None = None, guidance_method: str = "cfg",
                 guidance_options: Mapping[str, Any] | None = None,
-                guidance_state: dict[str, Any] | None = None) -> Prediction:
+                guidance_state: dict[str, Any] | None = None, guide: Model | None = None) -> Prediction:
         """eps and x0 at (x_t, t), guided by ``guidance_method`` (default classifier-free guidance,
         Ho & Salimans 2022 eq. 6) in ONE network call on 2B.
 
@@ -91,7 +91,8 @@ class Diffusion:
         Guidance (:mod:`bench.diffusion.guidance`): both branches become (eps, x0) and the method
         combines them; ``w = 0`` (or a call outside the method's active range, e.g. cfg-interval's
         interval) is one conditional B call. ``guidance_state`` carries a method's memory across the
-        calls of one chain (APG's momentum).
+        calls of one chain (APG's momentum). ``guide``: the guiding model of a ``guide=True`` method
+        (autoguidance), called on the same (x_t, t, y) as a second B call.
         """
         if abar is not None:
             a, s = torch.tensor(abar**0.5, dtype=x_t.dtype), torch.tensor((1.0 - abar) ** 0.5, dtype=x_t.dtype)
@@ -110,11 +111,18 @@ class Diffusion:
                 raise BenchError(f"guidance method {guidance_method!r} with {opts} needs one noise level per call "
                                  "(an int or float t), not a tensor of timesteps")
             method = GUIDANCE.get(guidance_method) if sigma is None or meta["active"](sigma, opts) else None
-        if method is not None:
+        if method is not None and meta.get("guide"):
+            if guide is None:
+                raise BenchError(f"guidance method {guidance_method!r} needs its guiding model: pass guide=... "
+                                 "(in a study, sample.guide names it)")
+            cond, var2 = self._call(model, x_t, t, y)
+            uncond, _ = self._call(guide, x_t, t, y)
+        elif method is not None:
             b = x_t.shape[0]
             null = torch.full_like(y, null_label(model))
             pred2, var2 = self._call(model, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
-            cond, uncond = pred2[:b], pred2[b:]
+            cond, uncond, var2 = pred2[:b], pred2[b:], None if var2 is None else var2[:b]
+        if method is not None:
             if guidance_channels is not None:  # a checkpoint's own convention (DiT: 3 of 4 latent channels)
                 uncond = torch.cat([uncond[:, :guidance_channels], cond[:, guidance_channels:]], dim=1)
             eps_c, x0_c = self.objective.to_eps_x0(cond, x_t, a, s)
@@ -122,7 +130,7 @@ class Diffusion:
             w = guidance if scalar_t is None else guidance_weight(guidance, opts["schedule"], scalar_t, self.timesteps)
             g = Guided(eps_c, x0_c, eps_u, x0_u, x_t, a, s, sigma if sigma is not None else float("nan"))
             eps, x0 = method(g, w, guidance_state if guidance_state is not None else {}, **opts)
-            var_out = None if var2 is None else var2[:b]
+            var_out = var2
             own_eps = bool(meta.get("weight") == "lambda")  # cfg++ renoises along eps_u: keep it when clipping
         else:
             pred, var_out = self._call(model, x_t, t, y)
@@ -212,7 +220,7 @@ class Diffusion:
                progress: bool = False, options: Mapping[str, Any] | None = None,
                info: dict[str, Any] | None = None, guidance_channels: int | None = None,
                rho: float = 7.0, guidance_method: str = "cfg",
-               guidance_options: Mapping[str, Any] | None = None) -> torch.Tensor:
+               guidance_options: Mapping[str, Any] | None = None, guide: Model | None = None) -> torch.Tensor:
         """Draw images with a registered sampler. See DESIGN.md, 'Public contract of bench.diffusion'.
 
         ``options`` are the sampler's declared knobs (``{"eta": 0.5}`` for ddim, ``{"s_churn": 1.0}``
@@ -224,7 +232,8 @@ class Diffusion:
         ``guided_calls`` (how many of them ran cond + uncond as one 2B batch) and ``visited_steps``
         (the distinct timesteps of the chain: fewer than ``steps`` where a spacing deduplicates).
         ``guidance_method`` / ``guidance_options``: a method of :data:`bench.diffusion.GUIDANCE` and its
-        options (``guidance_method="cfg-interval", guidance_options={"sigma_lo": 0.28, "sigma_hi": 5.42}``).
+        options (``guidance_method="cfg-interval", guidance_options={"sigma_lo": 0.28, "sigma_hi": 5.42}``);
+        ``guide``: autoguidance's guiding model (its calls are in ``nfe``, and in ``guide_calls``).
         """
         fn = SAMPLERS.get(SAMPLERS.check(sampler, "sample.sampler"))
         if not 0.0 <= float(eta) <= 1.0:
@@ -237,7 +246,10 @@ class Diffusion:
         device = torch.device(device) if device is not None else (
             x_T.device if x_T is not None else _model_device(model))
         guide_opts = check_guidance(guidance_method, guidance_options)
-        y = self._check_labels(model, y, shape[0], guidance, device)
+        guided_by_model = bool(GUIDANCE.meta(guidance_method).get("guide"))
+        if guided_by_model and guidance != 0.0 and guide is None:
+            raise BenchError(f"guidance method {guidance_method!r} needs its guiding model: pass guide=...")
+        y = self._check_labels(model, y, shape[0], 0.0 if guided_by_model else guidance, device)
         t, abar = make_levels(spacing, self.alphas_cumprod, steps, rho)
         if t.is_floating_point() and getattr(model, "discrete_time", False):
             t = torch.from_numpy(sigma_to_t(((1 - abar) / abar).sqrt().numpy(), self.alphas_cumprod, quantize=True))
@@ -248,11 +260,14 @@ class Diffusion:
             raise BenchError(f"x_T has shape {tuple(x.shape)} but shape={shape}")
         den = Denoiser(self, model, chain, y, float(guidance), clip_denoised, guidance_channels,
                        guidance_method=guidance_method, guidance_options=guide_opts,
-                       guidance_active=GUIDANCE.meta(guidance_method)["active"])
+                       guidance_active=GUIDANCE.meta(guidance_method)["active"],
+                       guide=guide if guided_by_model else None)
         with torch.no_grad():
             out = fn(den, x, noise, progress=progress, **kwargs)
         if info is not None:
-            info.update(nfe=den.calls, guided_calls=den.guided_calls, visited_steps=len(chain))
+            info.update(nfe=den.calls + den.guide_calls, guided_calls=den.guided_calls, visited_steps=len(chain))
+            if den.guide is not None:
+                info["guide_calls"] = den.guide_calls
         return out
 
     def _check_labels(self, model: Model, y: torch.Tensor | None, batch: int, guidance: float,

@@ -3,7 +3,8 @@
 A method is ``fn(g: Guided, w, state, **options) -> (eps, x0)``, registered with
 :func:`register_guidance` and the options it owns, written once in the CFG paper's convention
 (Ho & Salimans 2022: ``w = 0`` is plain conditional sampling, eps~ = eps_c + w (eps_c - eps_u)).
-It sees both predictions as (eps, x0) at the state x_t = a x0 + s eps, and the call's noise level
+For a method registered with ``guide=True`` (autoguidance) the second branch is a second,
+weaker model's conditional prediction instead of the unconditional one. It sees both as (eps, x0) at the state x_t = a x0 + s eps, and the call's noise level
 sigma = sqrt((1 - abar) / abar) (the EDM convention the interval paper uses), so it composes with
 every sampler: a sampler only ever asks the Denoiser for (eps, x0).
 
@@ -167,3 +168,13 @@ def apg(g: Guided, w: float, state: dict[str, Any], eta: float, momentum: float,
         diff = diff * torch.clamp(norm_threshold / norm.clamp_min(1e-12), max=1.0)
     par, orth = _project(diff, g.x0_c)
     return g.from_x0(g.x0_c + w * (orth + eta * par))
+
+
+@register_guidance(
+    "autoguidance", guide=True,
+    paper="Karras et al. 2024, Guiding a Diffusion Model with a Bad Version of Itself (EDM2 autoguidance)",
+)
+def autoguidance(g: Guided, w: float, state: dict[str, Any], **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """CFG's formula with the unconditional branch replaced by a weaker model's prediction for the
+    same label (``g.eps_u`` / ``g.x0_u`` hold the guide's): x0 = x0_main + w (x0_main - x0_guide)."""
+    return cfg(g, w, state)

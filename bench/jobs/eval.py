@@ -27,8 +27,8 @@ def sample_seeds(cfg: RunConfig, n: int) -> list[int]:
     return [cfg.seed * SEED_STRIDE + i for i in range(n)]
 
 
-def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str, progress: bool = True
-             ) -> tuple[torch.Tensor, torch.Tensor | None, float, dict[str, int]]:
+def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str, progress: bool = True,
+             guide: Any = None) -> tuple[torch.Tensor, torch.Tensor | None, float, dict[str, int]]:
     """``eval.num_samples`` uint8 images (decoded to pixels in latent space), labels, seconds, and
     the network calls the Denoiser counted per image (``nfe``, ``guided_calls``; equal for every
     batch, so the first batch's count is the run's)."""
@@ -58,7 +58,7 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
                                  clip_denoised=s.clip_denoised and codec is None, device=device,
                                  options=s.options.as_dict(), info=calls, guidance_channels=s.guidance_channels,
                                  rho=s.rho, guidance_method=s.guidance_method,
-                                 guidance_options=s.guidance_options.as_dict())
+                                 guidance_options=s.guidance_options.as_dict(), guide=guide)
             if codec is not None:
                 x = codec.decode(x.float())
         out.append(x.float().cpu())
@@ -96,7 +96,12 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
         variance = cfg.sample.variance or cfg.diffusion.variance
         diffusion = build_diffusion(replace(cfg.diffusion, variance=variance))
         codec = load_codec(cfg, device) if cfg.model.space == "latent" else None
-    images, labels, sample_seconds, calls = generate(cfg, model, diffusion, codec, device, progress)
+    guide = None
+    if cfg.sample.guide:  # autoguidance's weaker model: its own TRAIN job's checkpoint
+        guide_cfg = cfg.guide_config()
+        guide, _, _ = load_trained(checkpoint_path(guide_cfg.train_key()), device=device)
+        tags["bench.guide_key"] = guide_cfg.train_key()
+    images, labels, sample_seconds, calls = generate(cfg, model, diffusion, codec, device, progress, guide)
     t0 = time.perf_counter()
     ev = cfg.eval
     on_images = [m for m in ev.metrics if not METRICS.get(m).needs_model]

@@ -58,7 +58,10 @@ class Expander:
             if secs["sample"].nfe is not None:
                 secs["sample"] = self._meet_nfe(idx, secs["sample"], secs["diffusion"].timesteps)
             self._check(idx, secs)
-            out.append(RunConfig(**secs, seed=seeds[idx[-1]]))
+            cfg = RunConfig(**secs, seed=seeds[idx[-1]])
+            if cfg.sample.guide and self._once("guide", id(secs["model"]), id(secs["train"]), id(secs["sample"])):
+                self._check_guide_config(idx, cfg)
+            out.append(cfg)
         for idx, model, train in self.later.values():  # after every point's own checks
             rules.check_label_dropout(train.p_uncond, model.class_cond,
                                       self._at(idx, "train.p_uncond", "model.class_cond"), self._origin(idx))
@@ -106,6 +109,8 @@ class Expander:
             origin = self._origin(idx)
             if model.pretrained is not None:
                 self._check_pretrained_guidance(idx, sample)
+            elif sample.guidance_method == "autoguidance":  # a weaker model guides: no label dropout needed
+                pass
             else:
                 rules.check_guidance(sample.guidance, model.class_cond, train.p_uncond,
                                      self._at(idx, "sample.guidance", "model.class_cond", "train.p_uncond"), origin)
@@ -156,9 +161,47 @@ class Expander:
         check_guidance(sample.guidance_method, sample.guidance_options.as_dict(),
                        gwhere if "sample.guidance_options" in self.b.axis_at or "sample.guidance_method" in self.b.axis_at
                        else "sample.guidance_options")  # fmt: skip
+        self._check_guide(idx, sample)
         if "eta" in options and sample.eta not in (0.0, options["eta"]):
             raise BenchError(f"{self._at(idx, 'sample.eta', 'sample.options')}: sample.eta = {sample.eta} and "
                              f"sample.options.eta = {options['eta']} disagree; give eta once")
+
+    def _check_guide(self, idx: tuple[int, ...], sample: Any) -> None:
+        """``sample.guide`` names autoguidance's guiding model as model.* / train.* overrides."""
+        from bench.core.config import coerce_value
+        from bench.study.checks import check_value
+
+        where = self._at(idx, "sample.guide", "sample.guidance_method")
+        auto = sample.guidance_method == "autoguidance"
+        if sample.guide and not auto:
+            raise BenchError(f"{where}: sample.guide is the guiding model of guidance_method: autoguidance, but "
+                             f"the method is {sample.guidance_method!r}; drop sample.guide or use autoguidance")
+        if auto and not sample.guide:
+            raise BenchError(f"{where}: autoguidance needs sample.guide, the weaker model that guides: this run's "
+                             "model with model.* / train.* overrides, e.g. sample.guide: {train.steps: 100}")
+        for key in sample.guide.as_dict():
+            if key.partition(".")[0] not in ("model", "train"):
+                raise BenchError(f"{where}.{key}: the guide is this run's model trained shorter or smaller: only "
+                                 "model.* and train.* keys may differ (data, diffusion and the labels stay the same)")
+            if key in ("model.class_cond", "model.pretrained"):
+                raise BenchError(f"{where}.{key}: the guide must see the same labels and be trained here; "
+                                 "change its size (model.*) or its training (train.*) instead")
+            section, _, name = key.partition(".")
+            check_value(key, coerce_value(section, name, sample.guide.as_dict()[key], f"{where}.{key}"),
+                        f"{where}.{key}")
+
+    def _check_guide_config(self, idx: tuple[int, ...], cfg: RunConfig) -> None:
+        """The guide builds as a config of its own and is not the model itself."""
+        where = self._at(idx, "sample.guide")
+        try:
+            guide = cfg.guide_config()
+            assert guide is not None
+            self._check(idx, {s: getattr(guide, s) for s in _ORDER})  # every rule a run's config meets
+        except BenchError as e:
+            raise BenchError(f"{where}: the guiding model's config is invalid: {e}") from None
+        if guide.train_key() == cfg.train_key():
+            raise BenchError(f"{where}: {dict(cfg.sample.guide.as_dict())} leaves the guide equal to the model "
+                             "itself (autoguidance then is no guidance); make it weaker, e.g. fewer train.steps")
 
     def _meet_nfe(self, idx: tuple[int, ...], sample: Any, timesteps: int) -> Any:
         """The sample section with ``steps`` set so that its sampler meets ``sample.nfe`` exactly."""

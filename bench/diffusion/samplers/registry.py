@@ -121,7 +121,8 @@ class Denoiser:
     Each returns a Prediction (eps, x0), the same in either view.
 
     ``calls`` is the number of network evaluations per image (one per call, whether the call
-    runs B images or, guided, the 2B of cond + uncond); ``guided_calls`` how many were guided.
+    runs B images or, guided, the 2B of cond + uncond); ``guided_calls`` how many were guided;
+    ``guide_calls`` how many times autoguidance's second network ran (``nfe`` counts both).
     ``sigmas[i]`` is level i's sigma (python floats, computed once: no per-step host work),
     ``sigmas[-1]`` is 0 (the end of every chain).
     """
@@ -136,8 +137,10 @@ class Denoiser:
     guidance_method: str = "cfg"
     guidance_options: Mapping[str, Any] | None = None  # the method's checked options
     guidance_active: Callable[[float, Mapping[str, Any]], bool] = lambda sigma, options: True
+    guide: Model | None = None  # autoguidance's guiding model (a second network: its calls counted apart)
     calls: int = 0
     guided_calls: int = 0
+    guide_calls: int = 0
 
     def __post_init__(self) -> None:
         self._guide_state: dict[str, Any] = {}  # a method's memory along this chain (APG momentum)
@@ -151,10 +154,11 @@ class Denoiser:
         self.calls += 1
         guided = self.guidance != 0.0 and self.guidance_active(((1.0 - abar) / abar) ** 0.5, self.guidance_options or {})
         self.guided_calls += guided  # a 2B call; outside a method's interval one B call is made
+        self.guide_calls += guided and self.guide is not None  # autoguidance: a B call of the guide too
         return self.diffusion.predict(self.model, x_t, t, self.y, self.guidance if guided else 0.0,
                                       self.clip_denoised, self.guidance_channels, abar=abar,
                                       guidance_method=self.guidance_method, guidance_options=self.guidance_options,
-                                      guidance_state=self._guide_state)
+                                      guidance_state=self._guide_state, guide=self.guide)
 
     def __call__(self, x: torch.Tensor, i: int) -> Prediction:
         """(eps, x0) for the VP state ``x`` at chain level ``i``."""
