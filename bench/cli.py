@@ -76,18 +76,24 @@ def cmd_list() -> None:
     """Every registry with its choices; samplers with the options they declare, metrics with their
     outputs (direction arrows), executors with their CLI options."""
     from bench.data import DATASETS
-    from bench.diffusion import LOSSES, OBJECTIVES, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES
+    from bench.diffusion import GUIDANCE, LOSSES, OBJECTIVES, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES
     from bench.execute import EXECUTORS
     from bench.metrics import EXTRACTORS, METRICS
     from bench.models import MODELS
 
-    for reg in (SAMPLERS, SCHEDULES, SPACINGS, OBJECTIVES, VARIANCES, LOSSES, MODELS, DATASETS, EXTRACTORS,
-                METRICS, EXECUTORS):
-        print(f"{reg.kind + 's':<12} {', '.join(reg.names())}")
+    for reg in (SAMPLERS, GUIDANCE, SCHEDULES, SPACINGS, OBJECTIVES, VARIANCES, LOSSES, MODELS, DATASETS,
+                EXTRACTORS, METRICS, EXECUTORS):
+        plural = reg.kind + ("es" if reg.kind.endswith("s") else "s")
+        print(f"{plural:<12} {', '.join(reg.names())}")
     print("\nsampler options (sample.options):")
     for name in SAMPLERS.names():
         opts = SAMPLERS.meta(name)["options"].values()
         shown = ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in opts) or "none"
+        print(f"  {name:<14} {shown}")
+    print("\nguidance methods (sample.guidance_method, its sample.guidance_options):")
+    for name in GUIDANCE.names():
+        opts = GUIDANCE.meta(name)["options"].values()
+        shown = ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in opts)
         print(f"  {name:<14} {shown}")
     print("\nmetric outputs (MLflow names; arrow = better):")
     arrows = {True: " ↑", False: " ↓", None: ""}
@@ -166,6 +172,8 @@ def _range(o: Any) -> str:
     """How an option's allowed values read: ' in [0, 1]', ' >= 0', ' (true/false)'."""
     if o.type is bool:
         return " (true/false)"
+    if o.type is str:
+        return f" in {{{', '.join(o.choices)}}}"
     if o.low is not None and o.high is not None:
         return f" in [{o.low:g}, {o.high:g}]"
     return f" >= {o.low:g}" if o.low is not None else (f" <= {o.high:g}" if o.high is not None else "")
