@@ -389,7 +389,8 @@ def _calls(s: Any, timesteps: int) -> int:
 def eval_cost(cfg: RunConfig, unit: float | None = None) -> float:
     """Sampling (images x NFE) plus the NLL bound (test images x T) when ``nll`` is measured."""
     unit = _elements(cfg) * _model_factor(cfg.model.backbone) if unit is None else unit
-    nll = cfg.eval.nll_samples * cfg.diffusion.timesteps if any(map(_on_model, cfg.eval.metrics)) else 0
+    terms = cfg.eval.nll_timesteps or cfg.diffusion.timesteps  # K stratified terms, or the full bound
+    nll = cfg.eval.nll_samples * terms if any(map(_on_model, cfg.eval.metrics)) else 0
     return (cfg.eval.num_samples * network_passes(cfg) + nll) * unit
 
 

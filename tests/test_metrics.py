@@ -299,6 +299,40 @@ def test_nll_bpd_through_the_diffusion_contract(digits) -> None:
         nll_bpd(d, model, x0, progress=False)
 
 
+def test_stratified_nll_estimate_is_unbiased_within_its_reported_error(digits) -> None:
+    """K = 16 of T = 200 terms per image (t = 0 and 15 strata): per image, the mean of 8 draws equals
+    the full bound within the differences' own standard error (the image's part cancels); the draws'
+    dataset means scatter within the error nll_bpd_stats reports; K calls per image, not T."""
+    from gaussian import GaussianDenoiser
+
+    from bench.diffusion import Diffusion
+    from bench.metrics.nll import nll_bpd_stats
+
+    d = Diffusion(schedule="linear", timesteps=200)
+    model = GaussianDenoiser(d.alphas_cumprod, "eps", mu=-0.3, s0=0.6)  # a fixed, imperfect model
+    calls = []
+    counted = lambda x, t, y: (calls.append(1), model(x, t, y))[1]  # noqa: E731
+    images = digits[1].images[:256]
+    assert len(images) == 256
+    x0 = images.float() / 127.5 - 1
+    full = d.bits_per_dim(counted, x0, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == 200
+    calls.clear()
+    draws = torch.stack([d.bits_per_dim(counted, x0, generator=torch.Generator().manual_seed(r), timesteps=16)
+                         for r in range(1, 9)])  # fmt: skip
+    assert len(calls) == 8 * 16
+    diff = draws.mean(0) - full
+    assert abs(float(diff.mean())) <= 3 * float(diff.std()) / len(diff) ** 0.5
+    # a mistake of 5% in the weights would not pass: the test resolves the sum to better than that
+    assert 3 * float(diff.std()) / len(diff) ** 0.5 < 0.05 * float(full.mean())
+    stats = [nll_bpd_stats(d, model, images, batch_size=256, progress=False, timesteps=16,
+                           generator=torch.Generator().manual_seed(r)) for r in (1, 2, 3, 4)]  # fmt: skip
+    means = torch.tensor([m for m, _ in stats])
+    assert float(means.std()) <= 2 * min(se for _, se in stats)
+    with pytest.raises(BenchError, match="2 <= K <= T = 200"):
+        d.stratified_bpd(model, x0[:2], 1)
+
+
 def test_clean_fid_inception_offline_names_its_own_file(tmp_path, monkeypatch) -> None:
     """clean-fid's Inception is another file than torch-fidelity's: offline, validation says which."""
     from dataclasses import replace
@@ -311,3 +345,15 @@ def test_clean_fid_inception_offline_names_its_own_file(tmp_path, monkeypatch) -
     validate_eval(spec, mnist)  # torch-fidelity's backend has what it needs
     with pytest.raises(BenchError, match=r"eval\.fid_backend: .*inception-2015-12-05\.pt"):
         validate_eval(replace(spec, fid_backend="clean-fid"), mnist)
+
+
+@pytest.mark.parametrize("k", [1, 101])
+def test_nll_timesteps_outside_two_to_t_is_refused_before_work(k) -> None:
+    from bench.study import build_study
+
+    raw = {"name": "k", "base": {"data": {"dataset": "digits"}, "diffusion": {"timesteps": 100},
+                                 "eval": {"metrics": ["fid", "nll"], "nll_samples": 8, "nll_timesteps": k,
+                                          "num_samples": 65, "extractor": "domain:digits"}}}
+    with pytest.raises(BenchError, match=rf"base.eval.nll_timesteps.*nll_timesteps = {k} must be in \[2, "
+                                         r"diffusion.timesteps = 100\]"):
+        build_study(raw, source="k.yaml")

@@ -170,6 +170,8 @@ class EvalSpec(_Spec):
     inception_weights: str | None = None  # local weights file (offline); env BENCH_INCEPTION_WEIGHTS
     nll_samples: int = 0  # test images for nll_bpd (0 = skip)
     kid_subset_size: int = 1000
+    nll_timesteps: int | None = field(default=None, metadata=OMIT_DEFAULT)  # K: the bound's unbiased
+    # stratified estimate from K network calls per image (t = 0 and K - 1 strata); None: all T terms
 
 
 

@@ -206,10 +206,42 @@ class Diffusion:
         return {"prior": self.prior_bpd(x0).double().cpu(), "terms": terms}
 
     def bits_per_dim(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        """Negative variational bound in bits per dim, per image [B] (Ho et al. 2020, Sec. 4.2)."""
+                     generator: torch.Generator | None = None, progress: bool = False,
+                     timesteps: int | None = None) -> torch.Tensor:
+        """Negative variational bound in bits per dim, per image [B] (Ho et al. 2020, Sec. 4.2).
+
+        ``timesteps`` = K < T: an unbiased estimate from K network calls per image instead of T
+        (:meth:`stratified_bpd`); None or T: the full bound.
+        """
+        if timesteps is not None and timesteps < self.timesteps:
+            return self.stratified_bpd(model, x0, timesteps, y, generator)
         vb = self.vlb_terms(model, x0, y, generator, progress)
         return vb["prior"] + vb["terms"].sum(1)
+
+    def stratified_bpd(self, model: Model, x0: torch.Tensor, k: int, y: torch.Tensor | None = None,
+                       generator: torch.Generator | None = None) -> torch.Tensor:
+        """The bound's sum over t estimated from ``k`` terms per image, unbiased: the decoder term
+        L_0 exactly (the largest and least smooth), and for each of k - 1 strata of 1 .. T-1 one t
+        drawn uniformly per image, its term weighted by the stratum's size (E[n_s L_t] = the sum of
+        the stratum's terms). The strata are geometric in t (1, 2, 3, ..., 99, 140, 200 for T = 200,
+        k = 16): the terms change fastest near t = 0, and there equal strata would carry most of the
+        variance (measured: 10x the standard error on digits at T = 200, k = 16). Per image [B], float64."""
+        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= self.timesteps:
+            raise BenchError(f"eval.nll_timesteps = {k!r}: the estimate needs 2 <= K <= T = {self.timesteps} "
+                             "timesteps (t = 0 and at least one stratum)")
+        b, dev = x0.shape[0], x0.device
+        gen_dev = generator.device if generator is not None else dev
+        edges = [1]
+        for j in range(1, k):  # geometric, at least one timestep each, ending at T
+            edges.append(min(max(edges[-1] + 1, round(self.timesteps ** (j / (k - 1)))), self.timesteps - (k - 1 - j)))
+        total = self.prior_bpd(x0).double().cpu()
+        for lo, hi in [(0, 1), *zip(edges[:-1], edges[1:])]:
+            t = (lo + torch.randint(0, hi - lo, (b,), generator=generator, device=gen_dev)).to(dev)
+            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=gen_dev).to(dev)
+            x_t = self.q_sample(x0, t, noise)
+            pred, var_out = self._call(model, x_t, t, y)
+            total += (hi - lo) * self.vb_term(x0, x_t, t, pred, var_out).double().cpu()
+        return total
 
     # --- sampling ---------------------------------------------------------------------------------
     def sample(self, model: Model, shape: Sequence[int], sampler: str = "ddim", steps: int = 50,

@@ -120,6 +120,7 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
             values.update(_cached_model_metric(cfg, m, ctx))
         tags["protocol.nll_space"] = "latent" if codec is not None else "pixel"
         tags["protocol.nll_samples"] = str(ev.nll_samples)
+        tags["protocol.nll_timesteps"] = str(ev.nll_timesteps or "all")
     eval_seconds = time.perf_counter() - t0
     values.update(sample_seconds=sample_seconds, eval_seconds=eval_seconds,
                   seconds_per_image=sample_seconds / len(images), **calls)
@@ -152,7 +153,8 @@ class _ModelInputs:
             test = load_images(cfg.data, cfg.eval.reference_split)
             n = min(cfg.eval.nll_samples, len(test.images))
             y = test.labels[:n] if (cfg.model.class_cond and test.labels is not None) else None
-            self._ctx = ModelContext(*self.args, test.images[:n], y, self.device, cfg.seed, self.progress)
+            self._ctx = ModelContext(*self.args, test.images[:n], y, self.device, cfg.seed, self.progress,
+                                     nll_timesteps=cfg.eval.nll_timesteps)
         return self._ctx
 
 
@@ -161,7 +163,8 @@ def _cached_model_metric(cfg: RunConfig, name: str, inputs: _ModelInputs) -> dic
     (model, metric, protocol) and kept beside the checkpoint."""
     from bench.metrics import METRICS
 
-    path = train_dir(cfg.train_key()) / f"{name}_{cfg.eval.reference_split}_{cfg.eval.nll_samples}.json"
+    k = cfg.eval.nll_timesteps
+    path = train_dir(cfg.train_key()) / f"{name}_{cfg.eval.reference_split}_{cfg.eval.nll_samples}{f'_k{k}' if k else ''}.json"
     if path.exists():
         return {k: float(v) for k, v in json.loads(path.read_text()).items()}
     values = METRICS.get(name).compute(inputs.get())

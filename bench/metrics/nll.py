@@ -12,16 +12,27 @@ from bench.core.errors import BenchError
 from bench.metrics.images import check_images
 
 
+def nll_bpd(diffusion: Any, model: Any, images_uint8: torch.Tensor, y: torch.Tensor | None = None, *,
+            batch_size: int = 64, progress: bool = True, generator: torch.Generator | None = None,
+            timesteps: int | None = None) -> float:
+    """The mean of :func:`nll_bpd_stats`."""
+    return nll_bpd_stats(diffusion, model, images_uint8, y, batch_size=batch_size, progress=progress,
+                         generator=generator, timesteps=timesteps)[0]
+
+
 @torch.no_grad()
-def nll_bpd(
+def nll_bpd_stats(
     diffusion: Any, model: Any, images_uint8: torch.Tensor, y: torch.Tensor | None = None, *,
     batch_size: int = 64, progress: bool = True, generator: torch.Generator | None = None,
-) -> float:
+    timesteps: int | None = None,
+) -> tuple[float, float]:
     """Mean bits per dim of ``images_uint8`` under ``model``: ``diffusion.bits_per_dim(model, x0, y)``
     on ``x0 = images / 127.5 - 1`` in batches (Ho et al. 2020, eq. 5, with the discretized decoder).
 
     ``generator`` seeds the noise of the bound's terms (passed on when ``bits_per_dim`` takes one,
-    else it seeds the global RNG for the duration of the call).
+    else it seeds the global RNG for the duration of the call). ``timesteps``: K stratified
+    timesteps per image instead of all T (``Diffusion.stratified_bpd``). Returns (mean, standard
+    error of the mean over the images: std / sqrt(N), which includes the estimator's own variance).
     """
     from tqdm.auto import tqdm
 
@@ -29,12 +40,18 @@ def nll_bpd(
     if y is not None and len(y) != len(images):
         raise BenchError(f"nll_bpd: {len(images)} images but {len(y)} labels")
     device = _device_of(model)
-    takes_gen = "generator" in inspect.signature(diffusion.bits_per_dim).parameters
-    total, n = 0.0, len(images)
+    params = inspect.signature(diffusion.bits_per_dim).parameters
+    takes_gen = "generator" in params
+    if timesteps is not None and "timesteps" not in params:
+        raise BenchError("eval.nll_timesteps: this diffusion's bits_per_dim has no `timesteps` argument; "
+                         "leave nll_timesteps unset (the full bound)")
+    values, n = [], len(images)
     with torch.random.fork_rng(devices=[]):
         if generator is not None and not takes_gen:
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        extra = {"generator": generator} if takes_gen and generator is not None else {}
+        extra: dict[str, Any] = {"generator": generator} if takes_gen and generator is not None else {}
+        if timesteps is not None:
+            extra["timesteps"] = timesteps
         for s in tqdm(range(0, n, batch_size), desc="nll (bits/dim)", disable=not progress, unit="batch"):
             x0 = images[s : s + batch_size].to(device).float() / 127.5 - 1.0
             yb = None if y is None else y[s : s + batch_size].to(device)
@@ -42,8 +59,15 @@ def nll_bpd(
             if bpd.shape != (len(x0),) or not bool(torch.isfinite(bpd).all()):
                 raise BenchError(f"nll_bpd: bits_per_dim gave {tuple(bpd.shape)} values "
                                  f"(finite: {bool(torch.isfinite(bpd).all())}) for a batch of {len(x0)}")
-            total += float(bpd.double().sum())
-    return total / n
+            values.append(bpd.double().cpu())
+    return mean_and_error(torch.cat(values))
+
+
+def mean_and_error(per_image: torch.Tensor) -> tuple[float, float]:
+    """(mean, std / sqrt(N)) of per-image values; the error is NaN for one image."""
+    n = per_image.numel()
+    se = float(per_image.std(unbiased=True)) / n**0.5 if n > 1 else float("nan")
+    return float(per_image.mean()), se
 
 
 def _device_of(model: Any) -> torch.device:
@@ -66,9 +90,10 @@ class ModelContext:
     device: str
     seed: int
     progress: bool = False
+    nll_timesteps: int | None = None  # K stratified timesteps of the bound (None: all T)
 
 
-def model_nll_bpd(ctx: ModelContext) -> float:
+def model_nll_bpd(ctx: ModelContext) -> tuple[float, float]:
     """Bits per dim of the test images (of their latents, for latent models).
 
     Latent NLL is the bound on the scaled latents, per latent dimension; its decoder term treats
@@ -77,7 +102,9 @@ def model_nll_bpd(ctx: ModelContext) -> float:
     gen = torch.Generator().manual_seed(ctx.seed)
     y = None if ctx.labels is None else ctx.labels.to(ctx.device)
     if ctx.codec is None:
-        return nll_bpd(ctx.diffusion, ctx.model, ctx.images.to(ctx.device), y=y, progress=ctx.progress, generator=gen)
+        return nll_bpd_stats(ctx.diffusion, ctx.model, ctx.images.to(ctx.device), y=y, progress=ctx.progress,
+                             generator=gen, timesteps=ctx.nll_timesteps)
     with torch.no_grad():
         z = ctx.codec.encode(ctx.images.to(ctx.device).float() / 127.5 - 1)
-    return float(ctx.diffusion.bits_per_dim(ctx.model, z, y, generator=gen).mean())
+        return mean_and_error(ctx.diffusion.bits_per_dim(ctx.model, z, y, generator=gen,
+                                                         timesteps=ctx.nll_timesteps).double().cpu())

@@ -126,6 +126,12 @@ class Expander:
                                           self._at(idx, "sample.variance", "diffusion.loss"), self._origin(idx))
         if self._once("eval", id(data), id(model), id(ev)):
             self._check_eval(idx, data, model, ev)
+        if ev.nll_timesteps is not None and self._once("nll_timesteps", id(diffusion), id(ev)):
+            k, t_max = ev.nll_timesteps, diffusion.timesteps
+            if not 2 <= k <= t_max:
+                raise BenchError(f"{self._at(idx, 'eval.nll_timesteps', 'diffusion.timesteps')}: nll_timesteps = {k} "
+                                 f"must be in [2, diffusion.timesteps = {t_max}]: t = 0 plus at least one stratum "
+                                 "(unset it for the full bound)")
 
     def _check_data(self, idx: tuple[int, ...], data: Any) -> None:
         datasets = _data_module()
