@@ -232,9 +232,9 @@ def test_quickstart_tables_and_plots_name_or_pool_every_axis() -> None:
         rows = [t["rows"]] if isinstance(t["rows"], str) else t["rows"]
         sel = _filter(jobs, {k: (v,) for k, v in t.get("where", {}).items()})
         assert pooled_axes(sel, [*rows, t.get("columns")], study.axes) == [], t["title"]
-    from bench.report.plots import _show_every_axis
+    from bench.report.pooling import show_every_axis
 
     _, plots = validate_report_specs([], study.plots, set(study.axes), {"fid", "train_loss"}, "")
     line = next(p for p in plots if p.kind == "line")
-    filled, rest, split = _show_every_axis(line, jobs, short_names(list(study.axes)))
+    filled, rest, split = show_every_axis(line, jobs, short_names(list(study.axes)))
     assert split == ["diffusion.objective"] and filled.row == "diffusion.objective" and rest == []

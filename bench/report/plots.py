@@ -11,30 +11,23 @@ history) and ``samples`` (the ``samples.png`` grid each EVAL run logged).
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
-import math
-import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bench.report.pooling import pool_caption, pooled_axes
-from bench.report.runs import FINISHED, StudyRuns
+from bench.report.grids import PNG_MAGIC, sample_grids
+from bench.report.pooling import figure_caption, show_every_axis
+from bench.report.runs import StudyRuns
 from bench.report.tables import _filter as filter_jobs
 from bench.report.tables import default_format, direction, metric_label
 from bench.study.report_specs import TRAIN_SECTIONS, PlotSpec, TableSpec
-from bench.tracking import download_artifact, metric_history
+from bench.tracking import metric_history
 
 __all__ = ["Figure", "default_plots", "render_plot", "PNG_MAGIC"]
 
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _FACET_W, _FACET_H, _DPI = 5.0, 3.6, 110
 
 
@@ -59,15 +52,15 @@ def render_plot(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], na
     title = spec.title or _default_title(spec, names)
     fig = Figure(title, spec.kind)
     if spec.kind == "samples":
-        _samples(spec, data, order, names, fig)
+        fig.images, fig.notes = sample_grids(spec, data, order, names)
         return fig
     if spec.kind == "loss":
         frame, rest = _loss_frame(spec, data), []
         fig.caption = _loss_caption(spec, frame)
     else:
         frame = _eval_frame(spec, data)
-        spec, rest, split = _show_every_axis(spec, frame, names)
-        fig.caption = _caption(spec, frame, names, split, rest)
+        spec, rest, split = show_every_axis(spec, frame, names)
+        fig.caption = figure_caption(spec, frame, names, split, rest)
     if frame.empty:
         fig.notes.append("Nothing to plot yet: no finished runs match this plot.")
         return fig
@@ -85,55 +78,9 @@ def render_plot(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], na
     return fig
 
 
-# roles an unshown axis may take, in order, per kind ("x" is never re-assigned)
-_FREE_ROLES = {"line": ("hue", "style", "col", "row"), "bars": ("hue", "col"), "tradeoff": ("hue", "style", "col"),
-               "heatmap": ("col",)}  # fmt: skip
-
-
-def _shown(spec: PlotSpec) -> list[str]:
-    roles = ("hue", "style", "col", "row", "label") + (("x",) if spec.kind != "tradeoff" else ())
-    return [a for a in (getattr(spec, r) for r in roles) if a]
-
-
-def _show_every_axis(spec: PlotSpec, frame: pd.DataFrame, names: dict[str, str]
-                     ) -> tuple[PlotSpec, list[str], list[str]]:  # fmt: skip
-    """(spec with unshown varying axes in free roles, axes left for one image per value, axes split)."""
-    split = [a for a in pooled_axes(frame, _shown(spec), names) if a not in spec.pool]
-    rest = list(split)
-    free = [r for r in _FREE_ROLES.get(spec.kind, ()) if getattr(spec, r) is None]
-    fill = {}
-    while rest and free:
-        fill[free.pop(0)] = rest.pop(0)
-    return dataclasses.replace(spec, **fill), rest, split
-
-
 def _rank(axes: list[str], row: Any, order: dict[str, list[Any]]) -> tuple[int, ...]:
     ranks = {a: {str(v): i for i, v in enumerate(order.get(a, []))} for a in axes}
     return tuple(ranks[a].get(str(row[a]), 10**6) for a in axes)
-
-
-def _caption(spec: PlotSpec, frame: pd.DataFrame, names: dict[str, str], split: list[str], rest: list[str]) -> str:
-    """What a point and an error bar are, and what was split or pooled."""
-    if frame.empty:
-        return ""
-    shown = [*_shown(spec), *rest]
-    seeds = frame.groupby([frame[a].map(repr) for a in shown])["seed"].nunique() if shown else \
-        pd.Series([frame["seed"].nunique()])  # fmt: skip
-    n = int(seeds.max())
-    if spec.kind == "heatmap":
-        out = f"Each cell: the mean over {n} seed{'s' * (n > 1)}."
-    elif n > 1 or spec.pool:
-        over = " and ".join([*(["seeds"] if n > 1 else []), *(["the pooled values"] if spec.pool else [])])
-        out = f"Each point: the mean of its runs ({n} seed{'s' * (n > 1)}); error bars: sample std (ddof=1) over {over}."
-    else:
-        out = "One seed: each point is one run, no error bars."
-    if split:
-        where = "own image" if rest else "own line or facet"
-        out += (f" {', '.join(names.get(a, a) for a in split)} varies in these runs and the spec does not name it: "
-                f"each value gets its {where} rather than being averaged.")  # fmt: skip
-    if spec.pool:
-        out += " " + pool_caption(frame, spec.pool, shown, names)
-    return out
 
 
 def _loss_caption(spec: PlotSpec, frame: pd.DataFrame) -> str:
@@ -432,64 +379,3 @@ def _loss(ax: Any, sub: pd.DataFrame, spec: PlotSpec, order: dict[str, list[Any]
     unique = dict(zip(labels, handles))
     if len(unique) > 1 or spec.hue:
         ax.legend(unique.values(), unique.keys(), title=names.get(spec.hue, spec.hue) if spec.hue else None)
-
-
-# --- sample grids ------------------------------------------------------------------------------
-
-
-@contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """MLflow draws a tqdm bar per downloaded artifact; a report downloads dozens."""
-    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    previous = os.environ.get(name)
-    os.environ[name] = "false"
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = previous
-
-
-def _samples(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], names: dict[str, str],
-             fig: Figure) -> None:  # fmt: skip
-    """One ``samples.png`` per value combination of ``by`` (default: every non-seed axis)."""
-    expected = filter_jobs(data.jobs, spec.where)
-    jobs = expected[expected["_status"] == FINISHED]
-    by = list(spec.by) or [a for a in names if a != "seed"]
-    if by:
-        have = {tuple(r) for r in jobs[by].itertuples(index=False, name=None)}
-        lost = sorted({tuple(r) for r in expected[by].itertuples(index=False, name=None)} - have, key=str)
-        fig.notes += [f"{', '.join(f'{names.get(a, a)} = {v}' for a, v in zip(by, t))}: no finished run, no samples"
-                      for t in lost]  # fmt: skip
-    seed = spec.options.get("seed")
-    if seed is not None:
-        jobs = jobs[jobs["seed"] == seed]
-    jobs = jobs.sort_values("seed", kind="stable")
-    if by:
-        rank = {a: {v: i for i, v in enumerate(order.get(a, []))} for a in by}
-        jobs = jobs.assign(_rank=[tuple(rank[a].get(r[a], 10**6) for a in by) for r in jobs.to_dict("records")])
-        jobs = jobs.sort_values("_rank", kind="stable").drop_duplicates(by)
-    else:
-        jobs = jobs.head(1)
-    limit = int(spec.options.get("max", 16))
-    if len(jobs) > limit:
-        fig.notes.append(f"Showing the first {limit} of {len(jobs)} sample grids (raise `max:` for more).")
-    with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
-        others = [a for a in names if a != "seed" and a not in by and expected[a].map(repr).nunique() > 1]
-        for i, r in enumerate(jobs.head(limit).to_dict("records")):
-            caption = ", ".join(f"{names.get(a, a)} = {r[a]}" for a in [*by, *others]) or "samples"
-            if spec.y and spec.y in r and r[spec.y] is not None and math.isfinite(float(r[spec.y])):
-                caption += f" — {metric_label(spec.y)} {format(float(r[spec.y]), default_format(spec.y, '.3g'))}"
-            try:
-                png = download_artifact(data.tracking_uri, r["_run_id"], "samples.png", str(Path(tmp) / str(i))).read_bytes()
-            except Exception as e:  # noqa: BLE001 (any store error: the report goes on without this grid)
-                fig.notes.append(f"{caption}: no samples.png artifact ({type(e).__name__})")
-                continue
-            if png.startswith(PNG_MAGIC):
-                fig.images.append((f"{caption} (seed {r['seed']})", png))
-            else:
-                fig.notes.append(f"{caption}: samples.png is not a PNG file")
-    if not fig.images and not fig.notes:
-        fig.notes.append("No finished evaluation runs with sample grids yet.")

@@ -1,0 +1,81 @@
+"""The ``samples`` plot kind: the ``samples.png`` grids the EVAL runs logged, fetched from MLflow."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bench.report.runs import FINISHED, StudyRuns
+from bench.report.tables import _filter as filter_jobs
+from bench.report.tables import default_format, metric_label
+from bench.study.report_specs import PlotSpec
+from bench.tracking import download_artifact
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@contextmanager
+def _no_progress_bars() -> Iterator[None]:
+    """MLflow draws a tqdm bar per downloaded artifact; a report downloads dozens."""
+    name = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    previous = os.environ.get(name)
+    os.environ[name] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+
+
+def sample_grids(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], names: dict[str, str],
+                 ) -> tuple[list[tuple[str, bytes]], list[str]]:  # fmt: skip
+    """One ``samples.png`` per value combination of ``by`` (default: every non-seed axis):
+    (captioned images, notes on what could not be shown)."""
+    images: list[tuple[str, bytes]] = []
+    notes: list[str] = []
+    expected = filter_jobs(data.jobs, spec.where)
+    jobs = expected[expected["_status"] == FINISHED]
+    by = list(spec.by) or [a for a in names if a != "seed"]
+    if by:
+        have = {tuple(r) for r in jobs[by].itertuples(index=False, name=None)}
+        lost = sorted({tuple(r) for r in expected[by].itertuples(index=False, name=None)} - have, key=str)
+        notes += [f"{', '.join(f'{names.get(a, a)} = {v}' for a, v in zip(by, t))}: no finished run, no samples"
+                      for t in lost]  # fmt: skip
+    seed = spec.options.get("seed")
+    if seed is not None:
+        jobs = jobs[jobs["seed"] == seed]
+    jobs = jobs.sort_values("seed", kind="stable")
+    if by:
+        rank = {a: {v: i for i, v in enumerate(order.get(a, []))} for a in by}
+        jobs = jobs.assign(_rank=[tuple(rank[a].get(r[a], 10**6) for a in by) for r in jobs.to_dict("records")])
+        jobs = jobs.sort_values("_rank", kind="stable").drop_duplicates(by)
+    else:
+        jobs = jobs.head(1)
+    limit = int(spec.options.get("max", 16))
+    if len(jobs) > limit:
+        notes.append(f"Showing the first {limit} of {len(jobs)} sample grids (raise `max:` for more).")
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
+        others = [a for a in names if a != "seed" and a not in by and expected[a].map(repr).nunique() > 1]
+        for i, r in enumerate(jobs.head(limit).to_dict("records")):
+            caption = ", ".join(f"{names.get(a, a)} = {r[a]}" for a in [*by, *others]) or "samples"
+            if spec.y and spec.y in r and r[spec.y] is not None and math.isfinite(float(r[spec.y])):
+                caption += f" — {metric_label(spec.y)} {format(float(r[spec.y]), default_format(spec.y, '.3g'))}"
+            try:
+                png = download_artifact(data.tracking_uri, r["_run_id"], "samples.png", str(Path(tmp) / str(i))).read_bytes()
+            except Exception as e:  # noqa: BLE001 (any store error: the report goes on without this grid)
+                notes.append(f"{caption}: no samples.png artifact ({type(e).__name__})")
+                continue
+            if png.startswith(PNG_MAGIC):
+                images.append((f"{caption} (seed {r['seed']})", png))
+            else:
+                notes.append(f"{caption}: samples.png is not a PNG file")
+    if not images and not notes:
+        notes.append("No finished evaluation runs with sample grids yet.")
+    return images, notes
