@@ -14,7 +14,7 @@ import torch
 
 from bench.core.errors import BenchError
 from bench.diffusion.chain import VARIANCES, Chain, gather
-from bench.diffusion.guidance import GUIDANCE, Guided, _always, check_guidance, guidance_weight
+from bench.diffusion.guidance import GUIDANCE, Guided, always_active, check_guidance, guidance_weight
 from bench.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from bench.diffusion.losses import LOSSES
 from bench.diffusion.noise import NoiseSource
@@ -107,7 +107,7 @@ class Diffusion:
             opts = check_guidance(guidance_method, guidance_options)
             meta = GUIDANCE.meta(guidance_method)
             sigma = float(s.flatten()[0] / a.flatten()[0]) if a.numel() == 1 else None
-            if sigma is None and (meta["active"] is not _always or opts["schedule"] != "constant"):
+            if sigma is None and (meta["active"] is not always_active or opts["schedule"] != "constant"):
                 raise BenchError(f"guidance method {guidance_method!r} with {opts} needs one noise level per call "
                                  "(an int or float t), not a tensor of timesteps")
             method = GUIDANCE.get(guidance_method) if sigma is None or meta["active"](sigma, opts) else None
@@ -131,7 +131,7 @@ class Diffusion:
             g = Guided(eps_c, x0_c, eps_u, x0_u, x_t, a, s, sigma if sigma is not None else float("nan"))
             eps, x0 = method(g, w, guidance_state if guidance_state is not None else {}, **opts)
             var_out = var2
-            own_eps = bool(meta.get("weight") == "lambda")  # cfg++ renoises along eps_u: keep it when clipping
+            own_eps = bool(meta.get("own_eps"))  # cfg++ renoises along eps_u: clipping x0 keeps it
         else:
             pred, var_out = self._call(model, x_t, t, y)
             eps, x0 = self.objective.to_eps_x0(pred, x_t, a, s)

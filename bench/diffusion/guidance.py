@@ -60,12 +60,12 @@ class Guided:
         return (self.x_t - self.a * x0) / self.s, x0
 
 
-def _always(sigma: float, options: Mapping[str, Any]) -> bool:
+def always_active(sigma: float, options: Mapping[str, Any]) -> bool:
     return True
 
 
 def register_guidance(name: str, *, options: tuple[Option, ...] = (), paper: str,
-                      active: Callable[[float, Mapping[str, Any]], bool] = _always,
+                      active: Callable[[float, Mapping[str, Any]], bool] = always_active,
                       **meta: Any) -> Callable[[GuidanceFn], GuidanceFn]:
     """Decorator: a guidance method, its options (``schedule`` is added to every method), its paper,
     and ``active(sigma, options)``: whether a call at that noise level needs the unconditional branch."""
@@ -128,7 +128,7 @@ def cfg_interval(g: Guided, w: float, state: dict[str, Any], sigma_lo: float, si
 
 @register_guidance(
     "cfg++", paper="Chung et al. 2024, CFG++: Manifold-constrained Classifier Free Guidance, Alg. 1 (DDIM)",
-    weight="lambda",
+    own_eps=True,  # its eps (the unconditional one) is not x0's: clipping x0 keeps it
 )
 def cfg_pp(g: Guided, w: float, state: dict[str, Any], **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's lambda is the study's w (its range [0, 1]; about 0.2-0.8 in the paper):
