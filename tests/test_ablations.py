@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from latex import PDFLATEX, compile_latex
 
 from bench.core.errors import BenchError
 from bench.study import build_study, load_study, read_study_file
@@ -58,6 +59,8 @@ def test_shipped_study_fills_every_cell(path: Path, tmp_path, monkeypatch) -> No
     assert summary is not None and not summary.failed, summary
     study = load_study(small, overrides)
     assert (tmp_path / "reports" / study.name / "report.html").is_file()
+    if PDFLATEX:  # every table of every shipped study compiles as LaTeX
+        assert compile_latex(tmp_path / "reports" / study.name / "tables.tex", tmp_path).is_file()
     for table in study_tables(study, uri):
         ours = [c for c in table.state.columns if not (isinstance(c, tuple) and c[-1] == "paper")]  # the
         states = table.state[ours]  # paper's columns say "missing" where the paper has no number

@@ -25,6 +25,7 @@ import pytest
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from latex import PDFLATEX, compile_latex  # noqa: E402
 from mlflow_runs import log_run  # noqa: E402
 
 from bench.core.errors import BenchError  # noqa: E402
@@ -426,3 +427,26 @@ def test_study_files_load_and_their_reports_validate(name, tmp_path, monkeypatch
     tables, plots = validate_report_specs(study.tables, plots, set(study.axes), produced, str(path),
                                           baselines=set(load_baselines(REPO / "baselines")))  # fmt: skip
     assert tables and plots
+
+
+def test_latex_tables_have_booktabs_bold_best_and_the_protocol(report, tmp_path) -> None:
+    folder, uri = report
+    tex = (folder / "tables.tex").read_text()
+    assert tex.count("\\begin{table}") == 3 and tex.count("\\toprule") == 3 and "\\bottomrule" in tex
+    mean20, _, _ = _expected(uri, "fid", 0.0, 20)
+    assert f"\\textbf{{{mean20:.1f} (n=1/2)}}" in tex  # the best FID at 20 steps, as in Markdown
+    assert "$\\pm$" in tex and "FID $\\downarrow$" in tex
+    assert "Protocol: num samples 100;" in tex and "extractor domain:digits" in tex and "dataset digits" in tex
+    if PDFLATEX is None:
+        pytest.skip("pdflatex is not installed (make system-deps installs texlive-latex-recommended)")
+    pdf = compile_latex(folder / "tables.tex", tmp_path)
+    assert pdf.read_bytes().startswith(b"%PDF")
+
+
+def test_runs_parquet_matches_runs_csv(report) -> None:
+    import pandas as pd
+
+    folder, _ = report
+    parquet, csv_ = pd.read_parquet(folder / "runs.parquet"), pd.read_csv(folder / "runs.csv")
+    assert list(parquet.columns) == list(csv_.columns) and len(parquet) == len(csv_)
+    assert parquet["metrics.fid"].equals(csv_["metrics.fid"])

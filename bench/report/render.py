@@ -1,6 +1,6 @@
 """``build_report``: a study's MLflow runs -> ``reports/<study>/report.md``, ``report.html`` (one
-self-contained file, images inlined as base64 PNG) and ``runs.csv`` (every run, every param and
-metric). Every file is written atomically (temp file + rename), so a report is never half-written.
+self-contained file, images inlined as base64 PNG), ``tables.tex`` (every table as LaTeX, booktabs)
+and ``runs.csv`` / ``runs.parquet`` (every run, every param and metric). Every file is written atomically (temp file + rename), so a report is never half-written.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from bench.tracking import fetch_runs, using_uri
 if TYPE_CHECKING:
     from bench.study import Study
 
-__all__ = ["build_report", "runs_csv", "study_tables"]
+__all__ = ["build_report", "runs_csv", "runs_parquet", "study_tables"]
 
 _FIRST_COLUMNS = ("run_id", "status", "tags.bench.kind", "tags.bench.label", "tags.bench.key",
                   "tags.bench.train_key", "tags.bench.error", "start_time", "end_time")  # fmt: skip
@@ -88,8 +88,10 @@ def build_report(
         report.search_html = search_section(study, tracking_uri=uri, inline_images=True)["html"]
     images = _write_images(folder, figures)
     atomic_write_bytes(folder / "runs.csv", runs_csv(runs).encode())
+    atomic_write_bytes(folder / "runs.parquet", runs_parquet(runs))
     atomic_write_bytes(folder / "report.md", _markdown(report, images).encode())
     atomic_write_bytes(folder / "report.html", _html(report).encode())
+    atomic_write_bytes(folder / "tables.tex", _latex(report).encode())
     return folder
 
 
@@ -138,6 +140,16 @@ def runs_csv(runs: pd.DataFrame) -> str:
     return frame.to_csv(index=False)
 
 
+def runs_parquet(runs: pd.DataFrame) -> bytes:
+    """The runs as Parquet for pandas users (``pd.read_parquet``): the columns of ``runs.csv``, typed."""
+    import io
+
+    frame = pd.read_csv(io.StringIO(runs_csv(runs)), low_memory=False)
+    buf = io.BytesIO()
+    frame.to_parquet(buf, index=False)
+    return buf.getvalue()
+
+
 def _write_images(folder: Path, figures: list[Figure]) -> list[list[str]]:
     """PNG files for the Markdown report (``figures/plot-<i>-<j>.png``); returns their paths.
     Figures of an earlier report of this study that this one does not write are removed."""
@@ -181,6 +193,18 @@ def _markdown(r: _Report, images: list[list[str]]) -> str:
     out += ["## Protocol", "", r.protocol().to_markdown(index=False, disable_numparse=True), "",
             "Full per-run data: `runs.csv` (every param and metric).", ""]  # fmt: skip
     return "\n".join(out)
+
+
+def _latex(r: _Report) -> str:
+    """Every table as LaTeX in one document that compiles on its own (``pdflatex tables.tex``);
+    copy a ``table`` environment into a paper (it needs booktabs and graphicx)."""
+    from bench.report.tables import tex
+
+    protocol = "Protocol: " + "; ".join(f"{k} {v}" for k, v in r.protocol().itertuples(index=False)) + "."
+    head = ("\\documentclass{article}\n\\usepackage[margin=2cm]{geometry}\n"
+            "\\usepackage{booktabs,graphicx}\n\\begin{document}\n"
+            f"\\section*{{{tex(r.study.name)}}}\n" + (f"{tex(r.study.question.strip())}\n\n" if r.study.question else ""))
+    return head + "\n".join(t.latex(protocol) for t in r.tables) + "\\end{document}\n"
 
 
 def _html(r: _Report) -> str:
