@@ -238,3 +238,26 @@ def test_quickstart_tables_and_plots_name_or_pool_every_axis() -> None:
     line = next(p for p in plots if p.kind == "line")
     filled, rest, split = show_every_axis(line, jobs, short_names(list(study.axes)))
     assert split == ["diffusion.objective"] and filled.row == "diffusion.objective" and rest == []
+
+
+def test_a_table_across_sample_counts_warns_that_its_numbers_are_not_comparable(store, tmp_path) -> None:
+    import mlflow
+
+    from bench.report.tables import make_table
+
+    study = build_study({**STUDY, "name": "protocol-test", "grid": {"eval.num_samples": [100, 400]}, "seeds": [0],
+                         "tables": [{"rows": "eval.num_samples", "values": "fid"}]}, source="p")  # fmt: skip
+    uri = f"sqlite:///{tmp_path}/m.db"
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("protocol-test", artifact_location=(tmp_path / "a").as_uri())
+    mlflow.set_experiment("protocol-test")
+    for cfg in study.configs:
+        log_run(mlflow, "protocol-test", cfg, "eval", cfg.key(), metrics={"fid": 10.0 + 1000 / cfg.eval.num_samples})
+    mlflow.set_tracking_uri(store[1])
+    data, order, names = _data(study, uri)
+    table = make_table(validate_report_specs(study.tables, [], set(study.axes), set(data.metrics), "")[0][0],
+                       data, order, names)  # fmt: skip
+    assert any(n.startswith("Warning: these cells were measured under different protocols (num_samples 100, 400)")
+               for n in table.notes)
+    plain = _table(store, rows="sample.eta", columns="sample.steps", values="fid")
+    assert not any(n.startswith("Warning") for n in plain.notes)

@@ -27,6 +27,9 @@ from bench.study.report_specs import TableSpec
 __all__ = ["Table", "make_table", "metric_label", "direction", "format_value", "default_format", "output_name"]
 
 MISSING_TEXT, FAILED_TEXT, RUNNING_TEXT = "—", "failed", "running"
+# keys whose values change what a metric means: a table across them compares unlike numbers
+PROTOCOL_AXES = ("eval.num_samples", "eval.reference_split", "eval.extractor", "eval.fid_backend",
+                 "eval.inception_weights", "data.image_size")
 CSS = {
     "best": "font-weight: 700; background-color: #dff3e4;",
     "failed": "color: #b3261e; font-style: italic;",
@@ -330,6 +333,12 @@ def _notes(spec: TableSpec, jobs: pd.DataFrame, names: dict[str, str], data: Stu
     if split:
         notes.append(f"Rows also split by {', '.join(names.get(a, a) for a in split)}: it varies in these runs "
                      "and the spec does not show it; add `where:` to pick one value or `pool:` to average over it.")
+    mixed = [(k, sorted(map(str, jobs[k].dropna().unique()))) for k in PROTOCOL_AXES
+             if k in jobs and jobs[k].map(repr).nunique() > 1]  # fmt: skip
+    if mixed and any(direction(m) is not None for m in spec.values):
+        what = "; ".join(f"{names.get(k, k)} {', '.join(v)}" for k, v in mixed)
+        notes.append(f"Warning: these cells were measured under different protocols ({what}); FID, KID and IS "
+                     "are comparable only at equal sample counts, references and feature extractors.")
     if spec.pool:
         notes.append(pool_caption(jobs, spec.pool, [*spec.rows, *([spec.columns] if spec.columns else [])], names,
                                   unit="cell"))  # fmt: skip
