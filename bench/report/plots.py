@@ -173,9 +173,10 @@ def _loss_frame(spec: PlotSpec, data: StudyRuns) -> pd.DataFrame:
     differ = [a for a in mine.columns if not a.startswith("_") and (a == "seed" or a.split(".")[0] in TRAIN_SECTIONS)
               and mine[a].map(repr).nunique() > 1]  # fmt: skip
     parts = []
-    for run in train.to_dict("records"):
-        key = run.get("tags.bench.key")
-        if key not in mine.index:
+    latest = {r.get("tags.bench.key"): r for r in train.to_dict("records")[::-1]}  # newest run per key
+    for key in mine.index:  # study order: the legend reads as the grid does
+        run = latest.get(key)
+        if run is None:
             continue
         history = metric_history(data.tracking_uri, run["run_id"], "train_loss")
         if not history:
