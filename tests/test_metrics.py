@@ -67,8 +67,11 @@ def quiet(**kw):
 def test_every_metric_declares_outputs_and_direction(name: str) -> None:
     meta = METRICS.meta(name)
     assert isinstance(meta["higher_is_better"], bool) and meta["outputs"]
+    spreads = {o.spread for o in METRICS.get(name).outputs if o.spread}  # IS's std, NLL's standard error
     for key in meta["outputs"]:
-        assert key.endswith("_std") or HIGHER_IS_BETTER[key] == meta["higher_is_better"]
+        assert key in spreads or key.endswith("_std") or HIGHER_IS_BETTER[key] == meta["higher_is_better"]
+        if key in spreads:
+            assert higher_is_better(key) is None  # a spread is no score
 
 
 def test_higher_is_better_per_output_key() -> None:
@@ -76,7 +79,8 @@ def test_higher_is_better_per_output_key() -> None:
                 "class_accuracy": True, "nll_bpd": False}
     assert {k: higher_is_better(k) for k in expected} == expected
     assert higher_is_better("is_std") is None and higher_is_better("train_seconds") is None
-    assert metric_outputs(["is", "kid", "nll"]) == ["is_mean", "is_std", "kid_mean", "kid_std", "nll_bpd"]
+    assert metric_outputs(["is", "kid", "nll"]) == ["is_mean", "is_std", "kid_mean", "kid_std", "nll_bpd",
+                                                    "nll_bpd_se"]
 
 
 @pytest.mark.parametrize("name", EXTRACTORS.names())
