@@ -14,3 +14,22 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     """Tests never write caches into the repository."""
     if "BENCH_CACHE_DIR" not in os.environ:
         monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "bench_cache"))
+
+
+# The smallest DINOv2 and CLIP architectures, with random weights in their official file formats:
+# fd_dinov2 and cmmd run through the real loading path without the released weights.
+FOUNDATION_MODELS = {"dinov2": "dinov2-vit-s-14", "clip": "clip-vit-b-32"}
+
+
+@pytest.fixture(scope="session")
+def foundation_weights(tmp_path_factory) -> dict[str, str]:
+    """``{extractor name: random-weights file}`` for ``FOUNDATION_MODELS``, written once per session."""
+    import warnings
+
+    from bench.metrics.foundation import official_file, save_random_weights
+
+    folder = tmp_path_factory.mktemp("foundation_weights")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        return {name: str(save_random_weights(name, folder / official_file(name)))
+                for name in FOUNDATION_MODELS.values()}

@@ -23,9 +23,11 @@ def test_every_output_describes_itself(key: str) -> None:
 
 
 @pytest.mark.parametrize("name", METRICS.names())
-def test_every_metric_computes_its_declared_outputs(name: str) -> None:
+def test_every_metric_computes_its_declared_outputs(name: str, request) -> None:
     """Each entry's compute, on 80 real digits against the test split (its own set as the
-    generated images where it takes images), returns exactly its declared output keys."""
+    generated images where it takes images), returns exactly its declared output keys. Metrics
+    in a foundation model's feature space (fd_dinov2, cmmd) run on 12 digits against 12 others
+    through random-weight files of the smallest DINOv2 / CLIP (a ViT forward is costly on a CPU)."""
     metric = METRICS.get(name)
     data = load_images(DataSpec(dataset="digits"), "test")
     images, labels = data.images[:80], data.labels[:80]
@@ -46,9 +48,15 @@ def test_every_metric_computes_its_declared_outputs(name: str) -> None:
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FIDSampleSizeWarning)
-            values = compute_metrics(images, reference="digits:test", extractor="domain:digits", metrics=[name],
+            kw: dict = {"reference": "digits:test"}
+            if metric.feature_space:
+                from conftest import FOUNDATION_MODELS
+
+                images, kw = images[:12], {"reference": data.images[12:24], "feature_models": FOUNDATION_MODELS,
+                                           "feature_weights": request.getfixturevalue("foundation_weights")}
+            values = compute_metrics(images, extractor="domain:digits", metrics=[name],
                                      labels=labels if metric.needs_labels else None, kid_subset_size=40,
-                                     progress=False)
+                                     progress=False, **kw)
     assert set(values) == set(metric.keys)
     assert all(isinstance(v, float) and v == v for v in values.values())
     if name == "class_accuracy":  # real digits with their true labels: the classifier agrees

@@ -313,3 +313,29 @@ EXTRACTORS.register("inception", _inception, feature_dim=2048, channels=3, takes
 EXTRACTORS.register("domain", _domain, feature_dim=DOMAIN_FEATURE_DIM, channels=None, takes_dataset=True,
                     resizes=False,
                     description="CNN classifier trained on the dataset (64-d penultimate features, class logits)")
+
+
+def _foundation(name: str) -> Callable[..., Extractor]:
+    def factory(arg: str | None, *, image_size: int, weights: str | None, data: DataSpec | None,
+                progress: bool) -> Extractor:
+        from bench.metrics.foundation import make_extractor
+
+        return make_extractor(name, weights, f"eval.feature_weights.{name}", progress)
+
+    return factory
+
+
+def _register_foundation() -> None:
+    from bench.metrics import foundation as fm
+
+    for name, (_, _, dim) in fm.DINOV2.items():
+        EXTRACTORS.register(name, _foundation(name), feature_dim=dim, channels=3, takes_dataset=False, resizes=True,
+                            family="dinov2", description=f"DINOv2 {name[7:].upper()} (Oquab et al. 2023), "
+                            f"{dim}-d CLS token, EDM2 preprocessing; local weights {fm.official_file(name)}")
+    for name, (_, dim, res) in fm.CLIP.items():
+        EXTRACTORS.register(name, _foundation(name), feature_dim=dim, channels=3, takes_dataset=False, resizes=True,
+                            family="clip", description=f"OpenAI CLIP image encoder {name[5:].upper()} at {res}px, "
+                            f"{dim}-d normalised embedding (CMMD preprocessing); local weights {fm.official_file(name)}")
+
+
+_register_foundation()

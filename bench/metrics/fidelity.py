@@ -23,6 +23,7 @@ from bench.core.errors import BenchError
 from bench.core.paths import cache_dir
 from bench.core.registry import Registry
 from bench.metrics.extractors import Extractor, extractor_meta, get_extractor
+from bench.metrics.features import FeatureExtractors
 from bench.metrics.images import check_compatible, check_images
 from bench.metrics.registry import METRICS
 
@@ -33,6 +34,7 @@ FID_BACKENDS.register("clean-fid", "bench.metrics.clean_fid.clean_fid")
 FID_UNBIASED_SAMPLES = 10_000  # below this FID is visibly biased upwards by the sample count
 KID_SUBSETS = 100
 PRC_NEIGHBORHOOD = 3
+FEATURE_MODELS = {"dinov2": "dinov2-vit-l-14", "clip": "clip-vit-l-14-336px"}  # EDM2's FD_DINOv2; CMMD's CLIP
 RNG_SEED = 2020  # torch-fidelity's default seed (IS shuffling, KID subsets)
 _TF_KEYS = {
     "frechet_inception_distance": "fid", "inception_score_mean": "is_mean", "inception_score_std": "is_std",
@@ -87,6 +89,10 @@ def compute_metrics(
     isc_splits: int = 10,
     batch_size: int = 64,
     progress: bool = True,
+    store_key: str | None = None,
+    feature_weights: dict[str, str] | None = None,
+    feature_models: dict[str, str] | None = None,
+    bootstrap: int = 0,
 ) -> MetricResult:
     """Fidelity metrics of ``images`` (uint8 ``[N, C, H, W]``) against ``reference``.
 
@@ -95,6 +101,11 @@ def compute_metrics(
     ``extractor`` is ``"inception"`` or ``"domain:<dataset>"``. ``class_accuracy`` may be asked
     for with ``labels`` (the requested classes). Bad input raises one BenchError naming ``run_name``.
     ``progress`` shows a bar while a domain classifier is trained (once per dataset and size).
+    ``store_key`` keeps (and reuses) the generated images' features in the feature store under that
+    run key; ``feature_weights`` names local weight files of other extractors (``dinov2-vit-l-14``);
+    ``feature_models`` the extractors of fd_dinov2 and cmmd (``{"dinov2": "dinov2-vit-s-14"}``);
+    ``bootstrap: B`` adds 95 % bootstrap intervals (``fid_ci_lo`` / ``fid_ci_hi``, ...) over the
+    generated samples to every metric that has one (:mod:`bench.metrics.uncertainty`).
     """
     who = f"run {run_name!r}" if run_name else "compute_metrics"
     images = check_images(images, who, "images")
@@ -105,7 +116,8 @@ def compute_metrics(
         raise BenchError(f"{who}: generated images are {images.shape[-2]}x{images.shape[-1]}, but extractor "
                          f"{extractor!r} was asked for {size}x{size} (it is trained on {size}x{size} images and "
                          "does not resize); pass image_size equal to the images' size")
-    ext = get_extractor(extractor, image_size=size, weights=inception_weights, data=data,
+    weights = (feature_weights or {}).get(extractor) or inception_weights
+    ext = get_extractor(extractor, image_size=size, weights=weights, data=data,
                         where=f"{who}: extractor", progress=progress)
     check_compatible(ext, images, who, "generated images")
     proto: dict[str, Any] = {
@@ -125,10 +137,16 @@ def compute_metrics(
                           f"images differ in size; {ext.name} resizes both to 299x299", stacklevel=2)
     _check_counts(wanted, ext, images, ref, who, proto, kid_subset_size, isc_splits)
     ctx = ImageContext(images, ref, tag, ext, labels, reference, data, device, batch_size, fid_backend, who, proto,
-                       flags={METRICS.get(m).torch_fidelity_flag for m in wanted} - {None})
+                       flags={METRICS.get(m).torch_fidelity_flag for m in wanted} - {None}, store_key=store_key,
+                       weights=dict(feature_weights or {}), feature_models={**FEATURE_MODELS, **(feature_models or {})})
     values: dict[str, float] = {}
     for m in wanted:
         values.update(METRICS.get(m).compute(ctx))
+    if bootstrap:
+        from bench.metrics.uncertainty import bootstrap_intervals
+
+        values.update(bootstrap_intervals(ctx, wanted, bootstrap))
+        proto["bootstrap"] = f"{bootstrap} resamples of the generated images, 95 % basic interval"
     return MetricResult(values, proto)
 
 
@@ -136,8 +154,9 @@ def compute_metrics(
 class ImageContext:
     """What a generated-image metric's ``compute`` reads: the images, the reference, the extractor.
 
-    :meth:`torch_fidelity` runs ``torch_fidelity.calculate_metrics`` once, for the flags of every
-    requested metric that torch-fidelity computes, and hands each metric its values.
+    :meth:`torch_fidelity` runs torch-fidelity's feature-to-metric functions once, for the flags of
+    every requested metric that torch-fidelity computes, and hands each metric its values;
+    :meth:`features` gives any metric the (generated, reference) features of any extractor.
     """
 
     images: torch.Tensor
@@ -153,21 +172,79 @@ class ImageContext:
     who: str
     protocol: dict[str, Any]
     flags: set[str] = field(default_factory=set)
+    store_key: str | None = None  # the run key under which generated features are stored
+    weights: dict[str, str] = field(default_factory=dict)  # extractor name -> local weights file
+    extractors: FeatureExtractors | None = None
+    feature_models: dict[str, str] = field(default_factory=lambda: dict(FEATURE_MODELS))  # fd_dinov2's, cmmd's
+    memo: dict[str, Any] = field(default_factory=dict)  # a metric's values shared by its outputs' entries
     _tf: dict[str, float] | None = None
+    _feats: dict[tuple, Any] = field(default_factory=dict)
+    _extractors: dict[str, Extractor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.extractors is None:
+            self.extractors = FeatureExtractors(self.device, self.batch_size)
+
+    def features(self, ext: Extractor | None = None, layers: Sequence[str] | None = None,
+                 reference: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """(generated, reference) features of ``ext`` (default: the run's extractor) at ``layers``; the
+        generated ones from the feature store when ``store_key`` has them (and kept there when not)."""
+        ext = ext or self.extractor
+        layers = sorted(set(layers or (ext.feature_layer,)))
+        k = (ext.slug, tuple(layers), reference)
+        if k not in self._feats:
+            with _on_device(self.device):
+                gen = self.extractors.generated(ext, self.images, layers, self.store_key)
+                ref = None
+                if reference:
+                    if self.reference_images is None:
+                        raise BenchError(f"{self.who}: {ext.name} features of the reference were asked for, but "
+                                         "no metric that needs a reference was requested")
+                    ref = self.extractors.reference(ext, self.reference_images, self.reference_tag, layers)
+            self._feats[k] = (gen, ref)
+        return self._feats[k]
+
+    def extractor_named(self, name: str) -> Extractor:
+        """A second feature space (``dinov2-vit-l-14`` for fd_dinov2, a CLIP model for cmmd)."""
+        if name == self.extractor.name:
+            return self.extractor
+        if name not in self._extractors:
+            ext = get_extractor(name, image_size=int(self.images.shape[-1]), weights=self.weights.get(name),
+                                data=self.data, where=f"{self.who}: extractor {name}", progress=False)
+            self._extractors[name] = ext
+            self.protocol[f"extractor_{name}_sha256"] = ext.weights_sha256
+        return self._extractors[name]
 
     def torch_fidelity(self) -> dict[str, float]:
-        """Our output keys -> values of the one torch-fidelity call (cached for the context)."""
+        """Our output keys -> values of torch-fidelity's feature-to-metric functions, for the flags of
+        every requested metric that torch-fidelity computes, from one pass of the extractor (cached)."""
         if self._tf is None:
             flags = self.flags - ({"fid"} if self.fid_backend == "clean-fid" else set())
             self._tf = {}
             if flags:
-                import torch_fidelity
+                from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+                from torch_fidelity.metric_isc import isc_featuresdict_to_metric
+                from torch_fidelity.metric_kid import kid_featuresdict_to_metric
+                from torch_fidelity.metric_prc import prc_featuresdict_to_metric
 
-                kw = _tf_kwargs(self.extractor, self.images, self.reference_images, self.reference_tag,
-                                self.device, self.batch_size, self.protocol)
-                self.protocol["reference_cache"] = _cache_state(self.extractor, self.reference_tag, flags)
-                with _on_device(self.device):
-                    out = torch_fidelity.calculate_metrics(**kw, **{f: True for f in flags})
+                ext, p = self.extractor, self.protocol
+                self.protocol["reference_cache"] = _cache_state(ext, self.reference_tag, flags)
+                layers = {ext.logits_layer if f == "isc" else ext.feature_layer for f in flags}
+                gen, ref = self.features(ext, sorted(layers), reference=flags != {"isc"})
+                kw = {"isc_splits": p.get("isc_splits", 10), "rng_seed": RNG_SEED, "kid_subsets": KID_SUBSETS,
+                      "kid_subset_size": p.get("kid_subset_size", 1000), "prc_neighborhood": PRC_NEIGHBORHOOD,
+                      "save_cpu_ram": True, "verbose": False}
+                out: dict[str, Any] = {}
+                fl = ext.feature_layer
+                if "isc" in flags:
+                    out.update(isc_featuresdict_to_metric(gen, ext.logits_layer, **kw))
+                if "fid" in flags:
+                    out.update(fid_statistics_to_metric(fid_features_to_statistics(gen[fl]),
+                                                        fid_features_to_statistics(ref[fl]), False))
+                if "kid" in flags:
+                    out.update(kid_featuresdict_to_metric(gen, ref, fl, **kw))
+                if "prc" in flags:
+                    out.update(prc_featuresdict_to_metric(gen, ref, fl, **kw))
                 self._tf = {_TF_KEYS[k]: float(v) for k, v in out.items() if k in _TF_KEYS}
         return self._tf
 
@@ -225,6 +302,11 @@ def _check_counts(wanted: list[str], ext: Extractor, images: torch.Tensor, ref: 
         proto["isc_splits"] = min(isc_splits, n)
         if n < 2:
             raise BenchError(f"{who}: IS needs at least 2 images, got {n}")
+    for name in wanted:  # every other metric's own floor (density / coverage: k + 1 neighbours, cmmd: 2)
+        if name not in ("fid", "kid", "is") and METRICS.get(name).needs_reference:
+            need = METRICS.get(name).min_samples(ext.feature_dim)
+            if min(n, m or n) < need:
+                raise BenchError(f"{who}: {name} needs at least {need} images on each side, got {n} and {m}")
     if {"precision", "recall"} & set(wanted):
         proto["prc_neighborhood"] = PRC_NEIGHBORHOOD
         if min(n, m or n) <= PRC_NEIGHBORHOOD:
@@ -265,29 +347,13 @@ def reference_cache_root() -> Path:
     return cache_dir() / "reference"
 
 
-def _tf_kwargs(ext: Extractor, images: torch.Tensor, ref: torch.Tensor | None, tag: str | None, device: str,
-               batch_size: int, proto: dict[str, Any]) -> dict[str, Any]:
-    kw: dict[str, Any] = {
-        "input1": UInt8Images(images), "cuda": str(device).startswith("cuda"), "batch_size": batch_size,
-        "verbose": False, "save_cpu_ram": True,  # in-memory tensors: no worker processes
-        "cache": True, "cache_root": str(reference_cache_root()), "rng_seed": RNG_SEED,
-        "kid_subsets": KID_SUBSETS, "kid_subset_size": proto.get("kid_subset_size", 1000),
-        "isc_splits": proto.get("isc_splits", 10), "prc_neighborhood": PRC_NEIGHBORHOOD, **ext.tf_kwargs(),
-    }
-    if ref is not None:
-        kw.update(input2=UInt8Images(ref), input2_cache_name=f"{tag}-{ext.slug}")
-    return kw
-
-
 def _cache_state(ext: Extractor, tag: str | None, flags: set[str]) -> str | None:
     """"hit" when torch-fidelity will find the reference features (or FID statistics) cached."""
     if tag is None:
         return None
     root, prefix = reference_cache_root(), f"{tag}-{ext.slug}-{ext.tf_name}"
     layers = {ext.logits_layer if f == "isc" else ext.feature_layer for f in flags}
-    feats = all((root / f"{prefix}-features-{layer}.pt").exists() for layer in layers)
-    stats = flags == {"fid"} and (root / f"{prefix}-stat-fid-{ext.feature_layer}.pt").exists()
-    return "hit" if feats or stats else "miss"
+    return "hit" if all((root / f"{prefix}-features-{layer}.pt").exists() for layer in layers) else "miss"
 
 
 def _on_device(device: str) -> Any:

@@ -51,6 +51,10 @@ class MetricDef:
     torch_fidelity_flag: str | None = None  # calculate_metrics(<flag>=True), shared by one call
     min_samples: Callable[[int], int] = field(default=lambda dim: 1)
     cite: str = ""
+    feature_space: str | None = None  # "dinov2" | "clip": its own extractor (eval.dinov2_model / clip_model)
+    # (gen features, ref features, ctx) -> {first output: value}: a metric of two feature sets, which
+    # bootstrap intervals and paired tests recompute on resampled features (bench.metrics.uncertainty)
+    on_features: Callable[[Any, Any, Any], dict[str, float]] | None = None
 
     @property
     def kind(self) -> str:
@@ -60,6 +64,12 @@ class MetricDef:
     @property
     def keys(self) -> tuple[str, ...]:
         return tuple(o.key for o in self.outputs)
+
+    @property
+    def interval_keys(self) -> tuple[str, ...]:
+        """``(fid_ci_lo, fid_ci_hi)``: the bootstrap interval of its first output (``eval.bootstrap``)."""
+        k = self.outputs[0].key
+        return (f"{k}_ci_lo", f"{k}_ci_hi") if self.on_features is not None else ()
 
 
 METRICS: Registry[MetricDef] = Registry("metric")
@@ -77,6 +87,9 @@ def register_metric(metric: MetricDef) -> MetricDef:
                      kind=metric.kind, needs_reference=metric.needs_reference)
     for o in metric.outputs:
         register_output(o)
+    first = metric.outputs[0]
+    for key, end in zip(metric.interval_keys, ("low", "high")):
+        register_output(Output(key, f"{first.label} 95% CI {end}", first.fmt, None, unit=first.unit))
     return metric
 
 
@@ -93,10 +106,10 @@ def metric_outputs(names: Iterable[str]) -> list[str]:
 
 def maker_of(key: str) -> str | None:
     """The metric whose request produces output ``key`` (None for outputs every run logs)."""
-    return next((m for m in METRICS.names() if key in METRICS.get(m).keys), None)
+    return next((m for m in METRICS.names() if key in (*METRICS.get(m).keys, *METRICS.get(m).interval_keys)), None)
 
 
 def always_outputs() -> tuple[str, ...]:
     """Outputs no metric makes: logged by every run (timings, NFE, the training loss)."""
-    made = {k for m in METRICS.names() for k in METRICS.get(m).keys}
+    made = {k for m in METRICS.names() for k in (*METRICS.get(m).keys, *METRICS.get(m).interval_keys)}
     return tuple(k for k in OUTPUTS.names() if k not in made)

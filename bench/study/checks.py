@@ -211,6 +211,9 @@ def produced_outputs(configs: list[RunConfig]) -> tuple[set[str], dict[str, str]
     from bench.metrics import METRICS, always_outputs
 
     maker = {out: name for name in METRICS.names() for out in METRICS.get(name).keys}
-    requested = {m for ev in {id(c.eval): c.eval for c in configs}.values() for m in ev.metrics}
+    evals = {id(c.eval): c.eval for c in configs}.values()
+    requested = {m for ev in evals for m in ev.metrics}
     produced = {out for out, name in maker.items() if name in requested} | set(always_outputs())
+    if any(ev.bootstrap for ev in evals):  # the bootstrap intervals of the metrics that have one
+        produced |= {k for name in requested for k in METRICS.get(name).interval_keys}
     return produced, maker

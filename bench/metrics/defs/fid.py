@@ -14,7 +14,14 @@ def compute(ctx: Any) -> dict[str, float]:
     return {"fid": ctx.torch_fidelity()["fid"]}
 
 
+def on_features(gen: Any, ref: Any, ctx: Any) -> dict[str, float]:
+    from bench.metrics.defs.fd_dinov2 import frechet
+
+    return {"fid": frechet(gen, ref)}
+
+
 register_metric(MetricDef(
     "fid", (Output("fid", "FID", ".1f", False),), compute, higher_is_better=False, needs_reference=True,
+    on_features=on_features,
     torch_fidelity_flag="fid", min_samples=lambda dim: dim + 1,  # a nonsingular covariance
     cite="Heusel et al. 2017, GANs trained by a two time-scale update rule (FID)"))

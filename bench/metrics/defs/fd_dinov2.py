@@ -1,0 +1,33 @@
+"""Fréchet distance in DINOv2 ViT-L/14 feature space (Stein et al. 2023; EDM2's FD_DINOv2), by
+torch-fidelity's Fréchet distance on our DINOv2 extractor's features (:mod:`bench.metrics.foundation`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.metrics.registry import MetricDef, Output, register_metric
+
+
+def frechet(gen: Any, ref: Any) -> float:
+    """torch-fidelity's Fréchet distance of two feature matrices (its Gaussian statistics)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    out = fid_statistics_to_metric(fid_features_to_statistics(gen), fid_features_to_statistics(ref), False)
+    return float(out["frechet_inception_distance"])
+
+
+def compute(ctx: Any) -> dict[str, float]:
+    ext = ctx.extractor_named(ctx.feature_models["dinov2"])
+    ctx.protocol["fd_dinov2_extractor"] = ext.name
+    gen, ref = ctx.features(ext)
+    return {"fd_dinov2": frechet(gen[ext.feature_layer], ref[ext.feature_layer])}
+
+
+def on_features(gen: Any, ref: Any, ctx: Any) -> dict[str, float]:
+    return {"fd_dinov2": frechet(gen, ref)}
+
+
+register_metric(MetricDef(
+    "fd_dinov2", (Output("fd_dinov2", "FD_DINOv2", ".1f", False),), compute, higher_is_better=False,
+    needs_reference=True, feature_space="dinov2", on_features=on_features,
+    cite="Stein et al. 2023, Exposing flaws of generative model evaluation metrics (FD_DINOv2)"))

@@ -1,0 +1,114 @@
+"""Features of generated and reference images, and the feature store.
+
+Every fidelity metric is computed from features, by torch-fidelity's own feature-to-metric
+functions, so the features of a generated set can be kept: the **feature store** holds them under
+``cache_dir()/features/<run key>/<extractor slug>.pt`` (one file per run and extractor, every layer
+asked for so far), and the run's uint8 samples beside them (``samples.pt``). A new metric, a new
+reference or an FID-vs-N curve is then computed from the store without sampling
+(``run_ablation.py rescore``); bootstrap intervals and paired tests read it too. Reference
+features are cached by torch-fidelity's own cache (``input2_cache_name``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.core.paths import atomic_torch_save, cache_dir
+
+# Generated images whose features were read from the store instead of extracted, and extracted,
+# in this process (tests and the rescore summary read them).
+STORE_COUNTS = {"loaded": 0, "extracted": 0}
+
+
+def store_dir(key: str) -> Path:
+    return cache_dir() / "features" / key
+
+
+def features_path(key: str, slug: str) -> Path:
+    return store_dir(key) / f"{slug}.pt"
+
+
+def samples_path(key: str) -> Path:
+    return store_dir(key) / "samples.pt"
+
+
+def save_samples(key: str, images: torch.Tensor, labels: torch.Tensor | None, seeds: list[int]) -> Path:
+    """Keep a run's uint8 samples (and the classes and seeds they were drawn with)."""
+    path = samples_path(key)
+    atomic_torch_save({"images": images.contiguous(), "labels": labels, "seeds": torch.tensor(seeds)}, path)
+    return path
+
+
+def load_samples(key: str) -> dict[str, Any] | None:
+    path = samples_path(key)
+    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+def load_features(key: str, slug: str, layers: list[str] | None = None) -> dict[str, torch.Tensor] | None:
+    """The stored features of run ``key`` by extractor ``slug`` (all of ``layers``), or None."""
+    path = features_path(key, slug)
+    if not path.is_file():
+        return None
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    if layers is not None and not set(layers) <= set(blob):
+        return None
+    return blob
+
+
+def _store(key: str, slug: str, feats: dict[str, torch.Tensor]) -> None:
+    old = load_features(key, slug) or {}
+    atomic_torch_save({**old, **feats}, features_path(key, slug))
+
+
+class FeatureExtractors:
+    """torch-fidelity modules built once per (extractor, layers, device) for one metric computation."""
+
+    def __init__(self, device: str, batch_size: int) -> None:
+        self.device, self.batch_size = device, batch_size
+        self._built: dict[tuple, Any] = {}
+
+    def module(self, ext: Any, layers: list[str]) -> Any:
+        from torch_fidelity.utils import create_feature_extractor
+
+        k = (ext.tf_name, ext.weights_path, tuple(sorted(layers)))
+        if k not in self._built:
+            self._built[k] = create_feature_extractor(ext.tf_name, sorted(layers), cuda=self.cuda, verbose=False,
+                                                      **ext.tf_kwargs())
+        return self._built[k]
+
+    @property
+    def cuda(self) -> bool:
+        return str(self.device).startswith("cuda")
+
+    def generated(self, ext: Any, images: torch.Tensor, layers: list[str],
+                  store_key: str | None = None) -> dict[str, torch.Tensor]:
+        """Features of generated images: from the store when it has them, else extracted (and stored)."""
+        if store_key is not None:
+            got = load_features(store_key, ext.slug, layers)
+            if got is not None and all(len(got[la]) == len(images) for la in layers):
+                STORE_COUNTS["loaded"] += len(images)
+                return {la: got[la] for la in layers}
+        from torch_fidelity.utils import get_featuresdict_from_dataset
+
+        from bench.metrics.fidelity import UInt8Images
+
+        feats = get_featuresdict_from_dataset(UInt8Images(images), self.module(ext, layers), self.batch_size,
+                                              self.cuda, True, False)
+        STORE_COUNTS["extracted"] += len(images)
+        if store_key is not None:
+            _store(store_key, ext.slug, feats)
+        return feats
+
+    def reference(self, ext: Any, images: torch.Tensor, tag: str, layers: list[str]) -> dict[str, torch.Tensor]:
+        """Features of the reference images, through torch-fidelity's cache."""
+        from torch_fidelity.utils import extract_featuresdict_from_input_id_cached
+
+        from bench.metrics.fidelity import UInt8Images, reference_cache_root
+
+        return extract_featuresdict_from_input_id_cached(
+            2, self.module(ext, layers), input2=UInt8Images(images), input2_cache_name=f"{tag}-{ext.slug}",
+            cache=True, cache_root=str(reference_cache_root()), batch_size=self.batch_size, cuda=self.cuda,
+            save_cpu_ram=True, verbose=False)
