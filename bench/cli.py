@@ -62,6 +62,22 @@ def build_parser() -> argparse.ArgumentParser:
     common(rep)
     rep.add_argument("--out", default="reports", help="folder for the report (default reports/)")
 
+    rescore = sub.add_parser("rescore", help="compute new metrics of a study's finished runs from their stored "
+                             "samples and features (no sampling) and log them into the same runs")
+    common(rescore)
+    rescore.add_argument("--metrics", nargs="+", required=True, help="metric names, e.g. fd_dinov2 cmmd density")
+    rescore.add_argument("--bootstrap", type=int, default=None,
+                         help="resamples for 95%% bootstrap intervals (default: the study's eval.bootstrap)")
+    rescore.add_argument("--device", default="cpu", help="device for the feature extractors (cpu | cuda:0)")
+    rescore.add_argument("--out", default="reports", help="folder for the report (default reports/)")
+    rescore.add_argument("--no-report", action="store_true", help="skip rewriting reports/<study>/")
+
+    audit = sub.add_parser("audit", help="recompute each finished run's FID from its stored samples through "
+                           "torch-fidelity and clean-fid, and print the differences with each protocol")
+    common(audit)
+    audit.add_argument("--device", default="cpu", help="device for the feature extractors (cpu | cuda:0)")
+    audit.add_argument("--limit", type=int, default=None, help="audit only the first N runs")
+
     search = sub.add_parser("search", help="Optuna search over inference-time axes (the study's search: section)")
     common(search)
     search.add_argument("--storage", default=None,
@@ -156,6 +172,18 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         study = load_with_overrides(args.study, overrides)
         print(build_report(study, tracking_uri=args.tracking_uri, out_dir=args.out))
+        return 0
+    if args.command == "rescore":
+        from bench.jobs.rescore import rescore_study
+
+        rescore_study(args.study, args.metrics, tracking_uri=args.tracking_uri, bootstrap=args.bootstrap,
+                      device=args.device, overrides=overrides, report=not args.no_report, out_dir=args.out)
+        return 0
+    if args.command == "audit":
+        from bench.jobs.rescore import audit_study
+
+        audit_study(args.study, tracking_uri=args.tracking_uri, device=args.device, overrides=overrides,
+                    limit=args.limit)
         return 0
     if args.command == "search":
         from bench.pipeline import load_with_overrides

@@ -152,6 +152,19 @@ class Tracker:
                 self.client.log_artifact(run_id, str(path))
         self.client.set_terminated(run_id, "FINISHED")
 
+    def log_metrics(self, run_id: str, values: dict[str, float]) -> None:
+        """Add metrics to a run (finished or not): what ``rescore`` computes later."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, 0) for k, v in sorted(values.items())]
+        for i in range(0, len(items), 900):
+            self.client.log_batch(run_id, metrics=items[i:i + 900])
+
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, str(v))
+
     def fail(self, run_id: str, reason: str, status: str = "FAILED") -> None:
         self.client.set_tag(run_id, ERROR_TAG, reason[:5000])
         self.client.set_terminated(run_id, status)

@@ -102,6 +102,17 @@ class RunConfig:
             key = self.__dict__["_key"] = _hash(self._canonical(_SORTED_NAMES))
         return key
 
+    def sample_key(self) -> str:
+        """Key of the generated images: the run without the eval settings that only measure them
+        (metrics, extractor, reference, bootstrap, ...), so runs that differ only in how they are
+        scored share one set of samples in the feature store (``eval.num_samples`` stays in)."""
+        key = self.__dict__.get("_sample_key")
+        if key is None:
+            names = [n for n in _SORTED_NAMES if n != "eval"]
+            evals = b'"eval":{"num_samples":' + str(self.eval.num_samples).encode() + b"}"
+            key = self.__dict__["_sample_key"] = _hash(self._canonical(names)[:-1] + b"," + evals + b"}")
+        return key
+
     def train_key(self) -> str:
         """Key of the TRAIN job: training-time sections only (data, model, diffusion, train,
         seed, and vae for latent runs); equal across sampling / evaluation changes.

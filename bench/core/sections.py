@@ -57,7 +57,7 @@ class _Spec:
                 self.__dict__[name] = float(value) + 0.0  # frozen: write the instance dict directly
         if isinstance(self.__dict__.get("metrics"), list):
             self.__dict__["metrics"] = tuple(self.__dict__["metrics"])
-        for name in ("options", "guidance_options", "guide"):
+        for name in ("options", "guidance_options", "guide", "feature_weights"):
             if isinstance(self.__dict__.get(name), dict):
                 self.__dict__[name] = Options.of(self.__dict__[name])
 
@@ -172,6 +172,12 @@ class EvalSpec(_Spec):
     kid_subset_size: int = 1000
     nll_timesteps: int | None = field(default=None, metadata=OMIT_DEFAULT)  # K: the bound's unbiased
     # stratified estimate from K network calls per image (t = 0 and K - 1 strata); None: all T terms
+    bootstrap: int = field(default=0, metadata=OMIT_DEFAULT)  # B resamples of the generated images:
+    # 95 % intervals (fid_ci_lo / fid_ci_hi, ...) from the stored features; 0: none
+    dinov2_model: str = field(default="dinov2-vit-l-14", metadata=OMIT_DEFAULT)  # fd_dinov2's extractor
+    clip_model: str = field(default="clip-vit-l-14-336px", metadata=OMIT_DEFAULT)  # cmmd's extractor
+    feature_weights: Options = field(default=Options(), metadata=OMIT_DEFAULT)  # extractor name -> local
+    # weights file ({dinov2-vit-l-14: /data/dinov2_vitl14_pretrain.pth}); else $BENCH_WEIGHTS_DIR
 
 
 

@@ -15,8 +15,10 @@ from bench.core.config import RunConfig
 from bench.core.paths import atomic_write_bytes
 from bench.jobs.store import artifact_dir, checkpoint_path, train_dir
 from bench.jobs.vae import load_codec
+from bench.metrics.features import load_samples, save_samples
 
 SEED_STRIDE = 2**32  # images per replicate before two replicates' seeds could meet
+SAMPLED = {"images": 0}  # images generated in this process (rescoring is checked to add none)
 
 
 def sample_seeds(cfg: RunConfig, n: int) -> list[int]:
@@ -65,6 +67,7 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
     _sync(device)
     seconds = time.perf_counter() - t0
     x = torch.cat(out)
+    SAMPLED["images"] += len(x)
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
         raise FloatingPointError(f"{bad} of {n} generated images contain NaN or inf (model {cfg.train_key()})")
@@ -72,7 +75,7 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
 
 
 def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> dict[str, Any]:
-    from bench.metrics import METRICS, compute_metrics
+    from bench.metrics import METRICS
     from bench.training import build_diffusion, load_trained
 
     tags: dict[str, str] = {}
@@ -101,16 +104,21 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
         guide_cfg = cfg.guide_config()
         guide, _, _ = load_trained(checkpoint_path(guide_cfg.train_key()), device=device)
         tags["bench.guide_key"] = guide_cfg.train_key()
-    images, labels, sample_seconds, calls = generate(cfg, model, diffusion, codec, device, progress, guide)
+    stored = load_samples(cfg.sample_key())  # a run scored differently drew these images already
+    if stored is not None and len(stored["images"]) == cfg.eval.num_samples:
+        images, labels = stored["images"], stored["labels"]
+        sample_seconds, calls = float(stored["seconds"]), {k: int(v) for k, v in stored["calls"].items()}
+        tags["bench.samples_reused"] = "true"
+    else:
+        images, labels, sample_seconds, calls = generate(cfg, model, diffusion, codec, device, progress, guide)
+        save_samples(cfg.sample_key(), images, labels, sample_seeds(cfg, len(images)), sample_seconds, calls)
+    tags["bench.sample_key"] = cfg.sample_key()
     t0 = time.perf_counter()
     ev = cfg.eval
     on_images = [m for m in ev.metrics if not METRICS.get(m).needs_model]
     values: dict[str, float] = {}
     if on_images:
-        res = compute_metrics(images, reference=f"{cfg.data.dataset}:{ev.reference_split}",
-                              extractor=ev.extractor, metrics=on_images, fid_backend=ev.fid_backend,
-                              inception_weights=ev.inception_weights, kid_subset_size=ev.kid_subset_size,
-                              device=device, run_name=key, data=cfg.data, labels=labels, progress=progress)
+        res = image_metrics(cfg, key, images, labels, on_images, device, progress)
         values.update(res)
         tags.update({f"protocol.{k}": str(v) for k, v in res.protocol.items() if v is not None})
     on_model = [m for m in ev.metrics if METRICS.get(m).needs_model]
@@ -134,6 +142,21 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
         raise FloatingPointError(f"metric(s) {', '.join(f'{k} = {v}' for k, v in bad.items())} are not finite "
                                  f"(run {key}); check the samples (samples.png) and the metric's inputs")
     return {"metrics": {k: float(v) for k, v in values.items()}, "tags": tags, "artifacts": [str(grid)]}
+
+
+def image_metrics(cfg: RunConfig, key: str, images: torch.Tensor, labels: torch.Tensor | None,
+                  metrics: list[str], device: str, progress: bool = True) -> Any:
+    """The run's metrics of generated images, their features kept in the feature store under the
+    run's sample key."""
+    from bench.metrics import compute_metrics
+
+    ev = cfg.eval
+    return compute_metrics(images, reference=f"{cfg.data.dataset}:{ev.reference_split}", extractor=ev.extractor,
+                           metrics=metrics, fid_backend=ev.fid_backend, inception_weights=ev.inception_weights,
+                           kid_subset_size=ev.kid_subset_size, device=device, run_name=key, data=cfg.data,
+                           labels=labels, progress=progress, store_key=cfg.sample_key(),
+                           feature_weights=ev.feature_weights.as_dict(), bootstrap=ev.bootstrap,
+                           feature_models={"dinov2": ev.dinov2_model, "clip": ev.clip_model})
 
 
 class _ModelInputs:

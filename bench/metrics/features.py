@@ -2,8 +2,10 @@
 
 Every fidelity metric is computed from features, by torch-fidelity's own feature-to-metric
 functions, so the features of a generated set can be kept: the **feature store** holds them under
-``cache_dir()/features/<run key>/<extractor slug>.pt`` (one file per run and extractor, every layer
-asked for so far), and the run's uint8 samples beside them (``samples.pt``). A new metric, a new
+``cache_dir()/features/<sample key>/<extractor slug>.pt`` (one file per run and extractor, every layer
+asked for so far), and the run's uint8 samples beside them (``samples.pt``). The key is the run's
+**sample key** (``RunConfig.sample_key``: the run without its scoring settings), so runs that differ
+only in how they are scored share one sampling. A new metric, a new
 reference or an FID-vs-N curve is then computed from the store without sampling
 (``run_ablation.py rescore``); bootstrap intervals and paired tests read it too. Reference
 features are cached by torch-fidelity's own cache (``input2_cache_name``).
@@ -35,10 +37,13 @@ def samples_path(key: str) -> Path:
     return store_dir(key) / "samples.pt"
 
 
-def save_samples(key: str, images: torch.Tensor, labels: torch.Tensor | None, seeds: list[int]) -> Path:
-    """Keep a run's uint8 samples (and the classes and seeds they were drawn with)."""
+def save_samples(key: str, images: torch.Tensor, labels: torch.Tensor | None, seeds: list[int],
+                 seconds: float, calls: dict[str, int]) -> Path:
+    """Keep a run's uint8 samples, the classes and seeds they were drawn with, and their cost
+    (seconds, network calls per image) for the runs that reuse them."""
     path = samples_path(key)
-    atomic_torch_save({"images": images.contiguous(), "labels": labels, "seeds": torch.tensor(seeds)}, path)
+    atomic_torch_save({"images": images.contiguous(), "labels": labels, "seeds": torch.tensor(seeds),
+                       "seconds": float(seconds), "calls": {k: int(v) for k, v in calls.items()}}, path)
     return path
 
 

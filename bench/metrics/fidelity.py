@@ -192,6 +192,9 @@ class ImageContext:
         ext = ext or self.extractor
         layers = sorted(set(layers or (ext.feature_layer,)))
         k = (ext.slug, tuple(layers), reference)
+        for (slug, have, ref_too), got in self._feats.items():  # one pass serves every subset of its layers
+            if slug == ext.slug and set(layers) <= set(have) and (ref_too or not reference):
+                return got
         if k not in self._feats:
             with _on_device(self.device):
                 gen = self.extractors.generated(ext, self.images, layers, self.store_key)
@@ -201,6 +204,13 @@ class ImageContext:
                         raise BenchError(f"{self.who}: {ext.name} features of the reference were asked for, but "
                                          "no metric that needs a reference was requested")
                     ref = self.extractors.reference(ext, self.reference_images, self.reference_tag, layers)
+            if self.store_key is not None:  # where paired tests and rescoring find them
+                from bench.metrics.features import features_path
+
+                self.protocol[f"features.{ext.name}"] = str(features_path(self.store_key, ext.slug))
+                if reference and self.reference_tag is not None:
+                    self.protocol[f"reference_features.{ext.name}"] = str(reference_cache_root() / (
+                        f"{self.reference_tag}-{ext.slug}-{ext.tf_name}-features-{ext.feature_layer}.pt"))
             self._feats[k] = (gen, ref)
         return self._feats[k]
 

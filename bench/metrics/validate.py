@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from bench.core.config import DataSpec, EvalSpec
 from bench.core.errors import BenchError
@@ -75,6 +76,7 @@ def validate_eval(eval_spec: EvalSpec, data_spec: DataSpec, where: str = "eval")
             check_inception(f"{where}.fid_backend")
     if arg is not None:
         _check_domain(arg, data_spec, where)
+    _check_feature_spaces(eval_spec, metrics, base, where)
     if "class_accuracy" in metrics and arg is None:
         _check_domain(data_spec.dataset, data_spec, where)
 
@@ -102,3 +104,38 @@ def _check_domain(dataset: str, data_spec: DataSpec, where: str) -> None:
     spec = data_spec if dataset == data_spec.dataset else DataSpec(dataset=dataset)
     size = data_spec.image_size or data.image_size
     check_available(replace(spec, image_size=size), f"{where}.extractor (training data of domain:{dataset})")
+
+
+def _check_feature_spaces(eval_spec: EvalSpec, metrics: tuple[str, ...], base: str, where: str) -> None:
+    """fd_dinov2's / cmmd's models, ``feature_weights`` and ``bootstrap``; offline weights found."""
+    from bench.metrics import foundation
+
+    if not isinstance(eval_spec.bootstrap, int) or isinstance(eval_spec.bootstrap, bool) or eval_spec.bootstrap < 0:
+        raise BenchError(f"{where}.bootstrap: the number of resamples is an integer >= 0 (0: no intervals; "
+                         f"200 is typical), got {eval_spec.bootstrap!r}")
+    if 0 < eval_spec.bootstrap < 20:
+        raise BenchError(f"{where}.bootstrap: {eval_spec.bootstrap} resamples cannot place the 2.5 % and 97.5 % "
+                         "quantiles of a 95 % interval; use at least 20 (200 is typical)")
+    for field, family, table in (("dinov2_model", "dinov2", foundation.DINOV2), ("clip_model", "clip", foundation.CLIP)):
+        name = getattr(eval_spec, field)
+        if name not in table:
+            raise BenchError(f"{where}.{field}: {name!r} is not a {family} extractor; choose one of {', '.join(table)}")
+    weights = eval_spec.feature_weights.as_dict()
+    for name, path in weights.items():
+        resolve_name(name, f"{where}.feature_weights")
+        if name not in foundation.DINOV2 and name not in foundation.CLIP:
+            raise BenchError(f"{where}.feature_weights: {name!r} takes no weights file here (inception: "
+                             f"{where}.inception_weights; domain classifiers are trained by the bench)")
+        if not isinstance(path, str) or not Path(path).expanduser().is_file():
+            raise BenchError(f"{where}.feature_weights.{name}: weights file {path!r} does not exist. "
+                             + foundation.weights_help(name))
+    needed = {eval_spec.dinov2_model for m in metrics if METRICS.get(m).feature_space == "dinov2"}
+    needed |= {eval_spec.clip_model for m in metrics if METRICS.get(m).feature_space == "clip"}
+    if base in foundation.DINOV2 or base in foundation.CLIP:
+        needed.add(base)
+    for name in sorted(needed):
+        if foundation.local_weights(name, weights.get(name), f"{where}.feature_weights.{name}") is None and \
+                not can_download(foundation.official_url(name)):
+            raise BenchError(f"{where}.feature_weights: {name} needs its weights and this machine is offline "
+                             f"(nothing in {where}.feature_weights, ${foundation.WEIGHTS_DIR_ENV} or "
+                             f"{foundation.hub_dir()}). " + foundation.weights_help(name))

@@ -3,6 +3,8 @@ a domain classifier, DINOv2 or CLIP), by the authors' ``prdc`` package, k = 5 ne
 
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 from bench.metrics.registry import MetricDef, Output, register_metric
@@ -18,8 +20,9 @@ def _prdc(ctx: Any) -> dict[str, float]:
         gen, ref = ctx.features()
         layer = ctx.extractor.feature_layer
         ctx.protocol["prdc_nearest_k"] = NEAREST_K
-        out = compute_prdc(real_features=ref[layer].double().numpy(), fake_features=gen[layer].double().numpy(),
-                           nearest_k=NEAREST_K)
+        with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the two counts
+            out = compute_prdc(real_features=ref[layer].double().numpy(), fake_features=gen[layer].double().numpy(),
+                               nearest_k=NEAREST_K)
         ctx.memo["_prdc"] = {k: float(v) for k, v in out.items()}
     return ctx.memo["_prdc"]
 

@@ -29,5 +29,5 @@ def on_features(gen: Any, ref: Any, ctx: Any) -> dict[str, float]:
 
 register_metric(MetricDef(
     "fd_dinov2", (Output("fd_dinov2", "FD_DINOv2", ".1f", False),), compute, higher_is_better=False,
-    needs_reference=True, feature_space="dinov2", on_features=on_features,
+    needs_reference=True, feature_space="dinov2", on_features=on_features, min_samples=lambda dim: 2,
     cite="Stein et al. 2023, Exposing flaws of generative model evaluation metrics (FD_DINOv2)"))
