@@ -41,7 +41,7 @@ def test_bootstrap_interval_covers_the_true_frechet_distance():
     hits, widths = 0, []
     for seed in range(40):
         g = torch.from_numpy(mu_g + sd_g * rng.standard_normal((n, d)))
-        point, lo, hi = bootstrap(lambda idx: frechet(g[idx], ref), n, 100, seed=seed)
+        point, lo, hi = bootstrap(lambda idx, g=g: frechet(g[idx], ref), n, 100, seed=seed)
         assert lo < point < hi
         hits += lo <= truth <= hi
         widths.append(hi - lo)

@@ -190,7 +190,7 @@ def _save_random_clip(name: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def register_with_torch_fidelity(name: str) -> str:
     """Register our extractor class for ``name`` with torch-fidelity (once); return its registry name."""
     import torch

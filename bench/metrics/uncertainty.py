@@ -57,7 +57,10 @@ def bootstrap_intervals(ctx: Any, wanted: Sequence[str], count: int, level: floa
         gen, ref = ctx.features(ext)
         g, r = gen[ext.feature_layer], ref[ext.feature_layer]
         key = metric.outputs[0].key
-        _, lo, hi = bootstrap(lambda idx: metric.on_features(g[idx], r, ctx)[key], len(g), count, level)
+        def stat(idx: torch.Tensor, g: torch.Tensor = g, r: torch.Tensor = r, m: Any = metric, k: str = key) -> float:
+            return m.on_features(g[idx], r, ctx)[k]
+
+        _, lo, hi = bootstrap(stat, len(g), count, level)
         out.update(dict(zip(metric.interval_keys, (lo, hi))))
     return out
 

@@ -80,6 +80,11 @@ class Cell:
     expected: int = 0
     failed: int = 0
     running: int = 0
+    lo: float | None = None  # the 95 % bootstrap interval (table `interval: ci`)
+    hi: float | None = None
+    aggregate: str = "mean"
+    tie: bool = False  # not significantly different from the column's best (table `significance:`)
+    runs: list[tuple[int, str]] = field(default_factory=list)  # (seed, MLflow run id) of the finished runs
 
     def state(self) -> str:
         if self.n:
@@ -90,8 +95,12 @@ class Cell:
         if self.mean is None:
             return {"failed": FAILED_TEXT, "running": RUNNING_TEXT}.get(self.state(), MISSING_TEXT)
         out = format_value(self.mean, fmt)
-        if self.std is not None:
+        if self.lo is not None and self.hi is not None:
+            out += f" [{format_value(self.lo, fmt)}, {format_value(self.hi, fmt)}]"
+        elif self.std is not None:
             out += " ± " + format_value(self.std, fmt)
+        if self.tie:
+            out += " †"
         notes = [f"n={self.n}/{self.expected}"] if self.n < self.expected else []
         if self.failed:
             notes.append(f"{self.failed} failed")
@@ -149,7 +158,7 @@ class Table:
 _TEX = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
         "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "±": "$\\pm$", "↓": "$\\downarrow$",
         "↑": "$\\uparrow$", "—": "---", "×": "$\\times$", "σ": "$\\sigma$", "̂": "", "·": "$\\cdot$",
-        "≥": "$\\geq$", "≤": "$\\leq$", "→": "$\\to$"}  # fmt: skip
+        "≥": "$\\geq$", "≤": "$\\leq$", "→": "$\\to$", "†": "$^\\dagger$"}  # fmt: skip
 
 
 def tex(text: Any) -> str:
@@ -184,9 +193,9 @@ def make_table(
     index = pd.MultiIndex.from_tuples(
         [tuple(_label(v, spec.labels) for v in r) for r in row_vals], names=[names.get(k, k) for k in rows]
     )
-    blocks, stats, once = [], [], []
+    blocks, stats, once, untested = [], [], [], []
     for m in spec.values:
-        grid = [[_cell(jobs, dict(zip(keys, (*r, *c))), m) for c in col_vals] for r in row_vals]
+        grid = [[_cell(jobs, dict(zip(keys, (*r, *c))), m, spec) for c in col_vals] for r in row_vals]
         cols = list(col_vals)
         if _invariant(grid):  # e.g. NLL under every step count: the same number, shown once
             first = [next((x for x in row if x.n), row[0]) for row in grid]
@@ -196,9 +205,12 @@ def make_table(
         for j, c in enumerate(cols):
             column = [row[j] for row in grid]
             marks = _best_marks(column, fmt, direction(m))
+            if spec.significance and any(marks):
+                untested.extend(_mark_ties(column, marks, m, spec, data))
             for r, cell, bold in zip(row_vals, column, marks):
                 where = dict(zip(keys, (*r, *(c if c != (ALL_TEXT,) else ()))))
-                stats.append({**where, "metric": m, "source": "ours", **vars(cell)})
+                stats.append({**where, "metric": m, "source": "ours",
+                              **{k: v for k, v in vars(cell).items() if k != "runs"}})
                 entry = {"ours": (cell.text(fmt), cell.state(), bold)}
                 if baseline:
                     paper = baseline.lookup(where, m)
@@ -217,7 +229,7 @@ def make_table(
     for col, r, shown_text, cell_state, bold in blocks:
         text.loc[position[r], col], state.loc[position[r], col], best.loc[position[r], col] = shown_text, cell_state, bold
     title = spec.title or _default_title(spec, names)
-    notes = _notes(spec, jobs, names, data, baseline, split, once)
+    notes = _notes(spec, jobs, names, data, baseline, split, once, sorted(set(untested)))
     return Table(title, spec, text, state, best, pd.DataFrame(stats), notes)
 
 
@@ -298,7 +310,19 @@ def _label(value: Any, labels: dict[str, str]) -> str:
     return labels.get(str(value), str(value))
 
 
-def _cell(jobs: pd.DataFrame, where: dict[str, Any], metric: str) -> Cell:
+def _mark_ties(column: list[Cell], marks: list[bool], metric: str, spec: TableSpec, data: StudyRuns) -> list[str]:
+    """Set ``tie`` on the cells not significantly different from the column's best; the reasons
+    some could not be tested."""
+    from bench.report.significance import not_different
+
+    best = marks.index(True)
+    ties, why = not_different(column, best, metric, data.runs, spec.significance, spec.resamples)
+    for cell, tie in zip(column, ties):
+        cell.tie = bool(tie)
+    return [why] if why else []
+
+
+def _cell(jobs: pd.DataFrame, where: dict[str, Any], metric: str, spec: TableSpec | None = None) -> Cell:
     mask = pd.Series(True, index=jobs.index)
     for k, v in where.items():
         mask &= jobs[k].map(lambda x, v=v: x == v or values_equal(x, v))
@@ -308,13 +332,23 @@ def _cell(jobs: pd.DataFrame, where: dict[str, Any], metric: str) -> Cell:
     values = pd.to_numeric(done[metric], errors="coerce").dropna() if metric in done else pd.Series([], dtype=float)
     cell = Cell(expected=len(group), failed=int(status.isin([FAILED, KILLED]).sum()),
                 running=int((status == RUNNING).sum()), n=len(values))  # fmt: skip
-    if cell.n:
+    cell.runs = [(int(s), str(i)) for s, i in zip(done.loc[values.index, "seed"], done.loc[values.index, "_run_id"])]
+    if cell.n and spec is not None and spec.aggregate == "min":  # EDM: the best of the seed sets
+        cell.mean, cell.aggregate = float(values.max() if direction(metric) is True else values.min()), "min"
+    elif cell.n:
         cell.mean = float(values.mean())
         if cell.n >= 2:
             cell.std = float(values.std(ddof=1))
         elif (sp := spread_of(metric)) is not None and sp in done:
             spread = pd.to_numeric(done.loc[values.index, sp], errors="coerce").dropna()
             cell.std = float(spread.iloc[0]) if len(spread) else None
+    if cell.n and spec is not None and spec.interval == "ci":
+        lo_key, hi_key = f"{metric}_ci_lo", f"{metric}_ci_hi"
+        if lo_key in done and hi_key in done:
+            lo = pd.to_numeric(done.loc[values.index, lo_key], errors="coerce").dropna()
+            hi = pd.to_numeric(done.loc[values.index, hi_key], errors="coerce").dropna()
+            if len(lo) == len(hi) == cell.n:
+                cell.lo, cell.hi, cell.std = float(lo.mean()), float(hi.mean()), None
     return cell
 
 
@@ -325,11 +359,23 @@ def _default_title(spec: TableSpec, names: dict[str, str]) -> str:
 
 
 def _notes(spec: TableSpec, jobs: pd.DataFrame, names: dict[str, str], data: StudyRuns,
-           baseline: Baseline | None, split: list[str], once: list[str]) -> list[str]:  # fmt: skip
-    notes = ["Mean ± sample std (ddof=1) over seeds; with one seed IS / KID show their own spread "
-             "(over splits / subsets). (n=k/N): k of N expected runs finished. "
+           baseline: Baseline | None, split: list[str], once: list[str], untested: list[str]) -> list[str]:  # fmt: skip
+    value = ("Minimum over seeds (EDM's protocol: the best of the seed sets; maximum for higher-is-better "
+             "metrics)" if spec.aggregate == "min" else "Mean ± sample std (ddof=1) over seeds; with one seed "
+             "IS / KID show their own spread (over splits / subsets)")
+    notes = [f"{value}. (n=k/N): k of N expected runs finished. "
              "'failed': every run of the cell failed; '—': not run (yet). Bold: the best value as printed "
              "(none where a column prints one value)."]  # fmt: skip
+    if spec.interval == "ci":
+        notes.append("[lo, hi]: the 95 % basic bootstrap interval over the generated images (eval.bootstrap "
+                     "resamples of the stored features; mean over seeds of each run's bounds). It estimates the "
+                     "population value, so it corrects FID's upward small-sample bias and can lie below the "
+                     "number shown.")
+    if spec.significance:
+        notes.append(f"†: not significantly different from the best cell of its column at alpha = "
+                     f"{spec.significance:g} (paired bootstrap, {spec.resamples} resamples of the images, which "
+                     "share their per-sample seeds across cells; runs paired by seed)."
+                     + (f" Not tested where {'; '.join(untested)}." if untested else ""))
     if split:
         notes.append(f"Rows also split by {', '.join(names.get(a, a) for a in split)}: it varies in these runs "
                      "and the spec does not show it; add `where:` to pick one value or `pool:` to average over it.")
