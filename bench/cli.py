@@ -174,13 +174,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(build_report(study, tracking_uri=args.tracking_uri, out_dir=args.out))
         return 0
     if args.command == "rescore":
-        from bench.jobs.rescore import rescore_study
+        from bench.rescore import rescore_study
 
         rescore_study(args.study, args.metrics, tracking_uri=args.tracking_uri, bootstrap=args.bootstrap,
                       device=args.device, overrides=overrides, report=not args.no_report, out_dir=args.out)
         return 0
     if args.command == "audit":
-        from bench.jobs.rescore import audit_study
+        from bench.rescore import audit_study
 
         audit_study(args.study, tracking_uri=args.tracking_uri, device=args.device, overrides=overrides,
                     limit=args.limit)

@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("bench.tracking",),
     ("bench.search",),
     ("bench.report",),
-    ("bench.pipeline",),
+    ("bench.pipeline", "bench.rescore"),
     ("bench.cli", "bench.perf"),
     ("bench",),  # the package's own __init__ (bench.run_study) sits on top
 ]

@@ -167,8 +167,8 @@ def test_rescore_samples_nothing_and_equals_a_fresh_evaluation(tmp_path, monkeyp
     asks for the metric from the start reuses the stored samples and logs the same numbers; the
     audit recomputes every run's FID by both backends from the stored samples."""
     from bench.jobs.eval import SAMPLED
-    from bench.jobs.rescore import audit_study, rescore_study
     from bench.pipeline import run_study
+    from bench.rescore import audit_study, rescore_study
     from bench.tracking import Tracker
 
     monkeypatch.chdir(tmp_path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from urllib.parse import urlparse
 
 from bench.core.config import DataSpec
 from bench.core.errors import BenchError
+from bench.core.network import can_reach
 from bench.core.paths import file_sha256
 from bench.core.registry import Registry, UnknownChoiceError, did_you_mean
 from bench.metrics.domain import FEATURE_DIM as DOMAIN_FEATURE_DIM
@@ -31,7 +31,6 @@ INCEPTION_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
 INCEPTION_ENV = "BENCH_INCEPTION_WEIGHTS"
-OFFLINE_ENV = "BENCH_OFFLINE"
 INCEPTION_TF_NAME = "inception-v3-compat"  # torch-fidelity's own registry name
 DOMAIN_TF_PREFIX = "bench-domain"
 
@@ -152,18 +151,7 @@ def inception_help() -> str:
 
 def can_download(url: str = INCEPTION_URL) -> bool:
     """False when ``$BENCH_OFFLINE`` is set or the host cannot be reached (one TCP connect, cached)."""
-    if os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
-        return False
-    return _reachable(urlparse(url).hostname or "")
-
-
-@functools.lru_cache(maxsize=4)
-def _reachable(host: str, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return can_reach(url)
 
 
 def _inception(arg: str | None, *, image_size: int, weights: str | None, data: DataSpec | None,
@@ -318,15 +306,15 @@ EXTRACTORS.register("domain", _domain, feature_dim=DOMAIN_FEATURE_DIM, channels=
 def _foundation(name: str) -> Callable[..., Extractor]:
     def factory(arg: str | None, *, image_size: int, weights: str | None, data: DataSpec | None,
                 progress: bool) -> Extractor:
-        from bench.metrics.foundation import make_extractor
+        from bench.metrics.foundation import extractor_fields
 
-        return make_extractor(name, weights, f"eval.feature_weights.{name}", progress)
+        return Extractor(**extractor_fields(name, weights, f"eval.feature_weights.{name}", progress))
 
     return factory
 
 
 def _register_foundation() -> None:
-    from bench.metrics import foundation as fm
+    import bench.metrics.foundation as fm
 
     for name, (_, _, dim) in fm.DINOV2.items():
         EXTRACTORS.register(name, _foundation(name), feature_dim=dim, channels=3, takes_dataset=False, resizes=True,

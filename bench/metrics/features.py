@@ -25,6 +25,25 @@ from bench.core.paths import atomic_torch_save, cache_dir
 STORE_COUNTS = {"loaded": 0, "extracted": 0}
 
 
+def reference_cache_root() -> Path:
+    """Folder of cached reference features / statistics (torch-fidelity's cache files)."""
+    return cache_dir() / "reference"
+
+
+class UInt8Images(torch.utils.data.Dataset):
+    """A uint8 ``[N, C, H, W]`` tensor as the Dataset torch-fidelity reads: 3-channel uint8 items."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        x = self.images[i]
+        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+
 def store_dir(key: str) -> Path:
     return cache_dir() / "features" / key
 
@@ -98,8 +117,6 @@ class FeatureExtractors:
                 return {la: got[la] for la in layers}
         from torch_fidelity.utils import get_featuresdict_from_dataset
 
-        from bench.metrics.fidelity import UInt8Images
-
         feats = get_featuresdict_from_dataset(UInt8Images(images), self.module(ext, layers), self.batch_size,
                                               self.cuda, True, False)
         STORE_COUNTS["extracted"] += len(images)
@@ -110,8 +127,6 @@ class FeatureExtractors:
     def reference(self, ext: Any, images: torch.Tensor, tag: str, layers: list[str]) -> dict[str, torch.Tensor]:
         """Features of the reference images, through torch-fidelity's cache."""
         from torch_fidelity.utils import extract_featuresdict_from_input_id_cached
-
-        from bench.metrics.fidelity import UInt8Images, reference_cache_root
 
         return extract_featuresdict_from_input_id_cached(
             2, self.module(ext, layers), input2=UInt8Images(images), input2_cache_name=f"{tag}-{ext.slug}",

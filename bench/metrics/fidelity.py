@@ -13,17 +13,15 @@ import hashlib
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from bench.core.config import DataSpec
 from bench.core.errors import BenchError
-from bench.core.paths import cache_dir
 from bench.core.registry import Registry
 from bench.metrics.extractors import Extractor, extractor_meta, get_extractor
-from bench.metrics.features import FeatureExtractors
+from bench.metrics.features import FeatureExtractors, reference_cache_root
 from bench.metrics.images import check_compatible, check_images
 from bench.metrics.registry import METRICS
 
@@ -56,20 +54,6 @@ class MetricResult(dict):
 
     def __repr__(self) -> str:
         return f"MetricResult({dict(self)!r}, protocol={self.protocol!r})"
-
-
-class UInt8Images(torch.utils.data.Dataset):
-    """A uint8 ``[N, C, H, W]`` tensor as the Dataset torch-fidelity reads: 3-channel uint8 items."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        self.images = images
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        x = self.images[i]
-        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
 
 
 def compute_metrics(
@@ -350,11 +334,6 @@ def _dataset_of(reference: Any, who: str) -> str:
         return reference.split(":")[0]
     raise BenchError(f"{who}: class_accuracy needs a domain extractor ('domain:<dataset>') or a 'dataset:split' "
                      "reference to know which classifier to ask")
-
-
-def reference_cache_root() -> Path:
-    """Folder of cached reference features / statistics (torch-fidelity's cache files)."""
-    return cache_dir() / "reference"
 
 
 def _cache_state(ext: Extractor, tag: str | None, flags: set[str]) -> str | None:

@@ -86,12 +86,12 @@ def local_weights(name: str, given: str | None, where: str) -> Path | None:
 
 
 def resolve_weights(name: str, given: str | None, where: str, progress: bool) -> Path:
-    from bench.metrics.extractors import can_download
+    from bench.core.network import can_reach
 
     path = local_weights(name, given, where)
     if path is not None:
         return path
-    if not can_download(official_url(name)):
+    if not can_reach(official_url(name)):
         raise BenchError(f"{where}: extractor {name!r} needs its weights and this machine is offline (nothing "
                          f"in eval.feature_weights, ${WEIGHTS_DIR_ENV} or {hub_dir()}). {weights_help(name)}")
     import torch.hub
@@ -256,9 +256,9 @@ def register_with_torch_fidelity(name: str) -> str:
     return tf_name
 
 
-def make_extractor(name: str, weights: str | None, where: str, progress: bool) -> Any:
+def extractor_fields(name: str, weights: str | None, where: str, progress: bool) -> dict[str, Any]:
+    """The fields of ``name``'s :class:`bench.metrics.extractors.Extractor` (weights found or fetched)."""
     from bench.core.paths import file_sha256
-    from bench.metrics.extractors import Extractor
 
     path = resolve_weights(name, weights, where, progress)
     if name in DINOV2:
@@ -268,6 +268,6 @@ def make_extractor(name: str, weights: str | None, where: str, progress: bool) -
         dim, layer = CLIP[name][1], "clip"
         resize = (f"CLIP (CMMD): bicubic to {CLIP[name][2]}x{CLIP[name][2]}, CLIP mean/std, "
                   "image embedding L2-normalised")
-    return Extractor(name=name, tf_name=register_with_torch_fidelity(name), weights_path=str(path),
-                     weights_sha256=file_sha256(path), feature_dim=dim, num_logits=0, channels=3, input_size=None,
-                     resize=resize + "; 1-channel images repeated to 3", feature_layer=layer, logits_layer=layer)
+    return dict(name=name, tf_name=register_with_torch_fidelity(name), weights_path=str(path),
+                weights_sha256=file_sha256(path), feature_dim=dim, num_logits=0, channels=3, input_size=None,
+                resize=resize + "; 1-channel images repeated to 3", feature_layer=layer, logits_layer=layer)

@@ -108,7 +108,7 @@ def _check_domain(dataset: str, data_spec: DataSpec, where: str) -> None:
 
 def _check_feature_spaces(eval_spec: EvalSpec, metrics: tuple[str, ...], base: str, where: str) -> None:
     """fd_dinov2's / cmmd's models, ``feature_weights`` and ``bootstrap``; offline weights found."""
-    from bench.metrics import foundation
+    import bench.metrics.foundation as foundation
 
     if not isinstance(eval_spec.bootstrap, int) or isinstance(eval_spec.bootstrap, bool) or eval_spec.bootstrap < 0:
         raise BenchError(f"{where}.bootstrap: the number of resamples is an integer >= 0 (0: no intervals; "

@@ -198,7 +198,7 @@ def _markdown(r: _Report, images: list[list[str]]) -> str:
 def _latex(r: _Report) -> str:
     """Every table as LaTeX in one document that compiles on its own (``pdflatex tables.tex``);
     copy a ``table`` environment into a paper (it needs booktabs and graphicx)."""
-    from bench.report.tables import tex
+    from bench.report.latex import tex
 
     protocol = "Protocol: " + "; ".join(f"{k} {v}" for k, v in r.protocol().itertuples(index=False)) + "."
     head = ("\\documentclass{article}\n\\usepackage[margin=2cm]{geometry}\n"

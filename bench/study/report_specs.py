@@ -44,6 +44,7 @@ from typing import Any
 
 from bench.core.errors import BenchError
 from bench.core.registry import did_you_mean
+from bench.study.table_uncertainty import table_uncertainty
 
 __all__ = [
     "METRIC_ALIASES",
@@ -62,8 +63,7 @@ METRIC_ALIASES = {"is": "is_mean", "kid": "kid_mean", "nll": "nll_bpd", "latent_
 
 TABLE_KEYS = ("rows", "columns", "values", "title", "caption", "baseline", "format", "where", "labels", "pool",
               "interval", "aggregate", "significance", "resamples")
-TABLE_INTERVALS = ("std", "ci")  # mean ± std over seeds | value [lo, hi]: the 95 % bootstrap interval
-TABLE_AGGREGATES = ("mean", "min")  # over seeds; min: EDM's report (the best of several seed sets)
+
 
 PLOT_KINDS = ("line", "tradeoff", "heatmap", "bars", "loss", "samples")
 
@@ -276,39 +276,8 @@ class _Checker:
             where=self.where_filter(spec.get("where"), f"{at}.where"),
             labels={str(k): str(v) for k, v in labels.items()},
             pool=self.pool(spec.get("pool"), {*rows, *([columns] if columns else [])}, f"{at}.pool"),
-            **self.uncertainty(spec, values, at),
+            **table_uncertainty(spec, values, at, self.fail),
         )  # fmt: skip
-
-    def uncertainty(self, spec: dict[str, Any], values: tuple[str, ...], at: str) -> dict[str, Any]:
-        """``interval``, ``aggregate``, ``significance`` and ``resamples`` of a table, checked."""
-        from bench.metrics import METRICS, maker_of
-
-        out: dict[str, Any] = {}
-        for key, choices in (("interval", TABLE_INTERVALS), ("aggregate", TABLE_AGGREGATES)):
-            if key in spec:
-                if spec[key] not in choices:
-                    raise self.fail(f"{at}.{key}", f"must be one of {', '.join(choices)}, got {spec[key]!r}")
-                out[key] = spec[key]
-        resampled = [m for m in values if (name := maker_of(m)) and METRICS.get(name).on_features is not None
-                     and METRICS.get(name).outputs[0].key == m]
-        if out.get("interval") == "ci" and not resampled:
-            raise self.fail(f"{at}.interval", f"ci needs a metric with a bootstrap interval ({', '.join(sorted(n for n in METRICS.names() if METRICS.get(n).on_features))}) among the values; "
-                                              "the runs log it with eval.bootstrap: 200")
-        if spec.get("significance") is not None:
-            alpha = spec["significance"]
-            if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 0.5:
-                raise self.fail(f"{at}.significance", f"is the test's level alpha, a number in (0, 0.5) such as "
-                                                      f"0.05, got {alpha!r}")
-            if not resampled:
-                raise self.fail(f"{at}.significance", "needs a metric of two feature sets (fid, kid, fd_dinov2, "
-                                                      "cmmd) among the values, tested on the stored features")
-            out["significance"] = float(alpha)
-        if "resamples" in spec:
-            n = spec["resamples"]
-            if isinstance(n, bool) or not isinstance(n, int) or n < 20:
-                raise self.fail(f"{at}.resamples", f"must be an integer >= 20 (200 is typical), got {n!r}")
-            out["resamples"] = n
-        return out
 
     def pool(self, value: Any, shown: set[str], at: str) -> tuple[str, ...]:
         if value is None:

@@ -1,0 +1,29 @@
+"""Whether this machine can download a file: ``$BENCH_OFFLINE`` or one TCP connect (cached).
+
+Standard library only: study validation asks before any work whether weights it lacks can be fetched.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from urllib.parse import urlparse
+
+OFFLINE_ENV = "BENCH_OFFLINE"
+
+
+def can_reach(url: str) -> bool:
+    """False when ``$BENCH_OFFLINE`` is set or ``url``'s host cannot be reached on port 443."""
+    if os.environ.get(OFFLINE_ENV, "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    return _reachable(urlparse(url).hostname or "")
+
+
+@functools.lru_cache(maxsize=8)
+def _reachable(host: str, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
