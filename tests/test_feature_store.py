@@ -209,3 +209,38 @@ def test_rescore_samples_nothing_and_equals_a_fresh_evaluation(tmp_path, monkeyp
     assert (table["torch-fidelity - logged"].abs() < 1e-6).all()
     assert table["clean-fid"].notna().all() and (table["clean-fid"] > 0).all()
     assert table["clean-fid protocol"].str.contains("mode clean").all()
+
+
+@pytest.mark.parametrize("eval_kw, message", [
+    ({"bootstrap": -1}, "integer >= 0"), ({"bootstrap": 5}, "at least 20"),
+    ({"dinov2_model": "clip-vit-b-32"}, "not a dinov2 extractor"),
+    ({"clip_model": "dinov2-vit-s-14"}, "not a clip extractor"),
+    ({"feature_weights": {"dinov2-vit-s-14": "/nowhere/dinov2_vits14_pretrain.pth"}}, "does not exist"),
+    ({"feature_weights": {"inception": "/x.pth"}}, "takes no weights file here"),
+    ({"feature_weights": {"dinov3": "/x.pth"}}, "unknown feature extractor"),
+    ({"metrics": ["fd_dinov2"]}, "needs its weights and this machine is offline"),
+    ({"metrics": ["cmmd"], "extractor": "domain:digits"}, "clip-vit-l-14-336px needs its weights"),
+])
+def test_feature_settings_are_refused_before_work(eval_kw, message, monkeypatch, tmp_path):
+    from bench.study import build_study
+
+    monkeypatch.setenv("BENCH_OFFLINE", "1")
+    monkeypatch.setenv("BENCH_WEIGHTS_DIR", str(tmp_path))  # empty: nothing to find
+    study = tiny_study("refuse", eval={"metrics": ["fid"], "extractor": "domain:digits", "num_samples": 80,
+                                       "nll_samples": 0, **eval_kw})
+    with pytest.raises(BenchError, match=message):
+        build_study(study, source="t")
+
+
+def test_offline_weights_are_found_in_the_weights_folder(monkeypatch, foundation_weights):
+    """The official file name in $BENCH_WEIGHTS_DIR is enough: no eval.feature_weights needed."""
+    from pathlib import Path
+
+    from bench.study import build_study
+
+    monkeypatch.setenv("BENCH_OFFLINE", "1")
+    monkeypatch.setenv("BENCH_WEIGHTS_DIR", str(Path(foundation_weights["dinov2-vit-s-14"]).parent))
+    study = tiny_study("found", eval={"metrics": ["fd_dinov2", "cmmd"], "num_samples": 20, "nll_samples": 0,
+                                      "extractor": "domain:digits", "dinov2_model": "dinov2-vit-s-14",
+                                      "clip_model": "clip-vit-b-32"})
+    assert len(build_study(study, source="t").configs) == 1
