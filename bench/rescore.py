@@ -42,19 +42,21 @@ def _finished_evals(study: Any, tracker: Any) -> tuple[list[tuple[Any, Any]], li
     for r in tracker.runs(kind="eval", status="FINISHED"):
         by_sample.setdefault(r.data.tags.get("bench.sample_key", ""), []).append(r)
     configs = {c.key(): c for c in study.configs}
-    done = [(c, r) for c in configs.values() for r in by_sample.get(c.sample_key(), [])]
-    return done, [k for k, c in configs.items() if c.sample_key() not in by_sample]
+    done = {k: [r for r in by_sample.get(c.sample_key(), [])
+                if r.data.params.get("eval.num_samples") == str(c.eval.num_samples)] for k, c in configs.items()}
+    return [(configs[k], r) for k, rs in done.items() for r in rs], [k for k, rs in done.items() if not rs]
 
 
 def _stored_samples(cfg: Any, key: str) -> dict[str, Any]:
     from bench.metrics.features import load_samples, samples_path
 
     blob = load_samples(cfg.sample_key())
-    if blob is None:
-        raise BenchError(f"run {key}: no stored samples at {samples_path(cfg.sample_key())} (the run finished "
-                         "before the feature store, or on a machine whose cache this one does not share); rerun "
-                         "it, or point BENCH_CACHE_DIR at that machine's cache")
-    return blob
+    n = cfg.eval.num_samples
+    if blob is not None and len(blob["images"]) >= n:  # the run's images: the first n of the sequence
+        return {**blob, "images": blob["images"][:n], "labels": None if blob["labels"] is None else blob["labels"][:n]}
+    raise BenchError(f"run {key}: no stored samples ({n} needed) at {samples_path(cfg.sample_key())} (the run "
+                     "finished before the feature store, or on a machine whose cache this one does not share); "
+                     "rerun it, or point BENCH_CACHE_DIR at that machine's cache")
 
 
 def rescore_study(path: str | Path, metrics: list[str], *, tracking_uri: str | None = None, bootstrap: int | None = None,

@@ -199,7 +199,7 @@ def test_rescore_samples_nothing_and_equals_a_fresh_evaluation(tmp_path, monkeyp
         run_study(path2, tracking_uri=uri, devices="cpu", progress=False, report=False)
         assert {p: p.stat().st_mtime_ns for p in stored} == stored  # no sample file was written again
         fresh = {r.data.tags["bench.label"]: r.data.metrics for r in Tracker("store", uri).runs(kind="eval")
-                 if r.data.tags.get("bench.samples_reused") == "true"}
+                 if r.data.tags.get("bench.samples_reused") == "80"}
         assert len(fresh) == 2
         for r in runs:
             assert fresh[r.data.tags["bench.label"]]["kid_mean"] == pytest.approx(r.data.metrics["kid_mean"])
@@ -244,3 +244,34 @@ def test_offline_weights_are_found_in_the_weights_folder(monkeypatch, foundation
                                       "extractor": "domain:digits", "dinov2_model": "dinov2-vit-s-14",
                                       "clip_model": "clip-vit-b-32"})
     assert len(build_study(study, source="t").configs) == 1
+
+
+def test_fid_vs_n_draws_each_image_once(tmp_path, monkeypatch):
+    """A grid over eval.num_samples: image i has the same seed in every run, so the 70-image run is
+    the first 70 images of the 140-image one; together they sample 140 images, not 210, and the
+    smaller run's FID is the FID of the first 70 stored images."""
+    from bench.data import load_images
+    from bench.metrics.features import load_samples
+    from bench.pipeline import run_study
+    from bench.tracking import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    study = tiny_study("fid-vs-n", grid={"eval.num_samples": [140, 70]}, train_steps=10,
+                       eval={"metrics": ["fid"], "extractor": "domain:digits", "nll_samples": 0})
+    path = tmp_path / "n.yaml"
+    path.write_text(yaml.safe_dump(study))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FIDSampleSizeWarning)
+        run_study(path, tracking_uri=uri, devices="cpu", progress=False, report=False)
+        runs = {int(r.data.params["eval.num_samples"]): r for r in Tracker("fid-vs-n", uri).runs(kind="eval")}
+        assert runs[70].data.tags["bench.sample_key"] == runs[140].data.tags["bench.sample_key"]
+        assert [r.data.tags.get("bench.samples_reused") for r in runs.values()].count("70") == 1
+        blob = load_samples(runs[70].data.tags["bench.sample_key"])
+        assert len(blob["images"]) == 140
+        from bench.core.config import DataSpec
+
+        ref = load_images(DataSpec(dataset="digits"), "test").images
+        again = compute_metrics(blob["images"][:70], reference=ref, extractor="domain:digits", metrics=["fid"],
+                                progress=False)
+    assert runs[70].data.metrics["fid"] == pytest.approx(again["fid"], rel=1e-6)

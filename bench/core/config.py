@@ -103,14 +103,13 @@ class RunConfig:
         return key
 
     def sample_key(self) -> str:
-        """Key of the generated images: the run without the eval settings that only measure them
-        (metrics, extractor, reference, bootstrap, ...), so runs that differ only in how they are
-        scored share one set of samples in the feature store (``eval.num_samples`` stays in)."""
+        """Key of the generated image sequence: the run without its ``eval`` section (what only
+        measures the images: metrics, extractor, reference, bootstrap, and the sample count: image i
+        has seed ``seed * 2^32 + i`` whatever the count, so a run of n images is the first n of a
+        longer one). Runs that differ only in how they are scored share one sampling."""
         key = self.__dict__.get("_sample_key")
         if key is None:
-            names = [n for n in _SORTED_NAMES if n != "eval"]
-            evals = b'"eval":{"num_samples":' + str(self.eval.num_samples).encode() + b"}"
-            key = self.__dict__["_sample_key"] = _hash(self._canonical(names)[:-1] + b"," + evals + b"}")
+            key = self.__dict__["_sample_key"] = _hash(self._canonical([n for n in _SORTED_NAMES if n != "eval"]))
         return key
 
     def train_key(self) -> str:

@@ -30,10 +30,10 @@ def sample_seeds(cfg: RunConfig, n: int) -> list[int]:
 
 
 def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str, progress: bool = True,
-             guide: Any = None) -> tuple[torch.Tensor, torch.Tensor | None, float, dict[str, int]]:
-    """``eval.num_samples`` uint8 images (decoded to pixels in latent space), labels, seconds, and
-    the network calls the Denoiser counted per image (``nfe``, ``guided_calls``; equal for every
-    batch, so the first batch's count is the run's)."""
+             guide: Any = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, float, dict[str, int]]:
+    """Images ``start`` .. ``eval.num_samples - 1`` as uint8 (decoded to pixels in latent space),
+    their labels, seconds, and the network calls the Denoiser counted per image (``nfe``,
+    ``guided_calls``; equal for every batch, so the first batch's count is the run's)."""
     from tqdm.auto import tqdm
 
     from bench.data import dataset_info
@@ -46,6 +46,10 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
     # class i % K for image i, K = the model's classes (imagefolder's class count is found on disk)
     classes = getattr(model, "num_classes", None) or getattr(model, "class_count", None)
     labels = torch.arange(n) % int(classes) if cfg.model.class_cond else None
+    if labels is not None:
+        labels = labels[start:]
+    seeds = seeds[start:]
+    n -= start
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=device.startswith("cuda") and cfg.train.precision == "bf16")
     out, calls = [], {}
@@ -104,15 +108,8 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
         guide_cfg = cfg.guide_config()
         guide, _, _ = load_trained(checkpoint_path(guide_cfg.train_key()), device=device)
         tags["bench.guide_key"] = guide_cfg.train_key()
-    stored = load_samples(cfg.sample_key())  # a run scored differently drew these images already
-    if stored is not None and len(stored["images"]) == cfg.eval.num_samples:
-        images, labels = stored["images"], stored["labels"]
-        sample_seconds, calls = float(stored["seconds"]), {k: int(v) for k, v in stored["calls"].items()}
-        tags["bench.samples_reused"] = "true"
-    else:
-        images, labels, sample_seconds, calls = generate(cfg, model, diffusion, codec, device, progress, guide)
-        save_samples(cfg.sample_key(), images, labels, sample_seeds(cfg, len(images)), sample_seconds, calls)
-    tags["bench.sample_key"] = cfg.sample_key()
+    images, labels, sample_seconds, calls = stored_or_generated(cfg, model, diffusion, codec, device, progress,
+                                                                guide, tags)
     t0 = time.perf_counter()
     ev = cfg.eval
     on_images = [m for m in ev.metrics if not METRICS.get(m).needs_model]
@@ -142,6 +139,30 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
         raise FloatingPointError(f"metric(s) {', '.join(f'{k} = {v}' for k, v in bad.items())} are not finite "
                                  f"(run {key}); check the samples (samples.png) and the metric's inputs")
     return {"metrics": {k: float(v) for k, v in values.items()}, "tags": tags, "artifacts": [str(grid)]}
+
+
+def stored_or_generated(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str, progress: bool,
+                        guide: Any, tags: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor | None, float, dict]:
+    """The run's images: the first ``eval.num_samples`` of the stored sequence of its sample key
+    (drawn by a run scored differently, or by one with more samples), and the rest generated and
+    stored. ``sample_seconds`` is the measured seconds per image times the count."""
+    n, skey = cfg.eval.num_samples, cfg.sample_key()
+    stored = load_samples(skey)
+    have = len(stored["images"]) if stored is not None else 0
+    tags["bench.sample_key"] = skey
+    if have:
+        tags["bench.samples_reused"] = str(min(have, n))
+    if have >= n:
+        calls = {k: int(v) for k, v in stored["calls"].items()}
+        labels = stored["labels"][:n] if stored["labels"] is not None else None
+        return stored["images"][:n], labels, float(stored["seconds"]) / have * n, calls
+    images, labels, seconds, calls = generate(cfg, model, diffusion, codec, device, progress, guide, start=have)
+    if have:
+        seconds += float(stored["seconds"])
+        images = torch.cat([stored["images"], images])
+        labels = torch.cat([stored["labels"], labels]) if labels is not None else None
+    save_samples(skey, images, labels, sample_seeds(cfg, n), seconds, calls)
+    return images, labels, seconds, calls
 
 
 def image_metrics(cfg: RunConfig, key: str, images: torch.Tensor, labels: torch.Tensor | None,

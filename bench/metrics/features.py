@@ -83,8 +83,11 @@ def load_features(key: str, slug: str, layers: list[str] | None = None) -> dict[
 
 
 def _store(key: str, slug: str, feats: dict[str, torch.Tensor]) -> None:
+    """Merge ``feats`` into the stored ones, keeping for each layer the longer run of images (a
+    shorter set is the first rows of a longer one: image i has the same seed in both)."""
     old = load_features(key, slug) or {}
-    atomic_torch_save({**old, **feats}, features_path(key, slug))
+    merged = {**old, **{la: f for la, f in feats.items() if la not in old or len(f) >= len(old[la])}}
+    atomic_torch_save(merged, features_path(key, slug))
 
 
 class FeatureExtractors:
@@ -112,9 +115,9 @@ class FeatureExtractors:
         """Features of generated images: from the store when it has them, else extracted (and stored)."""
         if store_key is not None:
             got = load_features(store_key, ext.slug, layers)
-            if got is not None and all(len(got[la]) == len(images) for la in layers):
+            if got is not None and all(len(got[la]) >= len(images) for la in layers):
                 STORE_COUNTS["loaded"] += len(images)
-                return {la: got[la] for la in layers}
+                return {la: got[la][:len(images)] for la in layers}
         from torch_fidelity.utils import get_featuresdict_from_dataset
 
         feats = get_featuresdict_from_dataset(UInt8Images(images), self.module(ext, layers), self.batch_size,
