@@ -290,8 +290,8 @@ def _mark_ties(column: list[Cell], marks: list[bool], metric: str, spec: TableSp
 
     best = marks.index(True)
     ties, why = not_different(column, best, metric, data.runs, spec.significance, spec.resamples)
-    for cell, tie in zip(column, ties):
-        cell.tie = bool(tie)
+    for cell, tie, bold in zip(column, ties, marks):
+        cell.tie = bool(tie) and not bold  # a cell printed as the best is bold, not also marked
     return [why] if why else []
 
 
