@@ -66,6 +66,10 @@ def test_shipped_study_fills_every_cell(path: Path, tmp_path, monkeypatch) -> No
         states = table.state[ours]  # paper's columns say "missing" where the paper has no number
         bad = {(r, c): v for c in ours for r, v in states[c].items() if v != "ok"}
         assert ours and not bad, f"{path.name}: table {table.title!r} has unfilled cells: {bad}"
+        if table.spec.interval == "ci":  # the runs' bootstrap bounds reached the table
+            assert any("[" in t for t in table.text.to_numpy().ravel()), table.text
+        if table.spec.significance:  # the paired test found every run's stored features
+            assert any(n.startswith("†:") for n in table.notes) and not any("Not tested" in n for n in table.notes)
     import mlflow
 
     exp = mlflow.MlflowClient(tracking_uri=uri).get_experiment_by_name(study.name)
