@@ -27,7 +27,7 @@ from bench.metrics import (
     save_random_inception_weights,
     validate_eval,
 )
-from bench.metrics.fidelity import UInt8Images
+from bench.metrics.features import UInt8Images
 
 FIDELITY = ("fid", "is", "kid", "precision", "recall")
 
