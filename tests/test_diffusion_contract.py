@@ -182,10 +182,10 @@ def test_user_registered_schedule_is_usable():
 # --- guidance --------------------------------------------------------------------------------------
 def test_guidance_is_one_2b_call_per_step_and_follows_the_cfg_convention():
     torch.manual_seed(0)
-    net = TinyNet(1, num_classes=10)
+    net = TinyNet(1, num_classes=10).double()  # float64: a 2B batch and two B batches round alike
     d = Diffusion("linear", 100)
     y = torch.tensor([1, 2, 3])
-    x_T = torch.randn(3, 1, 4, 4)
+    x_T = torch.randn(3, 1, 4, 4, dtype=torch.float64)
     net.calls.clear()
     guided = d.sample(net, x_T.shape, sampler="ddim", steps=7, guidance=2.0, y=y, x_T=x_T)
     assert net.calls == [6] * 7  # one network call on 2B per step
@@ -200,7 +200,8 @@ def test_guidance_is_one_2b_call_per_step_and_follows_the_cfg_convention():
             return 3.0 * net(x, t, yy) - 2.0 * net(x, t, null)
 
     manual = d.sample(ManualCFG(), x_T.shape, sampler="ddim", steps=7, guidance=0.0, y=y, x_T=x_T)
-    torch.testing.assert_close(guided, manual, rtol=1e-5, atol=1e-5)
+    assert guided.dtype == torch.float64
+    torch.testing.assert_close(guided, manual, rtol=1e-10, atol=1e-10)
 
     net.calls.clear()
     w0 = d.sample(net, x_T.shape, sampler="ddim", steps=7, guidance=0.0, y=y, x_T=x_T)
