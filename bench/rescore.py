@@ -50,10 +50,10 @@ def _finished_evals(study: Any, tracker: Any) -> tuple[list[tuple[Any, Any]], li
 def _stored_samples(cfg: Any, key: str) -> dict[str, Any]:
     from bench.metrics.features import load_samples, samples_path
 
-    blob = load_samples(cfg.sample_key())
     n = cfg.eval.num_samples
-    if blob is not None and len(blob["images"]) >= n:  # the run's images: the first n of the sequence
-        return {**blob, "images": blob["images"][:n], "labels": None if blob["labels"] is None else blob["labels"][:n]}
+    blob = load_samples(cfg.sample_key(), n)  # the run's images: the first n of the sequence
+    if blob is not None:
+        return blob
     raise BenchError(f"run {key}: no stored samples ({n} needed) at {samples_path(cfg.sample_key())} (the run "
                      "finished before the feature store, or on a machine whose cache this one does not share); "
                      "rerun it, or point BENCH_CACHE_DIR at that machine's cache")

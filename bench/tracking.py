@@ -145,8 +145,7 @@ class Tracker:
             metrics += [Metric(name, float(v), now, int(step)) for step, v in history]
         for i in range(0, len(metrics), 900):
             self.client.log_batch(run_id, metrics=metrics[i:i + 900])
-        for k, v in result.get("tags", {}).items():
-            self.client.set_tag(run_id, k, str(v))
+        self.set_tags(run_id, result.get("tags", {}))
         for path in result.get("artifacts", []):
             if Path(path).exists():
                 self.client.log_artifact(run_id, str(path))

@@ -19,8 +19,7 @@ from tiny import tiny_study
 
 from bench.core.errors import BenchError
 from bench.metrics import FIDSampleSizeWarning, compute_metrics
-from bench.metrics.defs.fd_dinov2 import frechet
-from bench.metrics.features import STORE_COUNTS, load_features, samples_path
+from bench.metrics.features import STORE_COUNTS, frechet, load_features, samples_path
 from bench.metrics.uncertainty import bootstrap, paired_difference
 
 

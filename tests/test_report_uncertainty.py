@@ -19,7 +19,7 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from mlflow_runs import log_run  # noqa: E402
 
 from bench.core.errors import BenchError  # noqa: E402
-from bench.metrics.defs.fd_dinov2 import frechet  # noqa: E402
+from bench.metrics.features import frechet  # noqa: E402
 from bench.metrics.uncertainty import bootstrap  # noqa: E402
 from bench.report import study_tables  # noqa: E402
 from bench.study import build_study  # noqa: E402

@@ -147,15 +147,16 @@ def stored_or_generated(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, 
     (drawn by a run scored differently, or by one with more samples), and the rest generated and
     stored. ``sample_seconds`` is the measured seconds per image times the count."""
     n, skey = cfg.eval.num_samples, cfg.sample_key()
-    stored = load_samples(skey)
-    have = len(stored["images"]) if stored is not None else 0
     tags["bench.sample_key"] = skey
+    run = load_samples(skey, n)
+    if run is not None:
+        tags["bench.samples_reused"] = str(n)
+        calls = {k: int(v) for k, v in run["calls"].items()}
+        return run["images"], run["labels"], float(run["seconds"]) / run["stored"] * n, calls
+    stored = load_samples(skey)  # fewer than n: keep them, draw the rest
+    have = len(stored["images"]) if stored is not None else 0
     if have:
-        tags["bench.samples_reused"] = str(min(have, n))
-    if have >= n:
-        calls = {k: int(v) for k, v in stored["calls"].items()}
-        labels = stored["labels"][:n] if stored["labels"] is not None else None
-        return stored["images"][:n], labels, float(stored["seconds"]) / have * n, calls
+        tags["bench.samples_reused"] = str(have)
     images, labels, seconds, calls = generate(cfg, model, diffusion, codec, device, progress, guide, start=have)
     if have:
         seconds += float(stored["seconds"])

@@ -66,9 +66,25 @@ def save_samples(key: str, images: torch.Tensor, labels: torch.Tensor | None, se
     return path
 
 
-def load_samples(key: str) -> dict[str, Any] | None:
+def load_samples(key: str, n: int | None = None) -> dict[str, Any] | None:
+    """The stored sample sequence of ``key`` (its first ``n`` images and labels: a run of n images),
+    or None when nothing (or fewer than ``n``) is stored."""
     path = samples_path(key)
-    return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    blob = torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    if blob is None or n is None:
+        return blob
+    if len(blob["images"]) < n:
+        return None
+    labels = blob["labels"][:n] if blob["labels"] is not None else None
+    return {**blob, "images": blob["images"][:n], "labels": labels, "stored": len(blob["images"])}
+
+
+def frechet(gen: torch.Tensor, ref: torch.Tensor) -> float:
+    """torch-fidelity's Fréchet distance of two feature matrices (its Gaussian statistics)."""
+    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
+
+    out = fid_statistics_to_metric(fid_features_to_statistics(gen), fid_features_to_statistics(ref), False)
+    return float(out["frechet_inception_distance"])
 
 
 def load_features(key: str, slug: str, layers: list[str] | None = None) -> dict[str, torch.Tensor] | None:

@@ -21,7 +21,7 @@ from bench.core.config import DataSpec
 from bench.core.errors import BenchError
 from bench.core.registry import Registry
 from bench.metrics.extractors import Extractor, extractor_meta, get_extractor
-from bench.metrics.features import FeatureExtractors, reference_cache_root
+from bench.metrics.features import FeatureExtractors, frechet, reference_cache_root
 from bench.metrics.images import check_compatible, check_images
 from bench.metrics.registry import METRICS
 
@@ -216,7 +216,6 @@ class ImageContext:
             flags = self.flags - ({"fid"} if self.fid_backend == "clean-fid" else set())
             self._tf = {}
             if flags:
-                from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
                 from torch_fidelity.metric_isc import isc_featuresdict_to_metric
                 from torch_fidelity.metric_kid import kid_featuresdict_to_metric
                 from torch_fidelity.metric_prc import prc_featuresdict_to_metric
@@ -233,8 +232,7 @@ class ImageContext:
                 if "isc" in flags:
                     out.update(isc_featuresdict_to_metric(gen, ext.logits_layer, **kw))
                 if "fid" in flags:
-                    out.update(fid_statistics_to_metric(fid_features_to_statistics(gen[fl]),
-                                                        fid_features_to_statistics(ref[fl]), False))
+                    out["frechet_inception_distance"] = frechet(gen[fl], ref[fl])
                 if "kid" in flags:
                     out.update(kid_featuresdict_to_metric(gen, ref, fl, **kw))
                 if "prc" in flags:

@@ -5,15 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.metrics.features import frechet
 from bench.metrics.registry import MetricDef, Output, register_metric
-
-
-def frechet(gen: Any, ref: Any) -> float:
-    """torch-fidelity's Fréchet distance of two feature matrices (its Gaussian statistics)."""
-    from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
-
-    out = fid_statistics_to_metric(fid_features_to_statistics(gen), fid_features_to_statistics(ref), False)
-    return float(out["frechet_inception_distance"])
 
 
 def compute(ctx: Any) -> dict[str, float]:

@@ -15,7 +15,7 @@ def compute(ctx: Any) -> dict[str, float]:
 
 
 def on_features(gen: Any, ref: Any, ctx: Any) -> dict[str, float]:
-    from bench.metrics.defs.fd_dinov2 import frechet
+    from bench.metrics.features import frechet
 
     return {"fid": frechet(gen, ref)}
 
