@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m bench.perf {sampler,train,metrics,grid} [...]``, each printing a table.
+"""Benchmarks: ``python -m bench.perf {sampler,train,metrics,grid,plan} [...]``, each printing a table.
 
 Ratios are measured in one process (warm-up first, device synchronized before reading the clock),
 never asserted by timed tests.
@@ -14,6 +14,7 @@ SUITES = {
     "train": "bench.perf.train",
     "metrics": "bench.perf.metrics",
     "grid": "bench.perf.grid",
+    "plan": "bench.perf.plan",
 }
 
 
