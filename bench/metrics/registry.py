@@ -93,6 +93,21 @@ def register_metric(metric: MetricDef) -> MetricDef:
     return metric
 
 
+def in_feature_space(name: str) -> Callable[[Any], dict[str, float]]:
+    """The ``compute`` of metric ``name`` in its own feature space (``feature_space``): its
+    ``on_features`` on the (generated, reference) features of that space's extractor, recorded in
+    the protocol as ``<name>_extractor``."""
+
+    def compute(ctx: Any) -> dict[str, float]:
+        metric = METRICS.get(name)
+        ext = ctx.extractor_named(ctx.feature_models[metric.feature_space])
+        ctx.protocol[f"{name}_extractor"] = ext.name
+        gen, ref = ctx.features(ext)
+        return metric.on_features(gen[ext.feature_layer], ref[ext.feature_layer], ctx)
+
+    return compute
+
+
 def higher_is_better(key: str) -> bool | None:
     """True / False for an output key (``fid`` -> False, ``is_mean`` -> True); None when it has no
     direction (``is_std``, ``train_seconds``) or is unknown."""

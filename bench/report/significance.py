@@ -15,8 +15,6 @@ from typing import Any
 
 import pandas as pd
 
-SPACE_TAG = {"dinov2": "fd_dinov2_extractor", "clip": "cmmd_extractor"}
-
 
 def _features(run: pd.Series, metric_name: str) -> tuple[Any, Any, Any] | None:
     """(generated, reference, ctx) features of ``run`` for metric ``metric_name``, or None when not stored."""
@@ -24,8 +22,8 @@ def _features(run: pd.Series, metric_name: str) -> tuple[Any, Any, Any] | None:
 
     from bench.metrics import METRICS
 
-    space = METRICS.get(metric_name).feature_space
-    ext = run.get(f"tags.protocol.{SPACE_TAG[space]}" if space else "tags.protocol.extractor")
+    space = METRICS.get(metric_name).feature_space  # its extractor: see bench.metrics.registry.in_feature_space
+    ext = run.get(f"tags.protocol.{metric_name}_extractor" if space else "tags.protocol.extractor")
     gen_path, ref_path = (run.get(f"tags.protocol.{kind}.{ext}") for kind in ("features", "reference_features"))
     if not all(isinstance(p, str) and Path(p).is_file() for p in (gen_path, ref_path)):
         return None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.metrics.registry import MetricDef, Output, register_metric
+from bench.metrics.registry import MetricDef, Output, in_feature_space, register_metric
 
 SIGMA, SCALE = 10.0, 1000.0
 
@@ -18,14 +18,8 @@ def cmmd(gen: Any, ref: Any) -> float:
 
     x, y = gen.double().numpy(), ref.double().numpy()
     k = {"kid_kernel_rbf_sigma": SIGMA}
-    return float(SCALE * (kernel_rbf(x, x, **k).mean() + kernel_rbf(y, y, **k).mean() - 2 * kernel_rbf(x, y, **k).mean()))
-
-
-def compute(ctx: Any) -> dict[str, float]:
-    ext = ctx.extractor_named(ctx.feature_models["clip"])
-    ctx.protocol["cmmd_extractor"] = ext.name
-    gen, ref = ctx.features(ext)
-    return {"cmmd": cmmd(gen[ext.feature_layer], ref[ext.feature_layer])}
+    k_xx, k_yy, k_xy = (kernel_rbf(a, b, **k).mean() for a, b in ((x, x), (y, y), (x, y)))
+    return float(SCALE * (k_xx + k_yy - 2 * k_xy))
 
 
 def on_features(gen: Any, ref: Any, ctx: Any) -> dict[str, float]:
@@ -33,6 +27,6 @@ def on_features(gen: Any, ref: Any, ctx: Any) -> dict[str, float]:
 
 
 register_metric(MetricDef(
-    "cmmd", (Output("cmmd", "CMMD", ".3f", False),), compute, higher_is_better=False, needs_reference=True,
-    feature_space="clip", on_features=on_features, min_samples=lambda dim: 2,
+    "cmmd", (Output("cmmd", "CMMD", ".3f", False),), in_feature_space("cmmd"), higher_is_better=False,
+    needs_reference=True, feature_space="clip", on_features=on_features, min_samples=lambda dim: 2,
     cite="Jayasumana et al. 2024, Rethinking FID: towards a better evaluation metric for image generation (CMMD)"))

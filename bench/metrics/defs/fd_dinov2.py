@@ -6,14 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.metrics.features import frechet
-from bench.metrics.registry import MetricDef, Output, register_metric
-
-
-def compute(ctx: Any) -> dict[str, float]:
-    ext = ctx.extractor_named(ctx.feature_models["dinov2"])
-    ctx.protocol["fd_dinov2_extractor"] = ext.name
-    gen, ref = ctx.features(ext)
-    return {"fd_dinov2": frechet(gen[ext.feature_layer], ref[ext.feature_layer])}
+from bench.metrics.registry import MetricDef, Output, in_feature_space, register_metric
 
 
 def on_features(gen: Any, ref: Any, ctx: Any) -> dict[str, float]:
@@ -21,6 +14,6 @@ def on_features(gen: Any, ref: Any, ctx: Any) -> dict[str, float]:
 
 
 register_metric(MetricDef(
-    "fd_dinov2", (Output("fd_dinov2", "FD_DINOv2", ".1f", False),), compute, higher_is_better=False,
-    needs_reference=True, feature_space="dinov2", on_features=on_features, min_samples=lambda dim: 2,
+    "fd_dinov2", (Output("fd_dinov2", "FD_DINOv2", ".1f", False),), in_feature_space("fd_dinov2"),
+    higher_is_better=False, needs_reference=True, feature_space="dinov2", on_features=on_features, min_samples=lambda dim: 2,
     cite="Stein et al. 2023, Exposing flaws of generative model evaluation metrics (FD_DINOv2)"))
