@@ -24,12 +24,12 @@ from bench.metrics.extractors import (
     resolve_name,
     save_random_inception_weights,
 )
+from bench.metrics.features import reference_cache_root
 from bench.metrics.fidelity import (
     FID_BACKENDS,
     FIDSampleSizeWarning,
     MetricResult,
     compute_metrics,
-    reference_cache_root,
 )
 from bench.metrics.nll import ModelContext, nll_bpd
 from bench.metrics.registry import (

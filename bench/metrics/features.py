@@ -30,6 +30,16 @@ def reference_cache_root() -> Path:
     return cache_dir() / "reference"
 
 
+def reference_cache_name(tag: str, ext: Any) -> str:
+    """torch-fidelity's ``input2_cache_name`` of a reference (dataset, split, size tag) and extractor."""
+    return f"{tag}-{ext.slug}"
+
+
+def reference_features_path(tag: str, ext: Any, layer: str) -> Path:
+    """The file torch-fidelity's cache keeps one layer of a reference's features in."""
+    return reference_cache_root() / f"{reference_cache_name(tag, ext)}-{ext.tf_name}-features-{layer}.pt"
+
+
 class UInt8Images(torch.utils.data.Dataset):
     """A uint8 ``[N, C, H, W]`` tensor as the Dataset torch-fidelity reads: 3-channel uint8 items."""
 
@@ -148,6 +158,6 @@ class FeatureExtractors:
         from torch_fidelity.utils import extract_featuresdict_from_input_id_cached
 
         return extract_featuresdict_from_input_id_cached(
-            2, self.module(ext, layers), input2=UInt8Images(images), input2_cache_name=f"{tag}-{ext.slug}",
+            2, self.module(ext, layers), input2=UInt8Images(images), input2_cache_name=reference_cache_name(tag, ext),
             cache=True, cache_root=str(reference_cache_root()), batch_size=self.batch_size, cuda=self.cuda,
             save_cpu_ram=True, verbose=False)

@@ -21,7 +21,12 @@ from bench.core.config import DataSpec
 from bench.core.errors import BenchError
 from bench.core.registry import Registry
 from bench.metrics.extractors import Extractor, extractor_meta, get_extractor
-from bench.metrics.features import FeatureExtractors, frechet, reference_cache_root
+from bench.metrics.features import (
+    FeatureExtractors,
+    features_path,
+    frechet,
+    reference_features_path,
+)
 from bench.metrics.images import check_compatible, check_images
 from bench.metrics.registry import METRICS
 
@@ -175,28 +180,24 @@ class ImageContext:
         generated ones from the feature store when ``store_key`` has them (and kept there when not)."""
         ext = ext or self.extractor
         layers = sorted(set(layers or (ext.feature_layer,)))
-        k = (ext.slug, tuple(layers), reference)
         for (slug, have, ref_too), got in self._feats.items():  # one pass serves every subset of its layers
             if slug == ext.slug and set(layers) <= set(have) and (ref_too or not reference):
                 return got
-        if k not in self._feats:
-            with _on_device(self.device):
-                gen = self.extractors.generated(ext, self.images, layers, self.store_key)
-                ref = None
-                if reference:
-                    if self.reference_images is None:
-                        raise BenchError(f"{self.who}: {ext.name} features of the reference were asked for, but "
-                                         "no metric that needs a reference was requested")
-                    ref = self.extractors.reference(ext, self.reference_images, self.reference_tag, layers)
-            if self.store_key is not None:  # where paired tests and rescoring find them
-                from bench.metrics.features import features_path
-
-                self.protocol[f"features.{ext.name}"] = str(features_path(self.store_key, ext.slug))
-                if reference and self.reference_tag is not None:
-                    self.protocol[f"reference_features.{ext.name}"] = str(reference_cache_root() / (
-                        f"{self.reference_tag}-{ext.slug}-{ext.tf_name}-features-{ext.feature_layer}.pt"))
-            self._feats[k] = (gen, ref)
-        return self._feats[k]
+        with _on_device(self.device):
+            gen = self.extractors.generated(ext, self.images, layers, self.store_key)
+            ref = None
+            if reference:
+                if self.reference_images is None:
+                    raise BenchError(f"{self.who}: {ext.name} features of the reference were asked for, but "
+                                     "no metric that needs a reference was requested")
+                ref = self.extractors.reference(ext, self.reference_images, self.reference_tag, layers)
+        if self.store_key is not None:  # where paired tests and rescoring find them
+            self.protocol[f"features.{ext.name}"] = str(features_path(self.store_key, ext.slug))
+            if reference and self.reference_tag is not None:
+                self.protocol[f"reference_features.{ext.name}"] = str(
+                    reference_features_path(self.reference_tag, ext, ext.feature_layer))
+        self._feats[(ext.slug, tuple(layers), reference)] = (gen, ref)
+        return gen, ref
 
     def extractor_named(self, name: str) -> Extractor:
         """A second feature space (``dinov2-vit-l-14`` for fd_dinov2, a CLIP model for cmmd)."""
@@ -338,9 +339,8 @@ def _cache_state(ext: Extractor, tag: str | None, flags: set[str]) -> str | None
     """"hit" when torch-fidelity will find the reference features (or FID statistics) cached."""
     if tag is None:
         return None
-    root, prefix = reference_cache_root(), f"{tag}-{ext.slug}-{ext.tf_name}"
     layers = {ext.logits_layer if f == "isc" else ext.feature_layer for f in flags}
-    return "hit" if all((root / f"{prefix}-features-{layer}.pt").exists() for layer in layers) else "miss"
+    return "hit" if all(reference_features_path(tag, ext, layer).exists() for layer in layers) else "miss"
 
 
 def _on_device(device: str) -> Any:

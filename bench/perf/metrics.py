@@ -19,7 +19,7 @@ import torch
 from bench.core.config import DataSpec
 from bench.data import load_images
 from bench.metrics import FIDSampleSizeWarning, compute_metrics, get_extractor, save_random_inception_weights
-from bench.metrics.fidelity import reference_cache_root
+from bench.metrics.features import reference_cache_root
 from bench.perf.timing import best_times, cpu_threads, print_table
 
 FIDELITY = ("fid", "is", "kid", "precision", "recall")
