@@ -180,15 +180,27 @@ def test_user_registered_schedule_is_usable():
 
 
 # --- guidance --------------------------------------------------------------------------------------
-def test_guidance_is_one_2b_call_per_step_and_follows_the_cfg_convention():
+def test_guidance_is_one_2b_call_or_two_b_calls_per_step_and_follows_the_cfg_convention():
     torch.manual_seed(0)
     net = TinyNet(1, num_classes=10).double()  # float64: a 2B batch and two B batches round alike
     d = Diffusion("linear", 100)
     y = torch.tensor([1, 2, 3])
     x_T = torch.randn(3, 1, 4, 4, dtype=torch.float64)
-    net.calls.clear()
-    guided = d.sample(net, x_T.shape, sampler="ddim", steps=7, guidance=2.0, y=y, x_T=x_T)
-    assert net.calls == [6] * 7  # one network call on 2B per step
+    runs = {}
+    for mode in ("joint", "split", "auto"):
+        net.calls.clear()
+        info: dict = {}
+        runs[mode] = d.sample(net, x_T.shape, sampler="ddim", steps=7, guidance=2.0, y=y, x_T=x_T,
+                              guidance_batch=mode, info=info)
+        runs[mode + " calls"], runs[mode + " info"] = list(net.calls), info
+    assert runs["joint calls"] == [6] * 7  # one network call on 2B per step
+    assert runs["split calls"] == [3] * 14  # or two on B
+    assert runs["auto calls"] == [3] * 14 and runs["auto info"]["guidance_batch"] == "split"  # the CPU rule
+    for mode in ("joint", "split", "auto"):  # the same NFE counted either way: 7 guided calls
+        assert runs[mode + " info"]["nfe"] == 7 and runs[mode + " info"]["guided_calls"] == 7
+    assert runs["joint info"]["guidance_batch"] == "joint"
+    torch.testing.assert_close(runs["joint"], runs["split"], rtol=1e-10, atol=1e-10)
+    guided = runs["joint"]
 
     class ManualCFG(torch.nn.Module):
         """eps~ = (1 + w) eps(x, y) - w eps(x, null), computed by hand with two calls."""
@@ -300,7 +312,8 @@ def test_model_returning_wrong_shape():
 @pytest.mark.parametrize("sampler", SAMPLERS.names())
 def test_nfe_is_what_the_network_saw_and_options_are_declared(sampler):
     """``info['nfe']`` equals the calls a counting network received (a guided call on 2B counts
-    once, as guided); every declared option is accepted at its default, unknown ones refused."""
+    once, as guided; as two B calls, once too); every declared option is accepted at its default,
+    unknown ones refused."""
     from bench.diffusion import check_options
     from bench.diffusion.samplers import declared_options
 
@@ -309,8 +322,13 @@ def test_nfe_is_what_the_network_saw_and_options_are_declared(sampler):
     info = {}
     defaults = {o.name: o.default for o in declared_options(sampler).values()}
     Diffusion("linear", 100).sample(net, (2, 1, 4, 4), sampler=sampler, steps=7, guidance=1.0,
-                                    y=torch.tensor([0, 1]), options=defaults, info=info)
+                                    y=torch.tensor([0, 1]), options=defaults, info=info, guidance_batch="joint")
     assert info["nfe"] == len(seen) and info["guided_calls"] == len(seen) and set(seen) == {4}
     assert info["visited_steps"] == 7
+    seen.clear()
+    split: dict = {}
+    Diffusion("linear", 100).sample(net, (2, 1, 4, 4), sampler=sampler, steps=7, guidance=1.0,
+                                    y=torch.tensor([0, 1]), options=defaults, info=split, guidance_batch="split")
+    assert split["nfe"] == info["nfe"] == split["guided_calls"] and len(seen) == 2 * split["nfe"] and set(seen) == {2}
     with pytest.raises(BenchError, match="has no option 'nope'"):
         check_options(sampler, {"nope": 1})

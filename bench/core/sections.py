@@ -156,6 +156,11 @@ class SampleSpec(_Spec):
     guidance_options: Options = field(default=Options(), metadata=OMIT_DEFAULT)  # the method's declared knobs
     guide: Options = field(default=Options(), metadata=OMIT_DEFAULT)  # autoguidance's guiding model: this
     # run's model with these model.* / train.* overrides ({train.steps: 100}), a node of the plan
+    precision: str = field(default="auto", metadata=OMIT_DEFAULT)  # auto | fp32 | bf16: the sampling
+    # network's autocast (bf16 on any device); auto: bf16 on a GPU where train.precision is bf16, else fp32
+    compile: bool = field(default=False, metadata=OMIT_DEFAULT)  # torch.compile the network for sampling
+    guidance_batch: str = field(default="auto", metadata=OMIT_DEFAULT)  # auto | measure | joint | split: a
+    # guided call's two branches as one 2B call or two B calls (bench.diffusion.batching)
 
 
 @dataclass(frozen=True)

@@ -7,19 +7,21 @@ Samplers never branch on the objective or schedule: they ask :meth:`Diffusion.pr
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from bench.core.errors import BenchError
+from bench.diffusion.batching import GUIDANCE_BATCH, split_guided
 from bench.diffusion.chain import VARIANCES, Chain, gather
 from bench.diffusion.guidance import GUIDANCE, Guided, always_active, check_guidance, guidance_weight
 from bench.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from bench.diffusion.losses import LOSSES
 from bench.diffusion.noise import NoiseSource
 from bench.diffusion.objectives import OBJECTIVES
-from bench.diffusion.prediction import Model, Prediction, is_conditional, null_label
+from bench.diffusion.prediction import Conditioning, Level, Model, Prediction, is_conditional, null_label
 from bench.diffusion.samplers import SAMPLERS, Denoiser, check_options
 from bench.diffusion.schedules import NoiseSchedule, make_schedule
 from bench.diffusion.spacing import make_levels, sigma_to_t
@@ -80,9 +82,10 @@ class Diffusion:
                 guidance: float = 0.0, clip_denoised: bool = False, guidance_channels: int | None = None,
                 abar: float | None = None, guidance_method: str = "cfg",
                 guidance_options: Mapping[str, Any] | None = None,
-                guidance_state: dict[str, Any] | None = None, guide: Model | None = None) -> Prediction:
+                guidance_state: dict[str, Any] | None = None, guide: Model | None = None,
+                split: bool = False) -> Prediction:
         """eps and x0 at (x_t, t), guided by ``guidance_method`` (default classifier-free guidance,
-        Ho & Salimans 2022 eq. 6) in ONE network call on 2B.
+        Ho & Salimans 2022 eq. 6): one network call on 2B, or (``split``) two calls on B.
 
         ``t`` is an int64 tensor [B], or one int for the whole batch (the sampling fast path), or
         one float: a level between trained timesteps (noise-level schedules), whose ``abar`` is
@@ -93,50 +96,84 @@ class Diffusion:
         interval) is one conditional B call. ``guidance_state`` carries a method's memory across the
         calls of one chain (APG's momentum). ``guide``: the guiding model of a ``guide=True`` method
         (autoguidance), called on the same (x_t, t, y) as a second B call.
+
+        A sampler's chain builds the :class:`Conditioning` once and each :class:`Level` once
+        (:meth:`conditioning`, :meth:`level`) and calls :meth:`predict_at`; this is that, for one call.
         """
-        if abar is not None:
-            a, s = torch.tensor(abar**0.5, dtype=x_t.dtype), torch.tensor((1.0 - abar) ** 0.5, dtype=x_t.dtype)
-        else:
+        c = self.conditioning(model, y, guidance, guidance_method, guidance_options, guide=guide,
+                              clip_denoised=clip_denoised, guidance_channels=guidance_channels,
+                              state=guidance_state, split=split)
+        return self.predict_at(model, x_t, self.level(t, x_t, c, abar), c)
+
+    def conditioning(self, model: Model, y: torch.Tensor | None, guidance: float = 0.0, method: str = "cfg",
+                     options: Mapping[str, Any] | None = None, *, guide: Model | None = None,
+                     clip_denoised: bool = False, guidance_channels: int | None = None,
+                     state: dict[str, Any] | None = None, split: bool = False) -> Conditioning:
+        """What every call of one chain shares: labels (and their 2B copy), the checked guidance method."""
+        opts = check_guidance(method, options)
+        meta = GUIDANCE.meta(method)
+        fn = GUIDANCE.get(method) if guidance != 0.0 else None
+        by_model = bool(meta.get("guide"))
+        if fn is not None and by_model and guide is None:
+            raise BenchError(f"guidance method {method!r} needs its guiding model: pass guide=... "
+                             "(in a study, sample.guide names it)")
+        if fn is not None and not by_model and y is None:
+            raise BenchError(f"guidance={guidance} needs class labels y; pass y=... (one per image)")
+        y2 = torch.cat([y, torch.full_like(y, null_label(model))]) if fn is not None and not by_model else None
+        return Conditioning(y=y, y2=y2, method=fn, options=opts, own_eps=bool(meta.get("own_eps")),
+                            guide=guide if by_model else None, split=split, clip_denoised=clip_denoised,
+                            guidance_channels=guidance_channels, state={} if state is None else state,
+                            guidance=float(guidance), active=meta["active"])
+
+    def level(self, t: torch.Tensor | int | float, x_t: torch.Tensor, c: Conditioning, abar: float | None = None
+              ) -> Level:
+        """The :class:`Level` of a call at ``t`` (see :meth:`predict`) for a batch like ``x_t``."""
+        b, dev = x_t.shape[0], x_t.device
+        if isinstance(t, torch.Tensor):
             a, s = self.coefs(t, x_t)
-        scalar_t = float(t) if isinstance(t, (int, float)) else None
-        if isinstance(t, (int, float)):
-            t = torch.full((x_t.shape[0],), t, dtype=torch.long if isinstance(t, int) else torch.float32,
-                           device=x_t.device)
-        method = None
-        if guidance != 0.0:
-            opts = check_guidance(guidance_method, guidance_options)
-            meta = GUIDANCE.meta(guidance_method)
-            sigma = float(s.flatten()[0] / a.flatten()[0]) if a.numel() == 1 else None
-            if sigma is None and (meta["active"] is not always_active or opts["schedule"] != "constant"):
-                raise BenchError(f"guidance method {guidance_method!r} with {opts} needs one noise level per call "
+            if c.method is not None and (c.active is not always_active or c.options["schedule"] != "constant"):
+                raise BenchError(f"guidance method with {c.options} needs one noise level per call "
                                  "(an int or float t), not a tensor of timesteps")
-            method = GUIDANCE.get(guidance_method) if sigma is None or meta["active"](sigma, opts) else None
-        if method is not None and meta.get("guide"):
-            if guide is None:
-                raise BenchError(f"guidance method {guidance_method!r} needs its guiding model: pass guide=... "
-                                 "(in a study, sample.guide names it)")
-            cond, var2 = self._call(model, x_t, t, y)
-            uncond, _ = self._call(guide, x_t, t, y)
-        elif method is not None:
-            b = x_t.shape[0]
-            null = torch.full_like(y, null_label(model))
-            pred2, var2 = self._call(model, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, null]))
-            cond, uncond, var2 = pred2[:b], pred2[b:], None if var2 is None else var2[:b]
-        if method is not None:
-            if guidance_channels is not None:  # a checkpoint's own convention (DiT: 3 of 4 latent channels)
-                uncond = torch.cat([uncond[:, :guidance_channels], cond[:, guidance_channels:]], dim=1)
+            guided = c.method is not None
+            return Level(t, torch.cat([t, t]) if guided else None, a, s, float("nan"), guided, c.guidance)
+        if abar is None:
+            if not float(t).is_integer():
+                raise BenchError(f"t = {t} falls between trained timesteps: pass its abar=...")
+            abar = float(self.alphas_cumprod[int(t)])
+        a, s = abar**0.5, (1.0 - abar) ** 0.5
+        guided = c.method is not None and c.active(s / a, c.options)
+        t2 = torch.full((2 * b if guided else b,), t, dtype=torch.long if isinstance(t, int) else torch.float32,
+                        device=dev)
+        w = guidance_weight(c.guidance, c.options["schedule"], float(t), self.timesteps) if guided else 0.0
+        return Level(t2[:b], t2 if guided else None, a, s, s / a, guided, w)
+
+    def predict_at(self, model: Model, x_t: torch.Tensor, lv: Level, c: Conditioning) -> Prediction:
+        """(eps, x0) of ``model`` at level ``lv`` under conditioning ``c``: the sampling hot path,
+        which allocates only what the call's math produces."""
+        a, s = lv.a, lv.s
+        if lv.guided:
+            if c.guide is not None:
+                cond, var_out = self._call(model, x_t, lv.t, c.y)
+                uncond, _ = self._call(c.guide, x_t, lv.t, c.y)
+            elif c.split:
+                b = x_t.shape[0]
+                cond, var_out = self._call(model, x_t, lv.t, c.y)
+                uncond, _ = self._call(model, x_t, lv.t, c.y2[b:])
+            else:
+                b = x_t.shape[0]
+                pred2, var2 = self._call(model, torch.cat([x_t, x_t]), lv.t2, c.y2)
+                cond, uncond, var_out = pred2[:b], pred2[b:], None if var2 is None else var2[:b]
+            if c.guidance_channels is not None:  # a checkpoint's own convention (DiT: 3 of 4 latent channels)
+                uncond = torch.cat([uncond[:, :c.guidance_channels], cond[:, c.guidance_channels:]], dim=1)
             eps_c, x0_c = self.objective.to_eps_x0(cond, x_t, a, s)
             eps_u, x0_u = self.objective.to_eps_x0(uncond, x_t, a, s)
-            w = guidance if scalar_t is None else guidance_weight(guidance, opts["schedule"], scalar_t, self.timesteps)
-            g = Guided(eps_c, x0_c, eps_u, x0_u, x_t, a, s, sigma if sigma is not None else float("nan"))
-            eps, x0 = method(g, w, guidance_state if guidance_state is not None else {}, **opts)
-            var_out = var2
-            own_eps = bool(meta.get("own_eps"))  # cfg++ renoises along eps_u: clipping x0 keeps it
+            eps, x0 = c.method(Guided(eps_c, x0_c, eps_u, x0_u, x_t, a, s, lv.sigma), lv.w, c.state, **c.options)
+            own_eps = c.own_eps  # cfg++ renoises along eps_u: clipping x0 keeps it
         else:
-            pred, var_out = self._call(model, x_t, t, y)
+            pred, var_out = self._call(model, x_t, lv.t, c.y)
             eps, x0 = self.objective.to_eps_x0(pred, x_t, a, s)
             own_eps = False
-        if clip_denoised:
+        if c.clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
             if not own_eps:
                 eps = (x_t - a * x0) / s
@@ -252,7 +289,8 @@ class Diffusion:
                progress: bool = False, options: Mapping[str, Any] | None = None,
                info: dict[str, Any] | None = None, guidance_channels: int | None = None,
                rho: float = 7.0, guidance_method: str = "cfg",
-               guidance_options: Mapping[str, Any] | None = None, guide: Model | None = None) -> torch.Tensor:
+               guidance_options: Mapping[str, Any] | None = None, guide: Model | None = None,
+               guidance_batch: str = "auto") -> torch.Tensor:
         """Draw images with a registered sampler. See DESIGN.md, 'Public contract of bench.diffusion'.
 
         ``options`` are the sampler's declared knobs (``{"eta": 0.5}`` for ddim, ``{"s_churn": 1.0}``
@@ -266,6 +304,9 @@ class Diffusion:
         ``guidance_method`` / ``guidance_options``: a method of :data:`bench.diffusion.GUIDANCE` and its
         options (``guidance_method="cfg-interval", guidance_options={"sigma_lo": 0.28, "sigma_hi": 5.42}``);
         ``guide``: autoguidance's guiding model (its calls are in ``nfe``, and in ``guide_calls``).
+        ``guidance_batch``: a guided call's two branches as one 2B call or two B calls (``auto``,
+        ``measure``, ``joint``, ``split``; :mod:`bench.diffusion.batching`); ``info["guidance_batch"]``
+        says which ran. The NFE is the same either way.
         """
         fn = SAMPLERS.get(SAMPLERS.check(sampler, "sample.sampler"))
         if not 0.0 <= float(eta) <= 1.0:
@@ -277,11 +318,12 @@ class Diffusion:
         shape = tuple(int(v) for v in shape)
         device = torch.device(device) if device is not None else (
             x_T.device if x_T is not None else _model_device(model))
-        guide_opts = check_guidance(guidance_method, guidance_options)
-        guided_by_model = bool(GUIDANCE.meta(guidance_method).get("guide"))
-        if guided_by_model and guidance != 0.0 and guide is None:
-            raise BenchError(f"guidance method {guidance_method!r} needs its guiding model: pass guide=...")
+        guided_by_model = bool(GUIDANCE.meta(GUIDANCE.check(guidance_method, "sample.guidance_method")).get("guide"))
+        if guidance_batch not in GUIDANCE_BATCH:
+            raise BenchError(f"sample.guidance_batch = {guidance_batch!r} is not one of {', '.join(GUIDANCE_BATCH)}")
         y = self._check_labels(model, y, shape[0], 0.0 if guided_by_model else guidance, device)
+        cond = self.conditioning(model, y, float(guidance), guidance_method, guidance_options, guide=guide,
+                                 clip_denoised=clip_denoised, guidance_channels=guidance_channels)
         t, abar = make_levels(spacing, self.alphas_cumprod, steps, rho)
         if t.is_floating_point() and getattr(model, "discrete_time", False):
             t = torch.from_numpy(sigma_to_t(((1 - abar) / abar).sqrt().numpy(), self.alphas_cumprod, quantize=True))
@@ -290,17 +332,31 @@ class Diffusion:
         x = noise() if x_T is None else x_T.to(device=device, dtype=x_T.dtype if x_T.dtype == torch.float64 else torch.float32)
         if tuple(x.shape) != shape:
             raise BenchError(f"x_T has shape {tuple(x.shape)} but shape={shape}")
-        den = Denoiser(self, model, chain, y, float(guidance), clip_denoised, guidance_channels,
-                       guidance_method=guidance_method, guidance_options=guide_opts,
-                       guidance_active=GUIDANCE.meta(guidance_method)["active"],
-                       guide=guide if guided_by_model else None)
+        den = Denoiser(self, model, chain, cond, shape[0], device)
         with torch.no_grad():
+            den.cond = self._choose_batching(den, x, guidance_batch)
             out = fn(den, x, noise, progress=progress, **kwargs)
         if info is not None:
             info.update(nfe=den.calls + den.guide_calls, guided_calls=den.guided_calls, visited_steps=len(chain))
-            if den.guide is not None:
+            if den.guided_calls and cond.guide is None:
+                info["guidance_batch"] = "split" if den.cond.split else "joint"
+            if cond.guide is not None:
                 info["guide_calls"] = den.guide_calls
         return out
+
+    def _choose_batching(self, den: Denoiser, x: torch.Tensor, mode: str) -> Conditioning:
+        """The chain's conditioning with its guided calls as one 2B call or two B calls
+        (:func:`bench.diffusion.batching.split_guided`); a measurement runs on the chain's first
+        guided level with a fresh method state and is not counted in the chain's NFE."""
+        cond = den.cond
+        level = next((lv for lv in den.levels if lv.guided), None)
+        if level is None or cond.guide is not None:
+            return cond
+        probe = replace(cond, state={})
+        split = split_guided(mode, den.model, x.device, tuple(x.shape), x.dtype,
+                             joint=lambda: self.predict_at(den.model, x, level, replace(probe, split=False)),
+                             split=lambda: self.predict_at(den.model, x, level, replace(probe, split=True)))
+        return replace(cond, split=split)
 
     def _check_labels(self, model: Model, y: torch.Tensor | None, batch: int, guidance: float,
                       device: torch.device) -> torch.Tensor | None:

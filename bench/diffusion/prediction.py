@@ -28,3 +28,49 @@ def null_label(model: Model) -> int:
 def is_conditional(model: Model) -> bool:
     n = getattr(model, "num_classes", None)
     return isinstance(n, int) and not isinstance(n, bool) and n > 0
+
+
+@dataclass(frozen=True)
+class Level:
+    """One noise level of a network call, precomputed once per chain (no per-step host work).
+
+    ``t``: the network's time input [B], on the device; ``t2`` the same for a 2B guided call (None
+    where the level is not guided; ``t`` is then its first half, a view). ``a`` = sqrt(abar), ``s`` = sqrt(1 - abar): python floats for one
+    level (sampling), tensors [B, 1, 1, 1] for per-image timesteps. ``sigma`` = s / a (NaN for
+    per-image timesteps). ``guided``: whether this call runs both branches (a 2B call, or two B
+    calls); ``w`` its guidance weight after the method's schedule.
+    """
+
+    t: torch.Tensor
+    t2: torch.Tensor | None
+    a: float | torch.Tensor
+    s: float | torch.Tensor
+    sigma: float
+    guided: bool = False
+    w: float = 0.0
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What stays fixed along one chain: the labels and how guided calls are made.
+
+    ``y2`` = cat(y, null labels) for a 2B call; ``split``: run the two branches as two B calls
+    instead (the same numbers up to rounding; faster on some devices, see
+    :func:`bench.diffusion.batching.split_guided`); ``method``: the guidance function (None: none);
+    ``guide``: autoguidance's second network; ``state``: a method's memory along the chain;
+    ``guidance`` the weight w before the method's schedule; ``active(sigma, options)`` whether a
+    call at that level needs both branches.
+    """
+
+    y: torch.Tensor | None = None
+    y2: torch.Tensor | None = None
+    method: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
+    options: dict | None = None
+    own_eps: bool = False
+    guide: Model | None = None
+    split: bool = False
+    clip_denoised: bool = False
+    guidance_channels: int | None = None
+    state: dict | None = None
+    guidance: float = 0.0
+    active: Callable[[float, dict], bool] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -50,8 +51,9 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
         labels = labels[start:]
     seeds = seeds[start:]
     n -= start
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16,
-                              enabled=device.startswith("cuda") and cfg.train.precision == "bf16")
+    autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
+                              enabled=sampling_precision(cfg, device) == "bf16")
+    net = compiled(model) if s.compile else model
     out, calls = [], {}
     _sync(device)
     t0 = time.perf_counter()
@@ -59,12 +61,13 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
         hi = min(n, lo + bs)
         y = labels[lo:hi].to(device) if labels is not None else None
         with autocast:
-            x = diffusion.sample(model, (hi - lo, *shape), sampler=s.sampler, steps=s.steps, eta=s.eta,
+            x = diffusion.sample(net, (hi - lo, *shape), sampler=s.sampler, steps=s.steps, eta=s.eta,
                                  spacing=s.spacing, guidance=s.guidance, y=y, seeds=seeds[lo:hi],
                                  clip_denoised=s.clip_denoised and codec is None, device=device,
                                  options=s.options.as_dict(), info=calls, guidance_channels=s.guidance_channels,
                                  rho=s.rho, guidance_method=s.guidance_method,
-                                 guidance_options=s.guidance_options.as_dict(), guide=guide)
+                                 guidance_options=s.guidance_options.as_dict(), guide=guide,
+                                 guidance_batch=s.guidance_batch)
             if codec is not None:
                 x = codec.decode(x.float())
         out.append(x.float().cpu())
@@ -76,6 +79,31 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
         raise FloatingPointError(f"{bad} of {n} generated images contain NaN or inf (model {cfg.train_key()})")
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), labels, seconds, calls
+
+
+def sampling_precision(cfg: RunConfig, device: str) -> str:
+    """``fp32`` or ``bf16``: the sampling network's autocast. ``sample.precision: auto`` keeps what the
+    model trained with on a GPU (bf16 where ``train.precision`` is bf16), fp32 on a CPU."""
+    if cfg.sample.precision != "auto":
+        return cfg.sample.precision
+    return "bf16" if device.startswith("cuda") and cfg.train.precision == "bf16" else "fp32"
+
+
+def compiled(model: Any) -> Any:
+    """``torch.compile(model)`` for sampling, static shapes (a run's batches have one or two sizes);
+    the backend is ``$BENCH_COMPILE_BACKEND`` (default inductor; ``eager`` traces with dynamo and
+    generates no code, ``cudagraphs`` replays CUDA graphs without inductor)."""
+    return torch.compile(model, dynamic=False, backend=compile_backend())
+
+
+def compile_backend() -> str:
+    return os.environ.get("BENCH_COMPILE_BACKEND", "inductor")
+
+
+def sampling_tags(cfg: RunConfig, device: str) -> dict[str, str]:
+    """How the run's images are computed: the network's precision and compilation."""
+    backend = compile_backend() if cfg.sample.compile else "none"
+    return {"protocol.sample_precision": sampling_precision(cfg, device), "protocol.sample_compile": backend}
 
 
 def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> dict[str, Any]:
@@ -148,6 +176,7 @@ def stored_or_generated(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, 
     stored. ``sample_seconds`` is the measured seconds per image times the count."""
     n, skey = cfg.eval.num_samples, cfg.sample_key()
     tags["bench.sample_key"] = skey
+    tags.update(sampling_tags(cfg, device))
     run = load_samples(skey, n)
     if run is not None:
         tags["bench.samples_reused"] = str(n)
@@ -158,6 +187,9 @@ def stored_or_generated(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, 
     if have:
         tags["bench.samples_reused"] = str(have)
     images, labels, seconds, calls = generate(cfg, model, diffusion, codec, device, progress, guide, start=have)
+    batching = calls.pop("guidance_batch", None)  # a tag, not a count: calls are logged as metrics
+    if batching is not None:
+        tags["protocol.guidance_batch"] = batching
     if have:
         seconds += float(stored["seconds"])
         images = torch.cat([stored["images"], images])

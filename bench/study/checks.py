@@ -156,6 +156,8 @@ _CHOICES = {
     "model.space": ("pixel", "latent"),
     "train.precision": ("no", "bf16", "fp16"),
     "eval.fid_backend": ("torch-fidelity", "clean-fid"),
+    "sample.precision": ("auto", "fp32", "bf16"),
+    "sample.guidance_batch": ("auto", "measure", "joint", "split"),
 }
 _POSITIVE = (
     "data.image_size", "diffusion.timesteps", "train.steps", "train.batch_size", "train.grad_accum",

@@ -18,12 +18,14 @@ def ddim(den: Denoiser, x: torch.Tensor, noise: NoiseSource, *, eta: float = 0.0
     sigma = eta sqrt((1 - abar') / (1 - abar)) sqrt(1 - abar / abar').
 
     With eta = 0 this is Euler's method on the probability-flow ODE in x / sqrt(abar) (first order)."""
-    chain = den.chain
+    coefs = []  # per level (sqrt(abar'), sqrt(1 - abar' - sigma^2), sigma), python floats, computed once
+    for ab, ab_prev in zip(den.abar, den.abar_prev):
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
+        coefs.append((ab_prev**0.5, max(1 - ab_prev - sigma**2, 0.0) ** 0.5, sigma))
     for i in den.steps(progress, "ddim"):
         pred = den(x, i)
-        ab, ab_prev = float(chain.abar[i]), float(chain.abar_prev[i])
-        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)) ** 0.5
-        x = ab_prev**0.5 * pred.x0 + max(1 - ab_prev - sigma**2, 0.0) ** 0.5 * pred.eps
+        c_x0, c_eps, sigma = coefs[i]
+        x = c_x0 * pred.x0 + c_eps * pred.eps
         if sigma > 0 and i > 0:
             x = x + sigma * noise()
     return x

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from bench.diffusion.noise import NoiseSource
@@ -12,8 +14,15 @@ from bench.diffusion.samplers.registry import Denoiser, register_sampler
 def ddpm(den: Denoiser, x: torch.Tensor, noise: NoiseSource, *, progress: bool = False) -> torch.Tensor:
     """Ancestral sampling: x_{prev} = mu(x_t, x0-hat) + sigma z, with the Diffusion's variance."""
     d, chain = den.diffusion, den.chain
+    c_x0, c_xt = chain.coef_x0.tolist(), chain.coef_xt.tolist()  # the posterior mean's, per level
+    # a fixed variance is one number per level: its standard deviation, computed once
+    std = None if d.learned_variance else [math.exp(0.5 * float(d.variance(chain, i, den.chain.abar, None)))
+                                           for i in range(len(chain))]
     for i in den.steps(progress, "ddpm"):
         pred = den(x, i)
-        mean, logvar = d.p_mean_logvar(chain, i, x, pred)
-        x = mean + torch.exp(0.5 * logvar) * noise() if i > 0 else mean
+        mean = c_x0[i] * pred.x0 + c_xt[i] * x
+        if i == 0:
+            return mean
+        sd = std[i] if std is not None else torch.exp(0.5 * d.variance(chain, i, x, pred.var_out))
+        x = mean + sd * noise()
     return x

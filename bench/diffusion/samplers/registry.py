@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from bench.core.errors import BenchError
 from bench.core.registry import Registry, did_you_mean
 from bench.diffusion.chain import Chain
-from bench.diffusion.prediction import Model, Prediction
+from bench.diffusion.prediction import Conditioning, Level, Model, Prediction
 from bench.diffusion.spacing import level_count, sigma_to_t
 
 Diffusion = Any  # a bench.diffusion.core.Diffusion (not imported: core imports this module)
@@ -121,62 +121,61 @@ class Denoiser:
     Each returns a Prediction (eps, x0), the same in either view.
 
     ``calls`` is the number of network evaluations per image (one per call, whether the call
-    runs B images or, guided, the 2B of cond + uncond); ``guided_calls`` how many were guided;
-    ``guide_calls`` how many times autoguidance's second network ran (``nfe`` counts both).
-    ``sigmas[i]`` is level i's sigma (python floats, computed once: no per-step host work),
-    ``sigmas[-1]`` is 0 (the end of every chain).
+    runs B images or, guided, the 2B of cond + uncond as one call or two); ``guided_calls`` how
+    many were guided; ``guide_calls`` how many times autoguidance's second network ran (``nfe``
+    counts both). Everything a call needs that does not depend on x is computed once here: each
+    level's :class:`~bench.diffusion.prediction.Level` (time tensors on the device, coefficients
+    as python floats, whether and how strongly it is guided), ``abar[i]`` / ``abar_prev[i]`` /
+    ``sigmas[i]`` as python floats (``sigmas[-1]`` is 0, the end of every chain), so a step does
+    no host work beyond its sampler's arithmetic.
     """
 
     diffusion: Diffusion
     model: Model
     chain: Chain
-    y: torch.Tensor | None
-    guidance: float
-    clip_denoised: bool
-    guidance_channels: int | None = None
-    guidance_method: str = "cfg"
-    guidance_options: Mapping[str, Any] | None = None  # the method's checked options
-    guidance_active: Callable[[float, Mapping[str, Any]], bool] = lambda sigma, options: True
-    guide: Model | None = None  # autoguidance's guiding model (a second network: its calls counted apart)
+    cond: Conditioning
+    batch: int
+    device: torch.device
     calls: int = 0
     guided_calls: int = 0
     guide_calls: int = 0
 
     def __post_init__(self) -> None:
-        self._guide_state: dict[str, Any] = {}  # a method's memory along this chain (APG momentum)
         ints = not self.chain.t.is_floating_point()
-        self._t = [int(v) if ints else float(v) for v in self.chain.t.tolist()]
-        self._abar = [float(v) for v in self.chain.abar.tolist()]
-        self.sigmas = [float(v) for v in self.chain.sigma.tolist()] + [0.0]
+        ts = [int(v) if ints else float(v) for v in self.chain.t.tolist()]
+        self.abar = self.chain.abar.tolist()
+        self.abar_prev = self.chain.abar_prev.tolist()
+        self.sigmas = self.chain.sigma.tolist() + [0.0]
+        self._sqrt_abar = [v**0.5 for v in self.abar]
+        like = torch.empty((self.batch, 1, 1, 1), device=self.device)  # the batch's size and device
+        self.levels = [self.diffusion.level(t, like, self.cond, ab) for t, ab in zip(ts, self.abar)]
+        self._like = like
         self._quantize = bool(getattr(self.model, "discrete_time", False))
 
-    def _eval(self, x_t: torch.Tensor, t: int | float, abar: float) -> Prediction:
+    def _eval(self, x_t: torch.Tensor, level: Level) -> Prediction:
         self.calls += 1
-        guided = self.guidance != 0.0 and self.guidance_active(((1.0 - abar) / abar) ** 0.5, self.guidance_options or {})
-        self.guided_calls += guided  # a 2B call; outside a method's interval one B call is made
-        self.guide_calls += guided and self.guide is not None  # autoguidance: a B call of the guide too
-        return self.diffusion.predict(self.model, x_t, t, self.y, self.guidance if guided else 0.0,
-                                      self.clip_denoised, self.guidance_channels, abar=abar,
-                                      guidance_method=self.guidance_method, guidance_options=self.guidance_options,
-                                      guidance_state=self._guide_state, guide=self.guide)
+        self.guided_calls += level.guided  # both branches; outside a method's interval one B call is made
+        self.guide_calls += level.guided and self.cond.guide is not None  # autoguidance: the guide's B call
+        return self.diffusion.predict_at(self.model, x_t, level, self.cond)
 
     def __call__(self, x: torch.Tensor, i: int) -> Prediction:
         """(eps, x0) for the VP state ``x`` at chain level ``i``."""
-        return self._eval(x, self._t[i], self._abar[i])
+        return self._eval(x, self.levels[i])
 
     def ve(self, x: torch.Tensor, i: int) -> Prediction:
         """(eps, x0) for the state x = x0 + sigma_i eps at level ``i``."""
-        return self._eval(x * self._abar[i] ** 0.5, self._t[i], self._abar[i])
+        return self._eval(x * self._sqrt_abar[i], self.levels[i])
 
     def ve_at(self, x: torch.Tensor, sigma: float) -> Prediction:
         """(eps, x0) for x = x0 + sigma eps at a sigma that need not be a level of the chain."""
         t = sigma_to_t(sigma, self.diffusion.alphas_cumprod, quantize=self._quantize)
         abar = 1.0 / (1.0 + sigma * sigma)
-        return self._eval(x * abar**0.5, int(t) if self._quantize else float(t), abar)
+        level = self.diffusion.level(int(t) if self._quantize else float(t), self._like, self.cond, abar)
+        return self._eval(x * abar**0.5, level)
 
     def to_ve(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """The VP state at level ``i`` (x_T drawn as N(0, I)) as x0 + sigma eps: x / sqrt(abar_i)."""
-        return x / self._abar[i] ** 0.5
+        return x / self._sqrt_abar[i]
 
     def steps(self, progress: bool, desc: str) -> list[int]:
         idx = list(range(len(self.chain) - 1, -1, -1))

@@ -1,0 +1,72 @@
+"""A guided step's two branches as one 2B call or as two B calls: whichever the device runs faster.
+
+Both give the same numbers up to float rounding (tested to 1e-10 in float64) and count the same
+NFE (one guided call either way). ``sample.guidance_batch``:
+
+- ``auto`` (default): on a CPU, two B calls. The rule comes from ``python -m bench.perf sampler``:
+  a CPU convolution costs the same per image at B and 2B, so the joint call gains no arithmetic
+  and its doubled activations fall out of cache (measured on the 2-core build machine: two B
+  calls faster, see the benchmark's last rows). On any other device, ``measure``.
+- ``measure``: time both on the first guided call for this (device, model, input shape, dtype),
+  best of three interleaved after a warm-up, and keep the faster for the rest of the process. A
+  GPU that B images leave under-filled runs 2B in about the time of B; one they fill gains nothing.
+- ``joint`` / ``split``: always one 2B call / always two B calls.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+GUIDANCE_BATCH = ("auto", "measure", "joint", "split")
+_MEASURED: dict[tuple, bool] = {}  # (device, model, shape, dtype) -> split is faster
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def faster_is_split(joint: Callable[[], object], split: Callable[[], object], device: torch.device,
+                    rounds: int = 3) -> bool:
+    """Whether ``split`` (two B calls) ran faster than ``joint`` (one 2B call): best of ``rounds``
+    interleaved timings after one warm-up call each."""
+    best = {"joint": float("inf"), "split": float("inf")}
+    fns = {"joint": joint, "split": split}
+    for fn in fns.values():
+        fn()
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best["split"] < best["joint"]
+
+
+def model_signature(model: object) -> tuple:
+    """What identifies a network's cost: its class and parameter count (two equal architectures share
+    one measurement)."""
+    params = getattr(model, "parameters", None)
+    count = sum(p.numel() for p in params()) if params is not None else 0
+    return type(model).__qualname__, count
+
+
+def split_guided(mode: str, model: object, device: torch.device, shape: tuple[int, ...], dtype: torch.dtype,
+                 joint: Callable[[], object], split: Callable[[], object]) -> bool:
+    """True where this chain's guided calls should be two B calls (see the module's rule).
+
+    ``joint`` / ``split`` run one guided call each way; they are called only where ``mode`` asks
+    for a measurement not yet made for this (device, model, shape, dtype)."""
+    if mode in ("joint", "split"):
+        return mode == "split"
+    if mode == "auto" and device.type == "cpu":
+        return True
+    key = (str(device), model_signature(model), tuple(shape), dtype)
+    if key not in _MEASURED:
+        with torch.no_grad():
+            _MEASURED[key] = faster_is_split(joint, split, device)
+    return _MEASURED[key]
