@@ -190,8 +190,9 @@ def test_speed_settings_are_in_the_sample_key_only_when_set():
     ("compile", "yes", "sample.compile"),
 ])
 def test_bad_speed_settings_are_refused_before_work(key, value, message):
-    from bench.study import build_study
     from tiny import tiny_study
+
+    from bench.study import build_study
 
     with pytest.raises(BenchError, match=message):
         build_study(tiny_study("speed", sample={key: value}))

@@ -7,8 +7,8 @@ Samplers never branch on the objective or schedule: they ask :meth:`Diffusion.pr
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
