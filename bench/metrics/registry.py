@@ -55,6 +55,9 @@ class MetricDef:
     # (gen features, ref features, ctx) -> {first output: value}: a metric of two feature sets, which
     # bootstrap intervals and paired tests recompute on resampled features (bench.metrics.uncertainty)
     on_features: Callable[[Any, Any, Any], dict[str, float]] | None = None
+    # (gen, ref, ctx, idx [B, n]) -> [B]: the first output on B resampled sets at once (vectorised;
+    # None: on_features once per resample)
+    resampled: Callable[[Any, Any, Any, Any], Any] | None = None
 
     @property
     def kind(self) -> str:

@@ -39,9 +39,23 @@ def resamples(n: int, count: int, seed: int = SEED) -> torch.Tensor:
 def bootstrap(fn: Callable[[torch.Tensor], float], n: int, count: int, level: float = LEVEL,
               seed: int = SEED) -> tuple[float, float, float]:
     """(point, lo, hi): ``fn(index)`` on the identity and on ``count`` resampled index vectors."""
-    point = fn(torch.arange(n))
-    reps = [fn(idx) for idx in resamples(n, count, seed)]
-    return (point, *basic_interval(point, reps, level))
+    return bootstrap_batched(lambda idx: np.array([fn(i) for i in idx]), n, count, level, seed)
+
+
+def bootstrap_batched(fn: Callable[[torch.Tensor], np.ndarray], n: int, count: int, level: float = LEVEL,
+                      seed: int = SEED) -> tuple[float, float, float]:
+    """:func:`bootstrap` with ``fn`` taking all index vectors at once ([1 + count, n], the identity first)."""
+    values = np.asarray(fn(torch.cat([torch.arange(n)[None], resamples(n, count, seed)])), dtype=float)
+    return (float(values[0]), *basic_interval(values[0], values[1:], level))
+
+
+def replicates(metric: Any, ctx: Any) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], np.ndarray]:
+    """``fn(gen, ref, idx [B, n]) -> [B]``: the metric's first output on each resampled generated set,
+    by its vectorised ``resampled`` where it has one, else ``on_features`` once per index vector."""
+    key = metric.outputs[0].key
+    if metric.resampled is not None:
+        return lambda g, r, idx: np.asarray(metric.resampled(g, r, ctx, idx), dtype=float)
+    return lambda g, r, idx: np.array([metric.on_features(g[i], r, ctx)[key] for i in idx])
 
 
 def bootstrap_intervals(ctx: Any, wanted: Sequence[str], count: int, level: float = LEVEL) -> dict[str, float]:
@@ -56,29 +70,29 @@ def bootstrap_intervals(ctx: Any, wanted: Sequence[str], count: int, level: floa
         ext = ctx.extractor_named(ctx.feature_models[metric.feature_space]) if metric.feature_space else ctx.extractor
         gen, ref = ctx.features(ext)
         g, r = gen[ext.feature_layer], ref[ext.feature_layer]
-        key = metric.outputs[0].key
-        def stat(idx: torch.Tensor, g: torch.Tensor = g, r: torch.Tensor = r, m: Any = metric, k: str = key) -> float:
-            return m.on_features(g[idx], r, ctx)[k]
-
-        _, lo, hi = bootstrap(stat, len(g), count, level)
+        fn = replicates(metric, ctx)
+        _, lo, hi = bootstrap_batched(lambda idx, g=g, r=r, fn=fn: fn(g, r, idx), len(g), count, level)
         out.update(dict(zip(metric.interval_keys, (lo, hi))))
     return out
 
 
 def paired_difference(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor], ref: torch.Tensor,
                       fn: Callable[[torch.Tensor, torch.Tensor], float], count: int, level: float = LEVEL,
-                      seed: int = SEED) -> tuple[float, float, float]:
+                      seed: int = SEED, batched: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], np.ndarray]
+                      | None = None) -> tuple[float, float, float]:
     """(mean_s fn(a_s) - mean_s fn(b_s), lo, hi) resampling the images of a and b together.
 
     ``a`` and ``b`` hold one feature matrix per seed, image i of a_s and b_s drawn from the same
-    noise; every replicate applies one index vector to every matrix.
+    noise; every replicate applies one index vector to every matrix. ``batched(x, ref, idx [B, n])``,
+    where given, computes fn on all replicates at once (:func:`replicates`).
     """
     n = {len(x) for x in (*a, *b)}
     if len(n) != 1 or len(a) != len(b) or not a:
         raise ValueError(f"paired sets must have one count and the same seeds, got {len(a)} and {len(b)} sets "
                          f"of {sorted(n)} images")
+    many = batched or (lambda x, r, idx: np.array([fn(x[i], r) for i in idx]))
 
-    def diff(idx: torch.Tensor) -> float:
-        return float(np.mean([fn(x[idx], ref) for x in a]) - np.mean([fn(x[idx], ref) for x in b]))
+    def diff(idx: torch.Tensor) -> np.ndarray:
+        return np.mean([many(x, ref, idx) for x in a], axis=0) - np.mean([many(x, ref, idx) for x in b], axis=0)
 
-    return bootstrap(diff, n.pop(), count, level, seed)
+    return bootstrap_batched(diff, n.pop(), count, level, seed)

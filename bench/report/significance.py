@@ -41,10 +41,11 @@ def not_different(cells: list[Any], best: int, metric: str, runs: pd.DataFrame, 
     tested: the best itself, no finished runs, features not stored, or seeds that do not pair); and a
     reason when some cell could not be tested."""
     from bench.metrics import METRICS, maker_of
-    from bench.metrics.uncertainty import paired_difference
+    from bench.metrics.uncertainty import paired_difference, replicates
 
     name = maker_of(metric)
-    fn = METRICS.get(name).on_features
+    definition = METRICS.get(name)
+    fn = definition.on_features
     by_id = {r["run_id"]: r for _, r in runs.iterrows()}
 
     def sets(cell: Any) -> dict[int, tuple[Any, Any, Any]] | None:
@@ -70,7 +71,9 @@ def not_different(cells: list[Any], best: int, metric: str, runs: pd.DataFrame, 
         _, ref, ctx = ref_sets[seeds[0]]
         try:
             _, lo, hi = paired_difference([these[s][0] for s in seeds], [ref_sets[s][0] for s in seeds], ref,
-                                          lambda g, r, c=ctx: fn(g, r, c)[metric], resamples, level=1 - alpha)
+                                          lambda g, r, c=ctx: fn(g, r, c)[metric], resamples, level=1 - alpha,
+                                          batched=replicates(definition, ctx) if metric == definition.outputs[0].key
+                                          else None)
         except ValueError:  # different sample counts: nothing to pair
             why = why or "some cells have other sample counts than the best cell"
             continue
