@@ -24,26 +24,34 @@ GUIDANCE_BATCH = ("auto", "measure", "joint", "split")
 _MEASURED: dict[tuple, bool] = {}  # (device, model, shape, dtype) -> split is faster
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
+def sync(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def best_times(cases: dict[str, Callable[[], object]], device: str | torch.device = "cpu",
+               rounds: int = 5, warmup: int = 1) -> dict[str, float]:
+    """Best wall time of each case over ``rounds`` interleaved rounds (round-robin, so a burst of load
+    hits every case alike), after ``warmup`` calls each, the device synchronized around each call."""
+    for fn in cases.values():
+        for _ in range(warmup):
+            fn()
+    best = {name: float("inf") for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def faster_is_split(joint: Callable[[], object], split: Callable[[], object], device: torch.device,
                     rounds: int = 3) -> bool:
     """Whether ``split`` (two B calls) ran faster than ``joint`` (one 2B call): best of ``rounds``
     interleaved timings after one warm-up call each."""
-    best = {"joint": float("inf"), "split": float("inf")}
-    fns = {"joint": joint, "split": split}
-    for fn in fns.values():
-        fn()
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
+    best = best_times({"joint": joint, "split": split}, device, rounds=rounds)
     return best["split"] < best["joint"]
 
 

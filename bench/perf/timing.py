@@ -6,32 +6,11 @@ the machine hits all of them alike instead of skewing one ratio.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-
 import torch
 
+from bench.diffusion.batching import best_times, sync  # one timing rule for benchmarks and batching
 
-def sync(device: str | torch.device) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def best_times(cases: dict[str, Callable[[], object]], device: str | torch.device = "cpu",
-               rounds: int = 5, warmup: int = 1) -> dict[str, float]:
-    """Best wall time of each case over ``rounds`` interleaved rounds, after ``warmup`` calls each."""
-    for fn in cases.values():
-        for _ in range(warmup):
-            fn()
-    best = {name: float("inf") for name in cases}
-    for _ in range(rounds):
-        for name, fn in cases.items():
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
+__all__ = ["best_times", "sync", "cpu_threads", "print_table"]
 
 
 def cpu_threads(device: str | torch.device) -> None:
