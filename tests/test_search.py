@@ -126,6 +126,29 @@ def wait_for(cond: Any, proc: subprocess.Popen, log: Path, timeout: float = 120)
         time.sleep(0.1)
 
 
+def kill_when(cond: Any, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    """SIGKILL ``proc`` at a moment ``cond`` holds. Once it holds, it is checked again with the process
+    stopped (SIGSTOP), so the state cannot move on between that check and the kill."""
+    def holds() -> bool:
+        try:
+            return bool(cond())
+        except Exception:  # noqa: BLE001 - stopped mid-commit: the store is locked, look again later
+            return False
+
+    t0 = time.monotonic()
+    while True:
+        assert proc.poll() is None, f"search exited early ({proc.returncode}):\n{log.read_text()[-3000:]}"
+        assert time.monotonic() - t0 < timeout, f"timed out:\n{log.read_text()[-3000:]}"
+        if holds():
+            proc.send_signal(signal.SIGSTOP)
+            if holds():
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(timeout=30)
+                return
+            proc.send_signal(signal.SIGCONT)
+        time.sleep(0.1)
+
+
 # --- end to end --------------------------------------------------------------------------------
 
 
@@ -254,10 +277,14 @@ def test_killed_search_resumes_without_duplicates(ws: Any) -> None:
     log = ws.root / "kill.out"
     proc = cli(ws, path, storage, 6, log)
     try:
-        wait_for(lambda: (s := states(optuna_trials(storage, study)))["COMPLETE"] >= 3 and s["RUNNING"] == 1,
-                 proc, log)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        def mid_trial() -> bool:  # 3 trials done, one running in Optuna with its MLflow run started
+            running = [t.number for t in optuna_trials(storage, study) if t.state.name == "RUNNING"]
+            started = {r.data.tags.get("optuna.trial_number") for r in trial_runs(ws.uri, study)
+                       if r.info.status == "RUNNING"}
+            return states(optuna_trials(storage, study))["COMPLETE"] >= 3 and len(running) == 1 \
+                and str(running[0]) in started
+
+        kill_when(mid_trial, proc, log)
     finally:
         if proc.poll() is None:
             proc.kill()
