@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.core.bulk import no_gc
 from bench.core.config import RunConfig
 
 KINDS = ("vae", "train", "eval")
@@ -59,7 +60,11 @@ class Plan:
                 for d in job.deps:
                     self.children.setdefault(d, []).append(job.key)
         # EVALs, then TRAINs, then VAEs: every job after all of its dependents
-        self._bottom_up = sorted(self.jobs.values(), key=lambda j: -KINDS.index(j.kind))
+        by_kind: dict[str, list[Job]] = {kind: [] for kind in KINDS}
+        for job in self.jobs.values():
+            by_kind[job.kind].append(job)
+        self._bottom_up = [j for kind in reversed(KINDS) for j in by_kind[kind]]
+        self._count = Counter({kind: len(js) for kind, js in by_kind.items() if js})
         if not self.priority:
             for job in self._bottom_up:
                 kids = self.children.get(job.key, ())
@@ -114,7 +119,7 @@ class Plan:
         done = set(done)
         need = self.needed(done) if need is None else need
         rank, jobs = self._rank, self.jobs
-        heap = [(rank[k], k) for k in need if all(d in done for d in jobs[k].deps)]
+        heap = [(rank[k], k) for k in need if done.issuperset(jobs[k].deps)]
         heapq.heapify(heap)
         emitted: set[str] = set()
         while heap:
@@ -131,14 +136,17 @@ class Plan:
 
     def summary(self, done_keys: Iterable[str] = frozenset(), limit: int = 8) -> str:
         """Counts per kind (total, done, to run, estimated cost) and the first jobs in order."""
-        done = set(done_keys) & set(self.jobs)
+        jobs = self.jobs
+        done = set(done_keys) & jobs.keys()
         need = self.needed(done)
-        total = Counter(j.kind for j in self.jobs.values())
-        n_done = Counter(self.jobs[k].kind for k in done)
-        n_need = Counter(self.jobs[k].kind for k in need)
-        cost = Counter()
+        total = self._count
+        n_done = Counter(jobs[k].kind for k in done)
+        n_need: Counter = Counter()
+        cost: Counter = Counter()
         for k in need:
-            cost[self.jobs[k].kind] += self.jobs[k].cost
+            job = jobs[k]
+            n_need[job.kind] += 1
+            cost[job.kind] += job.cost
         lines = [f"{'kind':<6} {'jobs':>7} {'done':>7} {'to run':>7} {'est. cost':>10}"]
         for kind in KINDS:
             lines.append(
@@ -218,9 +226,15 @@ class Frontier:
 def plan(configs: Iterable[RunConfig], axes: Iterable[str] | None = None) -> Plan:
     """The deduplicated job DAG of ``configs`` (see the module docstring). ``axes`` (dotted keys,
     e.g. a study's) name what job labels show; by default the keys that differ between configs."""
-    configs = list(configs)
+    with no_gc():  # a job and its tuples per point, none in a cycle (bench.core.bulk)
+        return _plan(list(configs), axes)
+
+
+def _plan(configs: list[RunConfig], axes: Iterable[str] | None) -> Plan:
     labels = _Labels(configs, axes)
-    per_element: dict[tuple[int, ...], float] = {}  # memo by section identity, alive for this call
+    per_element: dict[tuple[int, ...], float] = {}  # memos by section identity, alive for this call
+    per_eval: dict[tuple[Any, ...], float] = {}
+    per_train: dict[tuple[Any, ...], str] = {}
     vaes: dict[str, Job] = {}
     trains: dict[str, Job] = {}
     evals: dict[str, Job] = {}
@@ -228,14 +242,22 @@ def plan(configs: Iterable[RunConfig], axes: Iterable[str] | None = None) -> Pla
         key = cfg.key()
         if key in evals:
             continue
-        tkey, vkey = cfg.train_key(), cfg.vae_key()
         ids = (id(cfg.data), id(cfg.model), id(cfg.vae))
+        trained_as = (*ids, id(cfg.diffusion), id(cfg.train), cfg.seed)  # what train_key() reads
+        tkey = per_train.get(trained_as)
+        if tkey is None:
+            tkey = per_train[trained_as] = cfg.train_key()
+        vkey = cfg.vae_key()
         unit = per_element.get(ids)
         if unit is None:
             unit = per_element[ids] = _elements(cfg) * _model_factor(cfg.model.backbone)
+        cost_at = (id(cfg.sample), id(cfg.eval), id(cfg.diffusion), unit)
+        cost = per_eval.get(cost_at)
+        if cost is None:
+            cost = per_eval[cost_at] = eval_cost(cfg, unit)
         if cfg.model.pretrained is not None:  # a node with no training: the eval reads the checkpoint
             labels.trained.setdefault(tkey, f"pretrained {Path(cfg.model.pretrained).name}")
-            evals[key] = Job("eval", key, cfg, (), eval_cost(cfg, unit), labels.eval(cfg, tkey))
+            evals[key] = Job("eval", key, cfg, (), cost, labels.eval(cfg, tkey))
             continue
         if vkey is not None and vkey not in vaes:
             vaes[vkey] = Job("vae", vkey, cfg, (), vae_cost(cfg), labels.vae(cfg))
@@ -250,7 +272,7 @@ def plan(configs: Iterable[RunConfig], axes: Iterable[str] | None = None) -> Pla
                 label = f"{labels.train(guide)} (guide: {cfg.sample.guide})"
                 trains[gkey] = Job("train", gkey, guide, (vkey,) if vkey else (), train_cost(guide), label)
             needs = (tkey, gkey)
-        evals[key] = Job("eval", key, cfg, needs, eval_cost(cfg, unit), labels.eval(cfg, tkey))
+        evals[key] = Job("eval", key, cfg, needs, cost, labels.eval(cfg, tkey))
     return Plan({**vaes, **trains, **evals})
 
 

@@ -159,3 +159,27 @@ def test_frontier_schedules_like_ready() -> None:
         f.finish(job.key)
     assert f.finished() and len(order) == 60 - 1 - 20
     assert_topological(p, [taken[0], taken[2], *order])
+
+
+def test_bulk_building_pauses_the_collector_and_restores_it_also_on_errors() -> None:
+    import gc
+
+    from bench.core.bulk import no_gc
+
+    assert gc.isenabled()
+    with no_gc():
+        assert not gc.isenabled()
+        with no_gc():  # nested: the inner block leaves it to the outer one
+            pass
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(ZeroDivisionError), no_gc():
+        1 / 0
+    assert gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        with no_gc():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

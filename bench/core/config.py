@@ -82,15 +82,9 @@ class RunConfig:
             "schema": _SCHEMA_ENTRY,
             "seed": _PREFIX["seed"] + (str(seed) if type(seed) is int else json.dumps(seed)).encode(),
         }
-        for n in _SECTION_NAMES:
+        for n in _SECTION_NAMES:  # a section's JSON is computed once per instance (_section_entry)
             value = d[n]
-            if value is None:
-                entries[n] = _PREFIX[n] + b"null"
-                continue
-            entry = value.__dict__.get("_entry")  # a section's JSON is computed once per instance
-            if entry is None:
-                entry = value.__dict__["_entry"] = _PREFIX[n] + dumps(asdict(value, key=True))
-            entries[n] = entry
+            entries[n] = _NULL_ENTRY[n] if value is None else value.__dict__.get("_entry") or _section_entry(n, value)
         # frozen dataclass: caches live in the instance dict, outside fields, eq and repr
         d["_entries"] = entries
         return entries
@@ -194,6 +188,11 @@ def _train_diffusion_entry(diffusion: DiffusionSpec) -> bytes:
     return entry
 
 
+def _section_entry(name: str, section: Any) -> bytes:
+    entry = section.__dict__["_entry"] = _PREFIX[name] + dumps(asdict(section, key=True))
+    return entry
+
+
 def _hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:KEY_LENGTH]
 
@@ -202,6 +201,7 @@ _SORTED_NAMES = sorted({*(f.name for f in fields(RunConfig)), "schema"})
 _PREFIX = {n: f'"{n}":'.encode() for n in _SORTED_NAMES}
 _SECTION_NAMES = tuple(f.name for f in fields(RunConfig) if f.name != "seed")
 _SCHEMA_ENTRY = _PREFIX["schema"] + str(SCHEMA_VERSION).encode()
+_NULL_ENTRY = {n: _PREFIX[n] + b"null" for n in _SECTION_NAMES}
 
 
 def from_dict(d: dict[str, Any], where: str = "config") -> RunConfig:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import bench.study.checks as checks
+from bench.core.bulk import no_gc
 from bench.core.config import SECTIONS, RunConfig, coerce_value, resolve_key
 from bench.core.errors import BenchError
 from bench.core.registry import did_you_mean
@@ -151,7 +152,8 @@ class _Builder:
         self.axis_at["seed"] = (len(self.factors) - 1, seed_axis)
         self._check_values()
         exclude = self._read_exclude(raw.get("exclude") or [])
-        configs = Expander(self).expand(exclude)
+        with no_gc():  # hundreds of thousands of small acyclic objects (bench.core.bulk)
+            configs = Expander(self).expand(exclude)
         if not configs:
             raise BenchError(
                 "exclude: every point of the grid is excluded; nothing would run. Loosen `exclude:`"
