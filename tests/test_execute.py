@@ -109,7 +109,7 @@ def test_kill_driver_then_resume_finishes_everything_once(tmp_path, env):
 def test_killed_worker_job_is_retried_and_resumes(tmp_path, env):
     import psutil
 
-    study = write(tmp_path, tiny_study("worker-kill", {"sample.steps": [5]}, train_steps=400))
+    study = write(tmp_path, tiny_study("worker-kill", {"sample.steps": [5]}, train_steps=100))
     db = tmp_path / "mlflow.db"
     proc = start(study, db, env)
     ckpts = tmp_path / "cache" / "train"
