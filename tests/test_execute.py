@@ -174,3 +174,15 @@ def test_unknown_device_is_one_clear_error(tmp_path, env):
     assert proc.returncode == 2
     assert "unknown device 'tpu:0'" in out and "cpu*N" in out
     assert not (tmp_path / "cache" / "train").exists()
+
+
+def test_auto_devices_without_a_gpu_is_one_cpu_worker_per_core_at_most_four(monkeypatch):
+    import torch
+
+    from bench.execute.local import AUTO_CPU_WORKERS, auto_cpu_workers, parse_devices
+
+    assert [auto_cpu_workers(c) for c in (1, 2, 3, 16)] == [1, 2, 3, AUTO_CPU_WORKERS]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the machine has no GPU
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert [(s.device, s.label) for s in parse_devices("auto")] == [("cpu", "cpu")] * 2
+    assert parse_devices("auto") == parse_devices("cpu*2")

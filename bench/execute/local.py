@@ -27,13 +27,14 @@ class Slot:
 
 
 def parse_devices(spec: str = "auto", where: str = "--devices") -> list[Slot]:
-    """``auto`` = every visible GPU, else one CPU worker; ``cpu*N``; ``cuda:0,cuda:1``."""
+    """``auto`` = every visible GPU, else CPU workers (:func:`auto_cpu_workers`); ``cpu*N``; ``cuda:0,cuda:1``."""
     spec = (spec or "auto").strip()
     if spec == "auto":
         import torch
 
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        return [Slot("cuda", physical_gpu(i, where), f"cuda:{i}") for i in range(n)] or [Slot("cpu", None, "cpu")]
+        gpus = [Slot("cuda", physical_gpu(i, where), f"cuda:{i}") for i in range(n)]
+        return gpus or [Slot("cpu", None, "cpu")] * auto_cpu_workers()
     slots: list[Slot] = []
     for part in (p.strip() for p in spec.split(",")):
         name, _, count = part.partition("*")
@@ -55,6 +56,17 @@ def parse_devices(spec: str = "auto", where: str = "--devices") -> list[Slot]:
                                  f"({torch.cuda.device_count() if torch.cuda.is_available() else 0} visible); "
                                  "use --devices auto or cpu")
     return slots
+
+
+AUTO_CPU_WORKERS = 4  # at most, without a GPU: each holds its own copy of torch (about 1 GB)
+
+
+def auto_cpu_workers(cores: int | None = None) -> int:
+    """CPU workers for ``--devices auto`` without a GPU: one per core, at most
+    :data:`AUTO_CPU_WORKERS` (the cores are split between them). The small networks a CPU runs
+    gain less from a second intra-op thread than from a second job at once: ``python -m bench.perf
+    grid`` times equal jobs on ``cpu*2`` at 0.70 of ``cpu`` (one worker, two threads) on 2 cores."""
+    return max(1, min(AUTO_CPU_WORKERS, cores if cores is not None else (os.cpu_count() or 1)))
 
 
 def physical_gpu(index: int, where: str = "--devices") -> str:
