@@ -30,8 +30,11 @@ system-deps:
 		echo "system-deps: apt-get could not install chromium/postgresql/texlive; their tests will be skipped"; \
 	else echo "system-deps: not root or no apt-get; the Chromium/PostgreSQL tests will be skipped"; fi
 
+# Two pytest processes (pytest-xdist), one test file each at a time: a file's module fixtures (trained
+# models) are built once. TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: venv system-deps
-	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q tests
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 lint: venv
 	$(BIN)/ruff check bench tests run_ablation.py

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
+from bench.core.network import connect_timeout
 
 KEY_TAG = "bench.key"
 KIND_TAG = "bench.kind"
@@ -33,10 +34,12 @@ def resolve_uri(tracking_uri: str | None) -> str | None:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
 
 
-def check_server(uri: str | None, timeout: float = 10.0) -> None:
-    """For an http(s) tracking URI, fail within ``timeout`` seconds with one clear message."""
+def check_server(uri: str | None, timeout: float | None = None) -> None:
+    """For an http(s) tracking URI, fail within ``timeout`` seconds (default 10, or
+    ``$BENCH_CONNECT_TIMEOUT``) with one clear message."""
     if not uri or not uri.startswith(("http://", "https://")):
         return
+    timeout = connect_timeout(10.0) if timeout is None else timeout
     import urllib.error
     import urllib.request
 

@@ -3,10 +3,13 @@ import os
 import pytest
 import torch
 
+from bench.core.allocator import tune_allocator
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # One intra-op thread: the tests run tiny networks, where extra OpenMP threads only spin against
 # the other processes the suite starts (workers, servers) and cost up to 10x.
 torch.set_num_threads(1)
+tune_allocator()  # as the bench's own workers do: activation buffers reused, not page-faulted in anew
 
 
 @pytest.fixture(autouse=True)

@@ -205,7 +205,9 @@ def test_rescore_samples_nothing_and_equals_a_fresh_evaluation(tmp_path, monkeyp
             assert fresh[r.data.tags["bench.label"]]["fid"] == pytest.approx(r.data.metrics["fid"])
         table = audit_study(path, tracking_uri=uri)
     assert len(table) == 4  # both studies' runs: they scored the same stored samples
-    assert (table["torch-fidelity - logged"].abs() < 1e-6).all()
+    # the same features up to float32 rounding: the logged number came from a worker with its own
+    # thread count, the audit's from this process (convolutions sum in another order)
+    assert (table["torch-fidelity - logged"].abs() <= 1e-6 * table["logged"].abs()).all()
     assert table["clean-fid"].notna().all() and (table["clean-fid"] > 0).all()
     assert table["clean-fid protocol"].str.contains("mode clean").all()
 

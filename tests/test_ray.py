@@ -155,7 +155,8 @@ def test_driver_side_shared_folder_check(tmp_path):
         RayPool(shared_dir=str(tmp_path / "file" / "cache"))
 
 
-def test_unreachable_address_fails_fast(cluster):
+def test_unreachable_address_fails_fast(cluster, monkeypatch):
+    monkeypatch.setenv("BENCH_CONNECT_TIMEOUT", "2")  # the silent port is given up on after 2 s, not 10
     closed = socket.socket()
     closed.bind(("127.0.0.1", 0))
     port = closed.getsockname()[1]
@@ -166,11 +167,16 @@ def test_unreachable_address_fails_fast(cluster):
     try:
         for address in (f"127.0.0.1:{port}", f"127.0.0.1:{silent.getsockname()[1]}"):
             t0 = time.monotonic()
-            with pytest.raises(BenchError, match="no Ray cluster reachable"):
+            with pytest.raises(BenchError, match="no Ray cluster reachable") as e:
                 RayPool(address=address)
-            assert time.monotonic() - t0 < 30
+            assert time.monotonic() - t0 < 8
     finally:
         silent.close()
+    assert "no answer within 2 s" in str(e.value)  # the silent port, after the configured wait
+    monkeypatch.setenv("BENCH_CONNECT_TIMEOUT", "soon")
+    with pytest.raises(BenchError, match=r"BENCH_CONNECT_TIMEOUT='soon'.*positive number"):
+        check_address(cluster)
+    monkeypatch.delenv("BENCH_CONNECT_TIMEOUT")
     with pytest.raises(BenchError, match="HOST:PORT"):
         check_address("head-node-without-port")
     assert check_address(cluster) == cluster  # the real one answers the handshake

@@ -1,8 +1,13 @@
 """The speed settings of sampling: guided batching (one 2B call or two B calls), sample.precision,
-sample.compile, the GPU benchmark's bookkeeping, and the sampler loop's per-level precomputation."""
+sample.compile, the GPU benchmark's bookkeeping, the sampler loop's per-level precomputation, and
+the CPU allocator's thresholds."""
 
 from __future__ import annotations
 
+import ctypes
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -229,3 +234,36 @@ def test_gpu_benchmark_quick_run_on_cpu(capsys):
         assert rate > 0 and 0 < roofline
     with pytest.raises(SystemExit):
         main(["plan", "--quick"])  # only the GPU suite has a quick run
+
+
+# --- the CPU allocator ---------------------------------------------------------------------------
+_MMAPPED_BLOCKS = """
+import ctypes, sys
+from bench.core.allocator import tune_allocator
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+tuned = tune_allocator()
+before = libc.mallinfo2().hblks
+block = libc.malloc(4 << 20)  # an activation-sized buffer: 4 MiB
+print(tuned, libc.mallinfo2().hblks - before)
+libc.free(block)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not hasattr(ctypes.CDLL(None), "mallinfo2"),
+                    reason="glibc >= 2.33 only (mallinfo2)")
+@pytest.mark.parametrize("setting, expected", [("tuned", "True 0"), ("default", "False 1")])
+def test_tuned_allocator_serves_activation_buffers_from_the_heap(setting, expected):
+    """glibc maps a 4 MiB block with its own mmap (one more mmapped block, page faults on every
+    use); after tune_allocator it comes from the heap. BENCH_MALLOC=default leaves glibc alone."""
+    env = {**os.environ, "BENCH_MALLOC": setting}
+    out = subprocess.run([sys.executable, "-c", _MMAPPED_BLOCKS], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert " ".join(out) == expected

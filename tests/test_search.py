@@ -38,9 +38,10 @@ BASE: dict[str, Any] = {
 }
 
 
-def study_dict(high: float = 4.0, n_trials: int = 6, **search: Any) -> dict[str, Any]:
+def study_dict(high: float = 4.0, n_trials: int = 6, sample_steps: int = 2, **search: Any) -> dict[str, Any]:
     params = search.pop("params", {"sample.guidance": {"type": "float", "low": 0.0, "high": high}})
-    return {"name": "search-test", "question": "which guidance?", "base": BASE,
+    base = {**BASE, "sample": {**BASE["sample"], "steps": sample_steps}}  # inference only: one trained model
+    return {"name": "search-test", "question": "which guidance?", "base": base,
             "search": {"params": params, "objectives": ["fid"], "n_trials": n_trials, **search}}
 
 
@@ -271,7 +272,8 @@ def test_killed_search_resumes_without_duplicates(ws: Any) -> None:
     """kill -9 mid-trial after 3 complete trials; the rerun ends with 6 COMPLETE, no duplicates."""
     from bench.search import run_search
 
-    path = write_study(ws, "kill", high=3.0)
+    # trials of 30 guided steps (about a second each), so the kill lands inside one whatever the load
+    path = write_study(ws, "kill", high=3.0, sample_steps=30)
     study = load_study(path)
     storage = str(ws.root / "kill.db")
     log = ws.root / "kill.out"

@@ -10,7 +10,26 @@ import os
 import socket
 from urllib.parse import urlparse
 
+from bench.core.errors import BenchError
+
 OFFLINE_ENV = "BENCH_OFFLINE"
+TIMEOUT_ENV = "BENCH_CONNECT_TIMEOUT"
+
+
+def connect_timeout(default: float) -> float:
+    """Seconds to wait for a server (tracking server, Ray head, database) before one clear error:
+    ``$BENCH_CONNECT_TIMEOUT`` where set (a slow link wants more, a test of a silent port less),
+    else ``default``."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise BenchError(f"${TIMEOUT_ENV}={raw!r}: give the seconds to wait for a server as a positive number")
+    return value
 
 
 def can_reach(url: str) -> bool:

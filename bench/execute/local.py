@@ -3,6 +3,15 @@
 GPU workers see only their GPU (``CUDA_VISIBLE_DEVICES``); CPU workers split the cores (torch
 threads = cores / workers). A worker that dies is replaced and its job handed back to the
 scheduler (bench.execute.scheduler), which retries it.
+
+How workers start: a pool of CPU workers forks them from multiprocessing's fork server, which
+imported what every job needs (:data:`PRELOAD`: torch, the jobs, dynamo, torch-fidelity) once, so
+a worker, a second worker or a replacement for a killed one starts in milliseconds instead of
+importing about 5 s of CPU time again; the fork server lives as long as the driver, so the runs of
+a search or of a test session share it. A pool with a GPU starts its workers with ``spawn``
+(nothing of CUDA's state is ever copied into a child). Either way the worker takes the driver's
+environment, working folder and ``sys.path`` as they are when it starts (:func:`_entry`), not as
+they were when the fork server started.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,11 +95,25 @@ def physical_gpu(index: int, where: str = "--devices") -> str:
     return ids[index]
 
 
+# Imported once by the fork server, so no forked worker imports them again. Not scikit-learn (it
+# starts a jemalloc thread at import) nor anything that reads the environment at import time (the
+# Hugging Face hub): what a job imports beyond this list it imports itself, as with spawn.
+PRELOAD = ("bench.jobs", "torch._dynamo", "torch_fidelity")
+
+
+def start_method(slots: list[Slot]) -> str:
+    """``forkserver`` for CPU workers where the platform has it, else ``spawn`` (a GPU in the pool, Windows)."""
+    cpu_only = all(s.device == "cpu" for s in slots)
+    return "forkserver" if cpu_only and "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
 class LocalPool:
-    """Worker processes (spawned: CUDA-safe), one job at a time each."""
+    """Worker processes, one job at a time each (started as :func:`start_method` says)."""
 
     def __init__(self, slots: list[Slot], progress: bool = True) -> None:
-        self.ctx = mp.get_context("spawn")
+        self.ctx = mp.get_context(start_method(slots))
+        if self.ctx.get_start_method() == "forkserver":
+            self.ctx.set_forkserver_preload(list(PRELOAD))  # read when the fork server (re)starts
         self.slots_spec = slots
         self.slots = len(slots)
         self.progress = progress
@@ -104,20 +128,14 @@ class LocalPool:
     def _spawn(self, i: int) -> dict[str, Any]:
         slot = self.slots_spec[i]
         tasks = self.ctx.Queue()
-        old = os.environ.get("CUDA_VISIBLE_DEVICES")
+        env = dict(os.environ)
         if slot.visible is not None:
-            os.environ["CUDA_VISIBLE_DEVICES"] = slot.visible  # inherited by the spawned child
-        try:
-            p = self.ctx.Process(target=_entry, daemon=True, name=f"bench-worker-{i}",
-                                 args=(i, slot.device, self.threads, tasks, self.results, os.getpid(),
-                                       self.progress))
-            p.start()
-        finally:
-            if slot.visible is not None:
-                if old is None:
-                    os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-                else:
-                    os.environ["CUDA_VISIBLE_DEVICES"] = old
+            env["CUDA_VISIBLE_DEVICES"] = slot.visible  # set in the child before torch touches CUDA
+        where = Where(env, os.getcwd(), list(sys.path))
+        p = self.ctx.Process(target=_entry, daemon=True, name=f"bench-worker-{i}",
+                             args=(where, i, slot.device, self.threads, tasks, self.results, os.getpid(),
+                                   self.progress))
+        p.start()
         return {"proc": p, "tasks": tasks, "job": None}
 
     def submit(self, job: Job) -> None:
@@ -165,7 +183,24 @@ class LocalPool:
                 w["proc"].kill()
 
 
-def _entry(*args: Any) -> None:
+@dataclass(frozen=True)
+class Where:
+    """The driver's environment, working folder and import path when it started a worker."""
+
+    env: dict[str, str]
+    cwd: str
+    sys_path: list[str]
+
+    def enter(self) -> None:
+        """Make this process see what the driver saw (a forked worker has the fork server's view)."""
+        os.environ.clear()
+        os.environ.update(self.env)
+        os.chdir(self.cwd)
+        sys.path[:] = self.sys_path
+
+
+def _entry(where: Where, *args: Any) -> None:
+    where.enter()
     from bench.execute.worker import worker_main
 
     worker_main(*args)

@@ -27,12 +27,13 @@ import time
 from typing import Any
 
 from bench.core.errors import BenchError
+from bench.core.network import connect_timeout
 from bench.execute.registry import EXECUTORS, pool_options
 from bench.execute.remote import check_shared_dir, require
 from bench.execute.scheduler import Outcome
 from bench.plan import Job
 
-CONNECT_TIMEOUT = 10.0  # seconds for the address check (connect + handshake), well under 30 s
+CONNECT_TIMEOUT = 10.0  # seconds for the address check (connect + handshake); $BENCH_CONNECT_TIMEOUT overrides
 _H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + empty SETTINGS
 
 
@@ -56,7 +57,7 @@ class RayPool:
 
     def __init__(self, devices: str = "auto", address: str | None = None, shared_dir: str | None = None,
                  max_retries: int = 2, cpus_per_job: float = 1.0, slots: int | None = None,
-                 progress: bool = False, connect_timeout: float = CONNECT_TIMEOUT,
+                 progress: bool = False, connect_timeout: float | None = None,
                  init_kwargs: dict[str, Any] | None = None) -> None:
         ray = require("ray", "ray")
         from bench.core.paths import cache_dir
@@ -155,11 +156,13 @@ def _show(cluster: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:g}" for k, v in sorted(cluster.items()) if k in ("CPU", "GPU")) or "none"
 
 
-def check_address(address: str, timeout: float = CONNECT_TIMEOUT) -> str:
-    """Fail within ``timeout`` seconds with one BenchError unless a gRPC server answers at ``address``.
+def check_address(address: str, timeout: float | None = None) -> str:
+    """Fail within ``timeout`` seconds (default :data:`CONNECT_TIMEOUT`, or ``$BENCH_CONNECT_TIMEOUT``)
+    with one BenchError unless a gRPC server answers at ``address``.
 
     ``auto`` is resolved the way Ray does (the cluster started on this machine). Returns HOST:PORT.
     """
+    timeout = connect_timeout(CONNECT_TIMEOUT) if timeout is None else timeout
     target = _resolve(address)
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():

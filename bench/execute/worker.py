@@ -14,12 +14,25 @@ import traceback
 from typing import Any
 
 
-def _watch_parent(parent_pid: int) -> None:
-    """Exit at once when the driver is gone (killed with -9), so no orphan keeps writing."""
+def _watch_parent(driver_pid: int) -> None:
+    """Exit at once when the driver is gone (killed with -9), so no orphan keeps writing: when the
+    driver's pid is gone, or this process's parent changed (the driver, or for a forked worker the
+    fork server, which exits with the driver)."""
+    parent = os.getppid()
     while True:
-        if os.getppid() != parent_pid:
+        if os.getppid() != parent or not _alive(driver_pid):
             os._exit(3)
         time.sleep(0.5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def worker_main(worker_id: int, device: str, threads: int, tasks: Any, results: Any, parent_pid: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench.core.allocator import tune_allocator
 from bench.core.config import RunConfig, from_dict
 from bench.core.registry import Registry
 from bench.jobs.eval import generate, run_eval, sample_seeds, save_grid
@@ -25,6 +26,7 @@ JOBS.register("eval", run_eval)
 def run_job(kind: str, config: dict[str, Any], key: str, device: str = "cpu", progress: bool = True
             ) -> dict[str, Any]:
     """Run the job ``kind`` of ``config`` (a RunConfig's dict) on ``device``; returns its result."""
+    tune_allocator()  # once per process, whichever executor started it
     cfg: RunConfig = from_dict(config)
     return JOBS.get(JOBS.check(kind, "job kind"))(cfg, key, device, progress)
 

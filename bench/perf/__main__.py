@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from bench.core.allocator import tune_allocator
+
 SUITES = {
     "sampler": "bench.perf.sampler",
     "train": "bench.perf.train",
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick and args.suite not in QUICK:
         parser.error(f"--quick: suite {args.suite!r} has no quick run (those that do: {', '.join(sorted(QUICK))})")
     extra = {"quick": True} if args.quick else {}
+    tune_allocator()  # as in every worker: the timings are of the code, not of glibc's page faults
     importlib.import_module(SUITES[args.suite]).main(device=args.device, **extra)
     return 0
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
+from bench.core.network import connect_timeout
 
 _DRIVERS = {"psycopg": "'psycopg[binary]' (or psycopg2-binary with postgresql+psycopg2://)",
             "psycopg2": "psycopg2-binary", "pg8000": "pg8000", "asyncpg": "asyncpg",
@@ -76,8 +77,9 @@ def hide_password(url: str) -> str:
         return url
 
 
-def check_server(url: str, shown: str, timeout: float = 5.0) -> None:
-    """The database driver is installed and the server answers on its port within ``timeout``."""
+def check_server(url: str, shown: str, timeout: float | None = None) -> None:
+    """The database driver is installed and the server answers on its port within ``timeout``
+    (default 5 s, or ``$BENCH_CONNECT_TIMEOUT``)."""
     from sqlalchemy.engine import make_url
 
     try:
@@ -91,6 +93,7 @@ def check_server(url: str, shown: str, timeout: float = 5.0) -> None:
         raise BenchError(f"--storage {shown}: the database driver {driver!r} is not installed ({e}); "
                          f"pip install {_DRIVERS.get(driver, e.name or driver)}") from None
     if u.host:
+        timeout = connect_timeout(5.0) if timeout is None else timeout
         port = u.port or _PORTS.get(u.get_backend_name(), 0)
         try:
             socket.create_connection((u.host, port), timeout=timeout).close()
