@@ -195,7 +195,7 @@ def test_guidance_is_one_2b_call_or_two_b_calls_per_step_and_follows_the_cfg_con
         runs[mode + " calls"], runs[mode + " info"] = list(net.calls), info
     assert runs["joint calls"] == [6] * 7  # one network call on 2B per step
     assert runs["split calls"] == [3] * 14  # or two on B
-    assert runs["auto calls"] == [3] * 14 and runs["auto info"]["guidance_batch"] == "split"  # the CPU rule
+    assert runs["auto calls"] == [6] * 7 and runs["auto info"]["guidance_batch"] == "joint"  # the CPU rule
     for mode in ("joint", "split", "auto"):  # the same NFE counted either way: 7 guided calls
         assert runs[mode + " info"]["nfe"] == 7 and runs[mode + " info"]["guided_calls"] == 7
     assert runs["joint info"]["guidance_batch"] == "joint"

@@ -53,8 +53,8 @@ def test_split_guided_measures_once_per_device_model_and_shape_and_the_cpu_rule_
         return run
 
     net, cpu = _tiny_unet(), torch.device("cpu")
-    assert split_guided("auto", net, cpu, (4, 1, 8, 8), torch.float32, way("joint"), way("split")) is True
-    assert split_guided("joint", net, cpu, (4, 1, 8, 8), torch.float32, way("joint"), way("split")) is False
+    assert split_guided("auto", net, cpu, (4, 1, 8, 8), torch.float32, way("joint"), way("split")) is False
+    assert split_guided("split", net, cpu, (4, 1, 8, 8), torch.float32, way("joint"), way("split")) is True
     assert calls == {"joint": 0, "split": 0}  # the CPU rule and a fixed mode time nothing
     _MEASURED.clear()
     assert split_guided("measure", net, cpu, (4, 1, 8, 8), torch.float32, way("joint"), way("split")) is False

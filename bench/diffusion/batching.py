@@ -3,10 +3,13 @@
 Both give the same numbers up to float rounding (tested to 1e-10 in float64) and count the same
 NFE (one guided call either way). ``sample.guidance_batch``:
 
-- ``auto`` (default): on a CPU, two B calls. The rule comes from ``python -m bench.perf sampler``:
-  a CPU convolution costs the same per image at B and 2B, so the joint call gains no arithmetic
-  and its doubled activations fall out of cache (measured on the 2-core build machine: two B
-  calls faster, see the benchmark's last rows). On any other device, ``measure``.
+- ``auto`` (default): on a CPU, one 2B call. The rule comes from ``python -m bench.perf sampler``
+  and the models the bench ships: with glibc's allocator thresholds fixed
+  (:mod:`bench.core.allocator`, as in every worker) the joint call was faster or within 2 % on every
+  network measured on the 2-core build machine (two B calls took 1.02-1.44x the joint call's time
+  for unet-micro / unet-tiny / dit-tiny at 8x8, 1.0x for unet-small at 28x28). An earlier rule
+  (two B calls on a CPU) had measured the page faults of a 2B call's fresh activation buffers, not
+  the arithmetic. On any other device, ``measure``.
 - ``measure``: time both on the first guided call for this (device, model, input shape, dtype),
   best of three interleaved after a warm-up, and keep the faster for the rest of the process. A
   GPU that B images leave under-filled runs 2B in about the time of B; one they fill gains nothing.
@@ -72,7 +75,7 @@ def split_guided(mode: str, model: object, device: torch.device, shape: tuple[in
     if mode in ("joint", "split"):
         return mode == "split"
     if mode == "auto" and device.type == "cpu":
-        return True
+        return False
     key = (str(device), model_signature(model), tuple(shape), dtype)
     if key not in _MEASURED:
         with torch.no_grad():

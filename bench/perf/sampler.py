@@ -12,6 +12,8 @@ import torch
 from bench.diffusion import SAMPLERS, Diffusion
 from bench.perf.timing import best_times, cpu_threads, print_table
 
+ROUNDS = 10  # interleaved rounds per case: the best of 10 is stable to about 1 % on a quiet CPU
+
 
 class SmallConvNet(torch.nn.Module):
     """A small conditional conv net (4 convs, 64 channels) standing in for a real backbone."""
@@ -74,7 +76,7 @@ def main(device: str = "cpu", batch: int = 64, steps: int = 20, size: int = 16) 
                                                                   y=y, generator=gen(), guidance_batch=m))
     cases["guided ddim, two calls by hand"] = lambda: d.sample(TwoCallCFG(net, 2.0), shape, sampler="ddim",
                                                                 steps=steps, y=y, generator=gen())
-    best = best_times(cases, device)
+    best = best_times(cases, device, rounds=ROUNDS)
     rows = []
     for s in SAMPLERS.names():
         name = f"{s}, batch {batch}"
@@ -94,7 +96,7 @@ def main(device: str = "cpu", batch: int = 64, steps: int = 20, size: int = 16) 
                  "target": "split / by hand ~ 1"})
     rows.append({"case": f"guided ddim, auto (picks {picked['guidance_batch']})", "seconds": auto,
                  "bare forwards": min(joint, split), "ratio": auto / min(joint, split), "target": "<= 1.05 (never slower)"})
-    print_table(rows, f"Sampler overhead on {device} ({steps} steps, {shape}, small conv net, best of 5)")
+    print_table(rows, f"Sampler overhead on {device} ({steps} steps, {shape}, small conv net, best of {ROUNDS})")
     return rows
 
 
