@@ -37,13 +37,16 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     before any work starts. Finished jobs are skipped; cut-off runs are marked KILLED and redone.
     """
     from bench.execute import EXECUTORS, done_keys, make_pool, run_plan
-    from bench.execute.local import parse_devices
+    from bench.execute.local import parse_devices, start_fork_server
     from bench.tracking import Tracker
 
     EXECUTORS.check(executor, "--executor")
     study = load_with_overrides(path, overrides, **dotted)
     if executor == "local":
-        check_devices(study, parse_devices(devices), devices)
+        slots = parse_devices(devices)
+        check_devices(study, slots, devices)
+        if not dry_run:
+            start_fork_server(slots)  # its imports overlap the tracking store's opening
     plan = study.plan()
     tracker = Tracker(study.name, tracking_uri)
     killed = tracker.mark_orphans_killed()

@@ -83,6 +83,29 @@ def test_digits_split_is_deterministic_and_disjoint() -> None:
         torch.from_numpy(np.rint(load_digits().images * 255 / 16).astype(np.uint8)).flatten(1), dim=0))
 
 
+def test_digits_split_is_stored_and_read_back_without_scikit_learn(tmp_path, monkeypatch) -> None:
+    """The first load stores scikit-learn's split in the cache folder; a new process reads the same
+    images and labels from it without importing scikit-learn; a garbled file is computed again."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path))
+    from bench.data.sources import digits_arrays
+
+    fresh = digits_arrays()
+    stored = list((tmp_path / "data").glob("digits-sklearn-*.npz"))
+    assert len(stored) == 1
+    code = ("import sys; from bench.core.config import DataSpec; from bench.data import load_images; "
+            "t = load_images(DataSpec(), 'test'); print(int(t.images.sum()), int(t.labels.sum()), "
+            "'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    test_idx = fresh["test"]
+    assert out == [str(int(fresh["images"][test_idx].sum())), str(int(fresh["labels"][test_idx].sum())), "False"]
+    stored[0].write_bytes(b"not an npz")
+    again = digits_arrays()
+    assert all(np.array_equal(again[k], fresh[k]) for k in fresh)
+
+
 def test_loads_are_cached_in_process() -> None:
     a = load_images(DataSpec(image_size=12), "train")
     b = load_images(DataSpec(image_size=12), "train")

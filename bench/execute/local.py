@@ -95,16 +95,28 @@ def physical_gpu(index: int, where: str = "--devices") -> str:
     return ids[index]
 
 
-# Imported once by the fork server, so no forked worker imports them again. Not scikit-learn (it
-# starts a jemalloc thread at import) nor anything that reads the environment at import time (the
+# Imported once by the fork server, so no forked worker imports them again: torch and the jobs,
+# what the first optimizer imports (dynamo), the metrics' torch-fidelity, the training loop's
+# accelerate and the loss plot's matplotlib. Not SciPy / scikit-learn (their BLAS starts threads at
+# import, which a fork does not copy) nor anything that reads the environment at import time (the
 # Hugging Face hub): what a job imports beyond this list it imports itself, as with spawn.
-PRELOAD = ("bench.jobs", "torch._dynamo", "torch_fidelity")
+PRELOAD = ("bench.jobs", "torch._dynamo", "torch_fidelity", "accelerate", "matplotlib")
 
 
 def start_method(slots: list[Slot]) -> str:
     """``forkserver`` for CPU workers where the platform has it, else ``spawn`` (a GPU in the pool, Windows)."""
     cpu_only = all(s.device == "cpu" for s in slots)
     return "forkserver" if cpu_only and "forkserver" in mp.get_all_start_methods() else "spawn"
+
+
+def start_fork_server(slots: list[Slot]) -> None:
+    """Start the fork server now, where the pool will use one: it imports :data:`PRELOAD` in its own
+    process while the driver goes on (opening the tracking store, planning), instead of after."""
+    if start_method(slots) == "forkserver":
+        from multiprocessing import forkserver
+
+        mp.get_context("forkserver").set_forkserver_preload(list(PRELOAD))
+        forkserver.ensure_running()
 
 
 class LocalPool:
