@@ -34,7 +34,7 @@ system-deps:
 # models) are built once. TEST_WORKERS=0 runs the suite in one process.
 TEST_WORKERS ?= 2
 test: venv system-deps
-	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	MLFLOW_DISABLE_TELEMETRY=true $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=20 tests
 
 lint: venv
 	$(BIN)/ruff check bench tests run_ablation.py

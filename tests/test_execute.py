@@ -186,3 +186,23 @@ def test_auto_devices_without_a_gpu_is_one_cpu_worker_per_core_at_most_four(monk
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert [(s.device, s.label) for s in parse_devices("auto")] == [("cpu", "cpu")] * 2
     assert parse_devices("auto") == parse_devices("cpu*2")
+
+
+def test_forked_workers_see_the_driver_as_it_is_when_they_start(tmp_path, monkeypatch):
+    """CPU workers fork from a fork server started earlier, under another environment and folder;
+    each worker still takes the driver's environment and working folder of the moment it starts:
+    a relative $BENCH_CACHE_DIR set afterwards receives the checkpoint. A pool with a GPU spawns."""
+    from bench.execute.local import Slot, start_fork_server, start_method
+    from bench.pipeline import run_study
+
+    cpu = [Slot("cpu", None, "cpu")] * 2
+    assert start_method(cpu) == "forkserver"
+    assert start_method([Slot("cpu", None, "cpu"), Slot("cuda", "0", "cuda:0")]) == "spawn"
+    start_fork_server(cpu)  # running now, with the environment and folder of this moment
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BENCH_CACHE_DIR", "later-cache")  # relative: resolved in the worker's folder
+    study = write(tmp_path, tiny_study("fork-view", {"sample.steps": [5]}, train_steps=10))
+    summary = run_study(study, tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", devices="cpu*2",
+                        progress=False, report=False)
+    assert summary is not None and not summary.failed
+    assert len(list((tmp_path / "later-cache" / "train").glob("*/checkpoint.pt"))) == 1
