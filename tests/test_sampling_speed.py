@@ -43,27 +43,28 @@ def test_faster_is_split_picks_the_faster_of_the_two_ways():
     assert faster_is_split(joint=fast, split=slow, device=cpu) is False
 
 
-def test_split_guided_measures_once_per_device_model_and_shape_and_the_cpu_rule_measures_nothing():
+@pytest.mark.parametrize("mode", ["auto", "measure"])
+def test_split_guided_measures_once_per_device_model_and_shape(mode):
     calls = {"joint": 0, "split": 0}
 
-    def way(name):
+    def way(name, slow):
         def run():
             calls[name] += 1
-            time.sleep(0.002 if name == "joint" else 0.02)
+            time.sleep(0.02 if slow else 0.002)
         return run
 
     net, cpu = _tiny_unet(), torch.device("cpu")
-    assert split_guided("auto", net, cpu, (4, 1, 8, 8), torch.float32, way("joint"), way("split")) is False
-    assert split_guided("split", net, cpu, (4, 1, 8, 8), torch.float32, way("joint"), way("split")) is True
-    assert calls == {"joint": 0, "split": 0}  # the CPU rule and a fixed mode time nothing
+    assert split_guided("joint", net, cpu, (4, 1, 8, 8), torch.float32, way("joint", 1), way("split", 0)) is False
+    assert split_guided("split", net, cpu, (4, 1, 8, 8), torch.float32, way("joint", 0), way("split", 1)) is True
+    assert calls == {"joint": 0, "split": 0}  # a fixed mode times nothing
     _MEASURED.clear()
-    assert split_guided("measure", net, cpu, (4, 1, 8, 8), torch.float32, way("joint"), way("split")) is False
+    assert split_guided(mode, net, cpu, (4, 1, 8, 8), torch.float32, way("joint", 0), way("split", 1)) is False
     after_first = dict(calls)
     assert after_first["joint"] == after_first["split"] == 4  # a warm-up and three interleaved rounds
-    assert split_guided("measure", _tiny_unet(), cpu, (4, 1, 8, 8), torch.float32, way("joint"), way("split")) is False
+    assert split_guided(mode, _tiny_unet(), cpu, (4, 1, 8, 8), torch.float32, way("joint", 1), way("split", 0)) is False
     assert calls == after_first  # an equal architecture reuses the measurement
-    split_guided("measure", net, cpu, (8, 1, 8, 8), torch.float32, way("joint"), way("split"))
-    assert calls["joint"] == 8  # a new shape is measured again
+    assert split_guided(mode, net, cpu, (8, 1, 8, 8), torch.float32, way("joint", 1), way("split", 0)) is True
+    assert calls["joint"] == 8  # a new shape is measured again, and here two B calls were faster
     _MEASURED.clear()
 
 

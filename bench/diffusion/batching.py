@@ -3,16 +3,14 @@
 Both give the same numbers up to float rounding (tested to 1e-10 in float64) and count the same
 NFE (one guided call either way). ``sample.guidance_batch``:
 
-- ``auto`` (default): on a CPU, one 2B call. The rule comes from ``python -m bench.perf sampler``
-  and the models the bench ships: with glibc's allocator thresholds fixed
-  (:mod:`bench.core.allocator`, as in every worker) the joint call was faster or within 2 % on every
-  network measured on the 2-core build machine (two B calls took 1.02-1.44x the joint call's time
-  for unet-micro / unet-tiny / dit-tiny at 8x8, 1.0x for unet-small at 28x28). An earlier rule
-  (two B calls on a CPU) had measured the page faults of a 2B call's fresh activation buffers, not
-  the arithmetic. On any other device, ``measure``.
-- ``measure``: time both on the first guided call for this (device, model, input shape, dtype),
-  best of three interleaved after a warm-up, and keep the faster for the rest of the process. A
-  GPU that B images leave under-filled runs 2B in about the time of B; one they fill gains nothing.
+- ``auto`` (default) and ``measure``: time both on the first guided call for this (device, model,
+  input shape, dtype), best of three interleaved after a warm-up, and keep the faster for the rest
+  of the process; the measurement's calls are not counted in the chain's NFE. On every device: a
+  GPU that B images leave under-filled runs 2B in about the time of B, one they fill gains nothing;
+  on a CPU neither way wins everywhere (``python -m bench.perf sampler`` and the shipped networks
+  on the 2-core build machine: two B calls took 1.02-1.44x the joint call's time for
+  unet-micro / unet-tiny / dit-tiny at 8x8, and 0.9-1.0x for 64-channel 16x16 and 28x28 networks,
+  from one run to the next), so no fixed rule is never slower.
 - ``joint`` / ``split``: always one 2B call / always two B calls.
 """
 
@@ -68,14 +66,12 @@ def model_signature(model: object) -> tuple:
 
 def split_guided(mode: str, model: object, device: torch.device, shape: tuple[int, ...], dtype: torch.dtype,
                  joint: Callable[[], object], split: Callable[[], object]) -> bool:
-    """True where this chain's guided calls should be two B calls (see the module's rule).
+    """True where this chain's guided calls should be two B calls (see the module's docstring).
 
     ``joint`` / ``split`` run one guided call each way; they are called only where ``mode`` asks
     for a measurement not yet made for this (device, model, shape, dtype)."""
     if mode in ("joint", "split"):
         return mode == "split"
-    if mode == "auto" and device.type == "cpu":
-        return False
     key = (str(device), model_signature(model), tuple(shape), dtype)
     if key not in _MEASURED:
         with torch.no_grad():
