@@ -75,7 +75,7 @@ def auto_cpu_workers(cores: int | None = None) -> int:
     """CPU workers for ``--devices auto`` without a GPU: one per core, at most
     :data:`AUTO_CPU_WORKERS` (the cores are split between them). The small networks a CPU runs
     gain less from a second intra-op thread than from a second job at once: ``python -m bench.perf
-    grid`` times equal jobs on ``cpu*2`` at 0.74 of ``cpu`` (one worker, two threads) on 2 cores."""
+    grid`` times equal jobs on ``cpu*2`` at 0.73 of ``cpu`` (one worker, two threads) on 2 cores."""
     return max(1, min(AUTO_CPU_WORKERS, cores if cores is not None else (os.cpu_count() or 1)))
 
 
