@@ -28,7 +28,7 @@ class Digits:
     Pixel values 0..16 are scaled to 0..255 with rounding. The train/test split is stratified,
     80/20, with a fixed seed, so every run sees the same 1437 train and 360 test images.
 
-    The scaled images and the split's indices are kept in the cache folder (43 KB, one file per
+    The scaled images and the split's indices are kept in the cache folder (about 140 KB, one file per
     scikit-learn version, since the split is scikit-learn's), so a worker process reads them
     without importing scikit-learn (about a second of CPU time each).
     """

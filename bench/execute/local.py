@@ -5,7 +5,7 @@ threads = cores / workers). A worker that dies is replaced and its job handed ba
 scheduler (bench.execute.scheduler), which retries it.
 
 How workers start: a pool of CPU workers forks them from multiprocessing's fork server, which
-imported what every job needs (:data:`PRELOAD`: torch, the jobs, dynamo, torch-fidelity) once, so
+imported what every job needs (:data:`PRELOAD`: torch, the jobs, dynamo, torch-fidelity, ...) once, so
 a worker, a second worker or a replacement for a killed one starts in milliseconds instead of
 importing about 5 s of CPU time again; the fork server lives as long as the driver, so the runs of
 a search or of a test session share it. A pool with a GPU starts its workers with ``spawn``
@@ -124,8 +124,7 @@ class LocalPool:
 
     def __init__(self, slots: list[Slot], progress: bool = True) -> None:
         self.ctx = mp.get_context(start_method(slots))
-        if self.ctx.get_start_method() == "forkserver":
-            self.ctx.set_forkserver_preload(list(PRELOAD))  # read when the fork server (re)starts
+        start_fork_server(slots)  # where it is not running yet (or was killed): the preload is read then
         self.slots_spec = slots
         self.slots = len(slots)
         self.progress = progress
