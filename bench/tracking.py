@@ -39,7 +39,7 @@ def check_server(uri: str | None, timeout: float | None = None) -> None:
     ``$BENCH_CONNECT_TIMEOUT``) with one clear message."""
     if not uri or not uri.startswith(("http://", "https://")):
         return
-    timeout = connect_timeout(10.0) if timeout is None else timeout
+    timeout = connect_timeout(10.0, timeout)
     import urllib.error
     import urllib.request
 

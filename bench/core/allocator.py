@@ -12,36 +12,32 @@ reason). :func:`tune_allocator` fixes them with ``mallopt`` in the running proce
 - ``M_MMAP_THRESHOLD`` 32 MiB (glibc's maximum): smaller buffers come from the heap and are reused;
 - ``M_TRIM_THRESHOLD`` 256 MiB and ``M_TOP_PAD`` 64 MiB: freed heap stays mapped for the next call.
 
-The cost is up to ~300 MiB of freed memory a process keeps instead of returning. Every worker
-process, the driver of a search and the benchmarks call it; ``BENCH_MALLOC=default`` leaves
-glibc's own behaviour. Elsewhere than glibc (macOS, musl) it does nothing.
+The cost is up to ~300 MiB of freed memory a process keeps instead of returning. Every process
+that runs a job (a worker of any executor, a search's trials), the benchmarks and the test suite
+call it; ``BENCH_MALLOC=default`` leaves glibc's own behaviour. Elsewhere than glibc (macOS, musl)
+it does nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import sys
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's <malloc.h>
 SETTINGS = {M_MMAP_THRESHOLD: 32 << 20, M_TRIM_THRESHOLD: 256 << 20, M_TOP_PAD: 64 << 20}
-_TUNED: list[bool] = []  # [applied] once per process
 
 
+@functools.cache
 def tune_allocator() -> bool:
     """Apply :data:`SETTINGS` once per process; True where glibc accepted every one."""
-    if _TUNED:
-        return _TUNED[0]
-    ok = False
-    if sys.platform.startswith("linux") and os.environ.get("BENCH_MALLOC", "tuned") != "default":
-        try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            mallopt = libc.mallopt
-        except (OSError, AttributeError):  # not glibc
-            mallopt = None
-        if mallopt is not None:
-            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-            ok = all(mallopt(param, value) == 1 for param, value in SETTINGS.items())
-    _TUNED.append(ok)
-    return ok
+    if not sys.platform.startswith("linux") or os.environ.get("BENCH_MALLOC", "tuned") == "default":
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return all(mallopt(param, value) == 1 for param, value in SETTINGS.items())

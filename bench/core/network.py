@@ -16,10 +16,12 @@ OFFLINE_ENV = "BENCH_OFFLINE"
 TIMEOUT_ENV = "BENCH_CONNECT_TIMEOUT"
 
 
-def connect_timeout(default: float) -> float:
+def connect_timeout(default: float, given: float | None = None) -> float:
     """Seconds to wait for a server (tracking server, Ray head, database) before one clear error:
-    ``$BENCH_CONNECT_TIMEOUT`` where set (a slow link wants more, a test of a silent port less),
-    else ``default``."""
+    ``given`` where a caller passed one, else ``$BENCH_CONNECT_TIMEOUT`` where set (a slow link
+    wants more, a test of a silent port less), else ``default``."""
+    if given is not None:
+        return given
     raw = os.environ.get(TIMEOUT_ENV, "").strip()
     if not raw:
         return default

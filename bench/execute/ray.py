@@ -162,7 +162,7 @@ def check_address(address: str, timeout: float | None = None) -> str:
 
     ``auto`` is resolved the way Ray does (the cluster started on this machine). Returns HOST:PORT.
     """
-    timeout = connect_timeout(CONNECT_TIMEOUT) if timeout is None else timeout
+    timeout = connect_timeout(CONNECT_TIMEOUT, timeout)
     target = _resolve(address)
     host, _, port = target.rpartition(":")
     if not host or not port.isdigit():

@@ -35,9 +35,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def worker_main(worker_id: int, device: str, threads: int, tasks: Any, results: Any, parent_pid: int,
+def worker_main(worker_id: int, device: str, threads: int, tasks: Any, results: Any, driver_pid: int,
                 progress: bool) -> None:
-    threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    threading.Thread(target=_watch_parent, args=(driver_pid,), daemon=True).start()
     import torch
 
     torch.set_num_threads(max(1, threads))

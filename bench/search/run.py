@@ -215,7 +215,9 @@ class _Runner:
         from optuna.trial import TrialState
 
         import bench.jobs as jobs
+        from bench.core.allocator import tune_allocator
 
+        tune_allocator()  # trials are jobs run in this process: as in every worker (once per process)
         cfg = self.base.override(**guidance_overrides(params, self.base))
         shown = " ".join(f"{k.rpartition('.')[2]}={_fmt(v)}" for k, v in params.items())
         tags = {"bench.train_key": cfg.train_key(), "bench.eval_key": cfg.key(), "bench.seed": str(cfg.seed),

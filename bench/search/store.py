@@ -93,7 +93,7 @@ def check_server(url: str, shown: str, timeout: float | None = None) -> None:
         raise BenchError(f"--storage {shown}: the database driver {driver!r} is not installed ({e}); "
                          f"pip install {_DRIVERS.get(driver, e.name or driver)}") from None
     if u.host:
-        timeout = connect_timeout(5.0) if timeout is None else timeout
+        timeout = connect_timeout(5.0, timeout)
         port = u.port or _PORTS.get(u.get_backend_name(), 0)
         try:
             socket.create_connection((u.host, port), timeout=timeout).close()
