@@ -45,15 +45,20 @@ def train_job(seed: int = 0, **train) -> Job:
 
 
 def task_pids() -> list[int]:
-    """Processes running a bench job right now (Ray titles a busy worker ``ray::<function>``)."""
+    """This test process's own Ray cluster's busy workers (Ray titles them ``ray::<function>``).
+
+    Only descendants of this process count: under ``pytest -n 2`` another file's cluster runs beside
+    this one, and its workers must neither be counted nor killed here.
+    """
+    import psutil
+
     pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if (d / "cmdline").read_bytes().startswith(b"ray::bench_job"):
-                    pids.append(int(d.name))
-            except OSError:
-                pass
+    for p in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::bench_job"):
+                pids.append(p.pid)
+        except psutil.Error:
+            pass
     return pids
 
 
