@@ -34,3 +34,39 @@ def test_every_job_computes_fp32_in_ieee_and_tags_it(monkeypatch):
     evaluated = run_job("eval", cfg.to_dict(), cfg.key())
     assert _tf32_allowed() == (False, False)
     assert train["tags"]["protocol.fp32"] == evaluated["tags"]["protocol.fp32"] == "ieee"
+
+
+# --- python -m bench.perf gpu: its budget and its 50k projection ---------------------------------
+def test_gpu_benchmark_skips_a_case_that_would_end_past_its_budget():
+    import time
+
+    from bench.perf.gpu import BUDGET_S, QUICK, VARIANTS, Budget
+
+    fp32, bf16, compiled = VARIANTS[0], VARIANTS[1], VARIANTS[3]
+    budget = Budget(QUICK, start=time.perf_counter() - BUDGET_S + 20)  # 20 s left
+    budget.record(fp32.name, 2, first=3.0, steady=1.0)
+    # the same variant at twice the batch: its first call's extra 2 s, then 1 + rounds calls of 2 s
+    assert budget.estimate(fp32, 4) == 2.0 + (1 + QUICK.rounds) * 2.0
+    assert budget.estimate(bf16, 4) == 0.0  # nothing of its precision measured yet
+    budget.record(bf16.name, 2, first=1.5, steady=1.5)
+    # a first compilation: the allowance, then calls as fast as the eager row of its precision
+    assert budget.estimate(compiled, 2) == QUICK.compile_allowance_s + (1 + QUICK.rounds) * 1.5
+    assert budget.skip(5.0) is None
+    assert budget.skip(60.0).startswith("skipped: needs ~60 s, 20 s left")
+
+
+def test_fifty_thousand_sample_evaluation_is_projected_from_the_measured_rows():
+    from bench.perf.gpu import EVAL_IMAGES, eval_projection
+
+    peak = {"fp32": 1e12, "bf16": 4e12}
+    rows = [{"case": "net DDIM-10, float32", "batch": 8, "images/s": 500.0, "precision": "fp32"},
+            {"case": "net DDIM-10, bf16 + compile", "batch": 8, "images/s": 1000.0, "precision": "bf16"},
+            {"case": "Inception features", "batch": 8, "images/s": 5000.0, "flops": 10**10},
+            {"case": "FID statistics", "batch": EVAL_IMAGES // 2, "seconds": 2.0},
+            {"case": "net DDIM-10, skipped", "batch": 8, "images/s": float("nan"), "note": "skipped"}]
+    row = eval_projection(rows, flops=2 * 10**9, steps=10, peak=peak)
+    seconds = EVAL_IMAGES / 1000.0 + EVAL_IMAGES / 5000.0 + 2.0 * 2  # the fastest sampler; FID scaled to 50k
+    ideal = EVAL_IMAGES * (2e9 * 10 / 4e12 + 1e10 / 1e12)
+    assert row["images/s"] == EVAL_IMAGES / seconds and abs(row["roofline"] - ideal / seconds) < 1e-12
+    assert "bf16 + compile, batch 8" in row["note"]
+    assert "skipped" in eval_projection(rows[:2], 2 * 10**9, 10, peak)["note"]  # no Inception row measured

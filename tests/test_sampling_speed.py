@@ -233,6 +233,9 @@ def test_gpu_benchmark_quick_run_on_cpu(capsys):
     for r in measured:
         rate, roofline = (float(c) for c in r.split("|")[3:5])
         assert rate > 0 and 0 < roofline
+    fid, projected = (next(line for line in out.splitlines() if line.startswith(p))
+                      for p in ("| FID statistics", "| 50000-sample DDIM-2 evaluation"))
+    assert float(fid.split("|")[3]) > 0 and float(projected.split("|")[3]) > 0 and "roofline" in projected
     with pytest.raises(SystemExit):
         main(["plan", "--quick"])  # only the GPU suite has a quick run
 
