@@ -70,3 +70,56 @@ def test_fifty_thousand_sample_evaluation_is_projected_from_the_measured_rows():
     assert row["images/s"] == EVAL_IMAGES / seconds and abs(row["roofline"] - ideal / seconds) < 1e-12
     assert "bf16 + compile, batch 8" in row["note"]
     assert "skipped" in eval_projection(rows[:2], 2 * 10**9, 10, peak)["note"]  # no Inception row measured
+
+
+# --- host synchronisations: what crosses between host and device per step ------------------------
+class DeviceCopies:
+    """Counts copies between devices (aten._to_copy whose result lives elsewhere than its input)."""
+
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if func is torch.ops.aten._to_copy.default and out.device != args[0].device:
+                    counter.n += 1
+                return out
+
+        self.n, self.mode = 0, Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def test_a_table_is_copied_to_the_device_once_not_per_gather():
+    """The training step gathers per-image coefficients (t: [B] on the device) from CPU float64
+    tables; each table goes to the device once ("meta" stands in for a GPU: same dispatch, no data)."""
+    import gc
+
+    from bench.diffusion import make_schedule
+    from bench.diffusion.chain import _ON_DEVICE, VARIANCES, Chain, gather
+
+    abar = make_schedule("linear", 100).alphas_cumprod
+    chain = Chain.build(abar, torch.arange(100))
+    like, t = torch.empty(3, 1, 2, 2, device="meta"), torch.tensor([0, 5, 99], device="meta")
+    v = torch.zeros(3, 1, 2, 2, device="meta")
+    with DeviceCopies() as copies:
+        for _ in range(3):  # three steps
+            gather(chain.coef_x0, t, like)
+            VARIANCES.get("learned_range")(chain, t, like, v)  # log beta and log beta-tilde
+            VARIANCES.get("fixed_large")(chain, t, like, None)
+    assert copies.n == 4  # coef_x0, log beta, log beta-tilde, fixed_large's table: once each
+    # the derived tables are the chain's, with the formulas' values
+    assert chain.log_betas is chain.log_betas and torch.equal(chain.log_betas, torch.log(chain.betas))
+    cpu_t = torch.tensor([0, 5, 99])
+    expected = torch.log(torch.cat([chain.posterior_variance[1:2], chain.betas[1:]]))[cpu_t].float()
+    assert torch.equal(VARIANCES.get("fixed_large")(chain, cpu_t, torch.empty(3, 1, 2, 2), None).flatten(), expected)
+    held = len(_ON_DEVICE)
+    del chain
+    gc.collect()
+    assert len(_ON_DEVICE) <= held - 4  # a sampling call's chain takes its copies with it
