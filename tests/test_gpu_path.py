@@ -123,3 +123,15 @@ def test_a_table_is_copied_to_the_device_once_not_per_gather():
     del chain
     gc.collect()
     assert len(_ON_DEVICE) <= held - 4  # a sampling call's chain takes its copies with it
+
+
+def test_the_epoch_permutation_moves_to_the_device_once_per_epoch_not_per_step():
+    from bench.training.loop import EpochSampler
+
+    cpu = EpochSampler(10, seed=0)
+    with DeviceCopies() as copies:
+        meta = EpochSampler(10, seed=0, device="meta")
+        batches = [meta.next(3) for _ in range(10)]  # 30 indices: three epochs, a batch across each end
+    assert copies.n == 3 and all(b.device.type == "meta" for b in batches)
+    order = torch.cat([cpu.next(3) for _ in range(10)])
+    assert sorted(order[:10].tolist()) == list(range(10))
