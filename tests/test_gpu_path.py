@@ -174,3 +174,23 @@ def test_per_sample_noise_drawn_into_one_buffer_gives_the_same_images(monkeypatc
     monkeypatch.setattr(core, "NoiseSource", Stacked)
     stacked = d.sample(Net(), (3, 2, 4, 4), sampler="ddpm", steps=5, seeds=seeds)
     assert torch.equal(drawn, stacked) and not torch.equal(drawn[0], drawn[1])
+
+
+# --- workers -------------------------------------------------------------------------------------
+def test_workers_sharing_one_gpu_split_the_cores(monkeypatch):
+    """``cuda:0*3`` starts three GPU workers on one machine: each gets a third of the cores, as
+    CPU workers do (it had all of them: three times the cores in intra-op threads)."""
+    from bench.execute.local import parse_devices, worker_threads
+
+    monkeypatch.delenv("BENCH_THREADS", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # the device string is what is tested:
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # one visible GPU, none needed here
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    three = parse_devices("cuda:0*3")
+    assert [s.device for s in three] == ["cuda"] * 3 and {s.visible for s in three} == {"0"}
+    assert worker_threads(three, cores=16) == 5
+    assert worker_threads(parse_devices("cuda:0"), cores=16) == 16
+    assert worker_threads(parse_devices("cpu*2,cuda:0"), cores=16) == 5
+    assert worker_threads(parse_devices("cuda:0*3"), cores=2) == 1  # never below one thread
+    monkeypatch.setenv("BENCH_THREADS", "2")
+    assert worker_threads(three, cores=16) == 2
