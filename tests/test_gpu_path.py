@@ -43,11 +43,12 @@ def test_gpu_benchmark_skips_a_case_that_would_end_past_its_budget():
     from bench.perf.gpu import BUDGET_S, QUICK, VARIANTS, Budget
 
     fp32, bf16, compiled = VARIANTS[0], VARIANTS[1], VARIANTS[3]
-    budget = Budget(QUICK, start=time.perf_counter() - BUDGET_S + 20)  # 20 s left
+    budget = Budget(QUICK, start=time.perf_counter() - BUDGET_S + 20, peak={"fp32": 1.0, "bf16": 4.0})  # 20 s left
     budget.record(fp32.name, 2, first=3.0, steady=1.0)
     # the same variant at twice the batch: its first call's extra 2 s, then 1 + rounds calls of 2 s
     assert budget.estimate(fp32, 4) == 2.0 + (1 + QUICK.rounds) * 2.0
-    assert budget.estimate(bf16, 4) == 0.0  # nothing of its precision measured yet
+    # nothing of its precision measured yet: the fp32 row's time, scaled by the matmul peaks
+    assert budget.estimate(bf16, 4) == (1 + QUICK.rounds) * 2.0 / 4
     budget.record(bf16.name, 2, first=1.5, steady=1.5)
     # a first compilation: the allowance, then calls as fast as the eager row of its precision
     assert budget.estimate(compiled, 2) == QUICK.compile_allowance_s + (1 + QUICK.rounds) * 1.5
