@@ -43,11 +43,12 @@ def test_gpu_benchmark_skips_a_case_that_would_end_past_its_budget():
     from bench.perf.gpu import BUDGET_S, QUICK, VARIANTS, Budget
 
     fp32, bf16, compiled = VARIANTS[0], VARIANTS[1], VARIANTS[3]
-    budget = Budget(QUICK, start=time.perf_counter() - BUDGET_S + 20)  # 20 s left
+    budget = Budget(QUICK, start=time.perf_counter() - BUDGET_S + 20, peak={"fp32": 1.0, "bf16": 4.0})  # 20 s left
     budget.record(fp32.name, 2, first=3.0, steady=1.0)
     # the same variant at twice the batch: its first call's extra 2 s, then 1 + rounds calls of 2 s
     assert budget.estimate(fp32, 4) == 2.0 + (1 + QUICK.rounds) * 2.0
-    assert budget.estimate(bf16, 4) == 0.0  # nothing of its precision measured yet
+    # nothing of its precision measured yet: the fp32 row's time, scaled by the matmul peaks
+    assert budget.estimate(bf16, 4) == (1 + QUICK.rounds) * 2.0 / 4
     budget.record(bf16.name, 2, first=1.5, steady=1.5)
     # a first compilation: the allowance, then calls as fast as the eager row of its precision
     assert budget.estimate(compiled, 2) == QUICK.compile_allowance_s + (1 + QUICK.rounds) * 1.5
@@ -194,3 +195,34 @@ def test_workers_sharing_one_gpu_split_the_cores(monkeypatch):
     assert worker_threads(parse_devices("cuda:0*3"), cores=2) == 1  # never below one thread
     monkeypatch.setenv("BENCH_THREADS", "2")
     assert worker_threads(three, cores=16) == 2
+
+
+# --- fp16 training -------------------------------------------------------------------------------
+def test_a_step_the_grad_scaler_skips_does_not_advance_the_lr_schedule():
+    """fp16 trains with a GradScaler, which skips the optimizer step when the gradients overflow; the
+    warmup schedule must then stay where it is. accelerate gives no scaler on a CPU, so the test
+    hands the Trainer torch's CPU GradScaler (the same object accelerate builds for fp16 on a GPU)
+    and makes every gradient infinite for one step."""
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from bench.core.config import from_dict
+    from bench.training.loop import Trainer
+
+    cfg = from_dict({"data": {"dataset": "digits"}, "model": {"backbone": "unet-micro"},
+                     "diffusion": {"timesteps": 50}, "train": {"steps": 3, "batch_size": 4, "warmup_steps": 10}})
+    tr = Trainer(cfg)
+    scaler = torch.amp.GradScaler("cpu")
+    tr.accelerator.scaler = scaler  # accelerator.backward scales the loss
+    tr.optimizer = AcceleratedOptimizer(tr.optimizer.optimizer, scaler=scaler)
+    p = list(tr.raw_model.parameters())[-1]  # the output layer's: the only one with a gradient at first
+    # (the output layer is zero-initialised, so nothing before it moves in the first step)
+    hook = p.register_hook(lambda g: torch.full_like(g, float("inf")))
+    before = p.detach().clone()
+    lr = tr.scheduler.get_last_lr()[0]
+    tr.step()
+    assert tr.optimizer.step_was_skipped and torch.equal(p.detach(), before)
+    assert tr.scheduler.last_epoch == 0 and tr.scheduler.get_last_lr()[0] == lr  # warmup did not advance
+    hook.remove()
+    tr.step()
+    assert not tr.optimizer.step_was_skipped and not torch.equal(p.detach(), before)
+    assert tr.scheduler.last_epoch == 1 and tr.scheduler.get_last_lr()[0] == 2 * lr  # (n + 1) / 10

@@ -16,9 +16,9 @@ on both sides: TF32 off for matmuls and cuDNN convolutions, as every job runs it
 (:mod:`bench.jobs.fp32`; cuDNN's default would run the convolutions in TF32 and read near or above
 100 % of a strict-fp32 peak).
 
-Rows print as they finish. Cheap cases run first (eager, Inception, FID), compiled ones last, the
-largest batch first; a case whose estimated time (from the cases already measured, or an allowance
-for a first compilation) would end past :data:`BUDGET_S` is skipped and says so, keeping the rows done.
+Rows print as they finish, the most wanted first (:func:`_cases`); a case whose estimated time
+(from the cases already measured, or an allowance for a first compilation) would end past
+:data:`BUDGET_S` is skipped and says so, keeping the rows done.
 
 ``--device cpu --quick`` runs the same bookkeeping on a CPU in seconds (``unet-micro`` at 8x8, two
 steps, batches 2 and 4, compilation through dynamo's ``eager`` backend, CUDA graphs skipped): the
@@ -114,8 +114,8 @@ class Budget:
     """What the cases measured so far say about the next one: its estimated seconds, and whether it
     would end past :data:`BUDGET_S`."""
 
-    def __init__(self, setup: Setup, start: float) -> None:
-        self.setup, self.start = setup, start
+    def __init__(self, setup: Setup, start: float, peak: dict[str, float] | None = None) -> None:
+        self.setup, self.start, self.peak = setup, start, peak
         self.done: dict[tuple[str, int], tuple[float, float]] = {}  # (variant, batch) -> (first, steady)
 
     def record(self, variant: str, batch: int, first: float, steady: float) -> None:
@@ -123,15 +123,20 @@ class Budget:
 
     def estimate(self, v: Variant, batch: int) -> float:
         """First call (compilation included) plus ``rounds`` timed calls: scaled by batch from this
-        variant at another batch, else from an eager row of its precision plus a compile allowance."""
+        variant at another batch, else from the eager rows of its precision (of another precision
+        scaled by the two matmul peaks) plus, for a compiled variant, the compilations measured so far
+        or the allowance."""
         same = [(b, f, s) for (name, b), (f, s) in self.done.items() if name == v.name]
         if same:
             b, first, steady = max(same)
             scaled = steady * batch / b
             return (first - steady) + (1 + self.setup.rounds) * scaled
-        like = [(b, s) for (name, b), (_, s) in self.done.items()
-                if any(w.name == name and w.precision == v.precision and w.compile_mode is None for w in VARIANTS)]
-        steady = max(s * batch / b for b, s in like) if like else 0.0
+        eager = [(w, b, s) for (name, b), (_, s) in self.done.items() for w in VARIANTS
+                 if w.name == name and w.compile_mode is None]
+        like = [s * batch / b for w, b, s in eager if w.precision == v.precision]
+        if not like and self.peak:
+            like = [s * batch / b * self.peak[w.precision] / self.peak[v.precision] for w, b, s in eager]
+        steady = max(like, default=0.0)
         compiled = [f - s for (name, _), (f, s) in self.done.items()
                     if any(w.name == name and w.compile_mode for w in VARIANTS)]
         overhead = (max(compiled) if compiled else self.setup.compile_allowance_s) if v.compile_mode else 0.0
@@ -247,10 +252,26 @@ def eval_projection(rows: list[dict], flops: int, steps: int, peak: dict[str, fl
 
 
 def _cases(setup: Setup) -> list[tuple[Variant | str, int]]:
-    """Cheap first: eager variants, Inception, FID; then compiled ones, the largest batch first."""
-    eager = [(v, b) for b in setup.batches for v in VARIANTS if v.compile_mode is None]
-    compiled = [(v, b) for b in sorted(setup.batches, reverse=True) for v in VARIANTS if v.compile_mode]
-    return [*eager, ("inception", setup.batches[0]), ("fid", setup.fid_rows), *compiled]
+    """Most wanted first, so that what the budget skips is what matters least: bf16 eager at each
+    batch (the base of every estimate), Inception and FID (the 50k projection needs them), the
+    compiled variants at the largest batch (the throughput target), then the rest, cheap to dear."""
+    big = max(setup.batches)
+
+    def rank(case: tuple[Variant, int]) -> tuple[int, int, int]:
+        v, b = case
+        if v.compile_mode is None and v.precision == "bf16" and not v.channels_last:
+            group = 0
+        elif v.compile_mode is not None and b == big:
+            group = 1
+        elif v.compile_mode is None:
+            group = 2 if v.precision == "bf16" else 3  # fp32 IEEE: the dearest eager rows
+        else:
+            group = 4
+        return group, VARIANTS.index(v) if group != 2 else b, b
+
+    ranked = sorted(((v, b) for b in setup.batches for v in VARIANTS), key=rank)
+    first = [c for c in ranked if rank(c)[0] == 0]
+    return [*first, ("inception", setup.batches[0]), ("fid", setup.fid_rows), *ranked[len(first):]]
 
 
 def main(device: str = "cuda", quick: bool = False) -> list[dict]:
@@ -276,7 +297,7 @@ def main(device: str = "cuda", quick: bool = False) -> list[dict]:
           f"{peak['bf16'] / 1e12:.3g} TFLOP/s; roofline = images/s x FLOPs per image / the peak of the row's "
           f"precision; a case that would end past {BUDGET_S:.0f} s is skipped", flush=True)
     print("| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS), flush=True)
-    budget = Budget(setup, start)
+    budget = Budget(setup, start, peak)
     rows: list[dict] = []
     for case, batch in _cases(setup):
         if case == "inception":

@@ -201,7 +201,8 @@ class Trainer:
         if t.grad_clip > 0:
             acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)  # unscales first under fp16
         self.optimizer.step()
-        self.scheduler.step()
+        if not self.optimizer.step_was_skipped:  # fp16: the GradScaler skipped it (inf / NaN gradients)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.raw_model)
         self.step_count += 1
