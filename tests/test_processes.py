@@ -281,3 +281,35 @@ def test_shift_is_sd3_equation_23_and_scales_the_noise_level():
     g1, g3 = PROCESSES.get("gvp")(shift=1.0), PROCESSES.get("gvp")(shift=3.0)
     torch.testing.assert_close(g3.ve(g3.from_unit(u)), 3 * g1.ve(g1.from_unit(u)))
     assert math.isinf(float(p3.ve(p3.from_unit(1.0))))
+
+
+def test_process_keys_leave_existing_runs_keys_unchanged():
+    """diffusion.process / shift are OMIT_DEFAULT: a vp run's keys are those it had before them;
+    any other value is in the train key."""
+    from dataclasses import replace
+
+    from bench.core.config import RunConfig
+
+    base = RunConfig()
+    same = replace(base, diffusion=replace(base.diffusion, process="vp", shift=1.0))
+    assert same.train_key() == base.train_key() and same.key() == base.key()
+    flow = replace(base, diffusion=replace(base.diffusion, process="rectified-flow", objective="velocity"))
+    shifted = replace(flow, diffusion=replace(flow.diffusion, shift=3.0))
+    assert len({base.train_key(), flow.train_key(), shifted.train_key()}) == 3
+
+
+def test_unet_and_dit_take_a_float_time_as_t_x_1000():
+    """A model built with time_scale = 1000 (a continuous process) embeds t in [0, 1] as the
+    vp model embeds the timestep t x 1000: the same network, the same output."""
+    from bench.models import build_model
+
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.25, 0.731])
+    for backbone in ("unet-micro", "dit-tiny"):
+        torch.manual_seed(0)
+        plain = build_model(backbone, 1, 8).eval()
+        torch.manual_seed(0)
+        scaled = build_model(backbone, 1, 8, time_scale=1000.0).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(scaled(x, t), plain(x, t * 1000))
+        assert scaled.time_scale == 1000.0 and plain.time_scale == 1.0
