@@ -25,6 +25,12 @@ class _Flow:
     def sigma(self, t):
         return t
 
+    def from_unit(self, u):
+        return u
+
+    def t_of_ve(self, ve):
+        return ve / (1 + ve)
+
 
 class _Chain:
     """A discrete VP stand-in: the linear schedule's table over integer t in [0, T)."""

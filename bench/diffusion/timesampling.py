@@ -10,12 +10,14 @@ its closed-form density and CDF (what the tests check the samples against).
 
 A density lives in one of two spaces, which a :class:`TimeSampler` maps onto any process:
 
-- ``unit``: u in [0, 1], the fraction of the process's trained time range, t = t_min + u (t_max -
-  t_min) (SD3's t for rectified flow and GVP; the integer timestep floor(u T) for the discrete VP
-  chain, as SD3 trains its eps / linear and v / cosine rows).
+- ``unit``: u in [0, 1], the process's unit time, t = ``process.from_unit(u)`` (SD3's t for
+  rectified flow and GVP, shifted by SD3's ``shift``; EDM's rho ramp over [sigma_min, sigma_max]);
+  the integer timestep floor(u T) for the discrete VP chain, as SD3 trains its eps / linear and
+  v / cosine rows.
 - ``sigma``: the noise-to-signal ratio sigma = sigma(t) / alpha(t) (EDM's sigma; the state x_t /
-  alpha(t) = x0 + sigma eps), mapped to the process time that has it (rectified flow: t = sigma /
-  (1 + sigma); the VP chain: the trained timestep nearest in log sigma), clamped to the trained range.
+  alpha(t) = x0 + sigma eps), mapped to the process time that has it (``process.t_of_ve``: rectified
+  flow t = sigma / (1 + sigma); the VP chain: the trained timestep nearest in log sigma), clamped to
+  the trained range.
 
 Loss weighting (the option ``weighting`` of every density): ``none`` keeps the objective's own MSE;
 ``edm`` replaces it by lambda(sigma) ||x0_hat - x0||^2 (EDM eq. 2 and Table 1; for EDM's F-target
@@ -252,30 +254,24 @@ class TimeSampler:
 
     @staticmethod
     def unit_to_time(process: Any, u: torch.Tensor) -> torch.Tensor:
-        """t = t_min + u (t_max - t_min); the discrete chain: floor(u T) over its T timesteps."""
+        """The process's own map of unit time (``from_unit``: uniform in t for rectified flow and GVP,
+        with SD3's shift; EDM's rho ramp); the discrete chain: floor(u T) over its T timesteps."""
         lo, hi = float(process.t_min), float(process.t_max)
         if not process.continuous:
             return (lo + torch.floor(u * (hi - lo + 1))).clamp(lo, hi).long()
-        return lo + u.clamp(0.0, 1.0) * (hi - lo)
+        return torch.as_tensor(process.from_unit(u.clamp(0.0, 1.0)), dtype=torch.float64).clamp(lo, hi)
 
     @staticmethod
     def sigma_to_time(process: Any, sig: torch.Tensor) -> torch.Tensor:
-        """The process time whose noise-to-signal ratio sigma(t) / alpha(t) is ``sig`` (clamped to
-        the trained range): bisection on the monotone ratio; the discrete chain: the trained
-        timestep nearest in log sigma."""
+        """The process time whose noise-to-signal ratio sigma(t) / alpha(t) is ``sig`` (``t_of_ve``),
+        clamped to the trained range; the discrete chain: the trained timestep nearest in log sigma."""
         lo, hi = float(process.t_min), float(process.t_max)
         if not process.continuous:
             ts = torch.arange(int(lo), int(hi) + 1, device=sig.device)
-            log_r = _log_ratio(process, ts)
+            log_r = (torch.log(torch.as_tensor(process.sigma(ts), dtype=torch.float64))
+                     - torch.log(torch.as_tensor(process.alpha(ts), dtype=torch.float64))).to(sig.device)
             return ts[(torch.log(sig)[:, None] - log_r[None, :]).abs().argmin(1)]
-        target = torch.log(sig)
-        a = torch.full_like(sig, lo)
-        b = torch.full_like(sig, hi)
-        for _ in range(64):
-            mid = 0.5 * (a + b)
-            below = _log_ratio(process, mid) < target
-            a, b = torch.where(below, mid, a), torch.where(below, b, mid)
-        return 0.5 * (a + b)
+        return torch.as_tensor(process.t_of_ve(sig), dtype=torch.float64).to(sig.device).clamp(lo, hi)
 
     def weighted(self, loss: torch.Tensor, x0_hat: Callable[[], torch.Tensor], x0: torch.Tensor,
                  alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
@@ -287,8 +283,3 @@ class TimeSampler:
         w = self.weight_fn(ratio.double(), self.options).to(loss.dtype)
         return w * ((x0_hat() - x0) ** 2).flatten(1).mean(1)
 
-
-def _log_ratio(process: Any, t: torch.Tensor) -> torch.Tensor:
-    """log(sigma(t) / alpha(t)), float64 (inf where alpha = 0)."""
-    return (torch.log(torch.as_tensor(process.sigma(t), dtype=torch.float64))
-            - torch.log(torch.as_tensor(process.alpha(t), dtype=torch.float64)))
