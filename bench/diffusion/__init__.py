@@ -9,8 +9,9 @@ from bench.diffusion.core import Diffusion
 from bench.diffusion.guidance import GUIDANCE, check_guidance, register_guidance
 from bench.diffusion.losses import LOSSES
 from bench.diffusion.noise import NoiseSource
-from bench.diffusion.objectives import OBJECTIVES, convert
+from bench.diffusion.objectives import OBJECTIVES, RATE_OBJECTIVES, Rates, convert, objective_names
 from bench.diffusion.prediction import Prediction, is_conditional
+from bench.diffusion.processes import PROCESSES, Process
 from bench.diffusion.samplers import SAMPLERS, Denoiser, Option, check_options
 from bench.diffusion.schedules import SCHEDULES, NoiseSchedule, make_schedule
 from bench.diffusion.spacing import SPACINGS, make_timesteps
@@ -21,5 +22,6 @@ __all__ = [
     "make_schedule", "make_timesteps", "convert", "is_conditional",
     "Option", "check_options", "check_guidance", "register_guidance",
     "GUIDANCE", "SCHEDULES", "OBJECTIVES", "VARIANCES", "LOSSES", "SAMPLERS", "SPACINGS",
+    "PROCESSES", "Process", "RATE_OBJECTIVES", "Rates", "objective_names",
     "TIME_SAMPLING", "TimeSampler", "check_t_sampling",
 ]

@@ -6,8 +6,7 @@ Samplers never branch on the objective or schedule: they ask :meth:`Diffusion.pr
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -16,28 +15,39 @@ import torch
 from bench.core.errors import BenchError
 from bench.diffusion.batching import GUIDANCE_BATCH, split_guided
 from bench.diffusion.chain import VARIANCES, Chain, gather
+from bench.diffusion.continuous import ProcessMath
 from bench.diffusion.guidance import GUIDANCE, Guided, always_active, check_guidance, guidance_weight
-from bench.diffusion.likelihood import discretized_gaussian_log_likelihood, normal_kl
 from bench.diffusion.losses import LOSSES
 from bench.diffusion.noise import NoiseSource
-from bench.diffusion.objectives import OBJECTIVES
+from bench.diffusion.objectives import Rates, check_objective, get_objective, objective_meta
 from bench.diffusion.prediction import Conditioning, Level, Model, Prediction, is_conditional, null_label
+from bench.diffusion.processes import PROCESSES, U_EDGE
 from bench.diffusion.samplers import SAMPLERS, Denoiser, check_options
 from bench.diffusion.schedules import NoiseSchedule, make_schedule
-from bench.diffusion.spacing import make_levels, sigma_to_t
+from bench.diffusion.spacing import make_levels, process_levels, sigma_to_t
+from bench.diffusion.vlb import VariationalBound
 
 
-class Diffusion:
-    """``Diffusion(schedule="cosine", timesteps=1000, objective="eps", variance="fixed_small", loss="simple")``."""
+class Diffusion(ProcessMath, VariationalBound):
+    """``Diffusion(schedule="cosine", timesteps=1000, objective="eps", variance="fixed_small", loss="simple")``;
+    ``Diffusion(process="rectified-flow", objective="velocity", shift=3.0)`` for a continuous process
+    (:mod:`bench.diffusion.processes`; its ``schedule`` and ``timesteps`` are then unused).
+
+    Hooks for training a continuous process: ``t_sampler(n, generator, device) -> t [n]`` draws the
+    training times in the process's range (None: uniform in unit time, ``process.sample_t``);
+    ``weighting(t) -> [n]`` multiplies the per-image loss (None: the objective's own weight).
+    """
 
     def __init__(self, schedule: str | Sequence[float] | torch.Tensor | NoiseSchedule = "linear",
                  timesteps: int | None = 1000, objective: str = "eps", variance: str = "fixed_small",
-                 loss: str = "simple", hybrid_weight: float = 0.001) -> None:
+                 loss: str = "simple", hybrid_weight: float = 0.001, *, process: str = "vp", shift: float = 1.0,
+                 process_options: Mapping[str, Any] | None = None) -> None:
         self.schedule = schedule if isinstance(schedule, NoiseSchedule) else make_schedule(
             schedule, None if not isinstance(schedule, str) else timesteps)
         self.timesteps = self.schedule.timesteps
-        self.objective_name = OBJECTIVES.check(objective, "diffusion.objective")
-        self.objective = OBJECTIVES.get(objective)
+        self.objective_name = check_objective(objective, "diffusion.objective")
+        self.objective = get_objective(objective)
+        self._needs_rates = objective_meta(objective)["rates"]
         self.variance_name = VARIANCES.check(variance, "diffusion.variance")
         self.variance = VARIANCES.get(variance)
         self.learned_variance = bool(VARIANCES.meta(variance).get("learned"))
@@ -49,15 +59,47 @@ class Diffusion:
         self.hybrid_weight = float(hybrid_weight)
         self.alphas_cumprod = self.schedule.alphas_cumprod
         self.full_chain = Chain.build(self.alphas_cumprod, torch.arange(self.timesteps))
+        self._tables: dict[torch.device, torch.Tensor] = {}
+        self.process_name = PROCESSES.check(process, "diffusion.process")
+        opts = dict(process_options or {})
+        if process == "vp":
+            opts["alphas_cumprod"] = self.alphas_cumprod
+        self.process = PROCESSES.get(process)(shift=shift, **opts)
+        self.continuous = bool(self.process.continuous)
+        if self.continuous and (self.learned_variance or loss != "simple"):
+            raise BenchError(f"process {process!r} trains with loss 'simple' and a fixed variance (the learned "
+                             f"variance and the vlb need the discrete chain of process 'vp'); got loss {loss!r}, "
+                             f"variance {variance!r}")
+        p = self.process
+        # an objective that cannot give x0 where alpha = 0 samples from unit time 1 - U_EDGE (as SiT does)
+        self.u_top = 1.0 if (objective_meta(objective).get("at_pure_noise", True)
+                             or float(p.abar(p.from_unit(1.0))) > 0) else 1.0 - U_EDGE
+        self.t_sampler: Callable[..., torch.Tensor] | None = None
+        self.weighting: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def __repr__(self) -> str:
+        if self.continuous:
+            return (f"Diffusion(process={self.process_name!r}, shift={self.process.shift}, "
+                    f"objective={self.objective_name!r})")
         return (f"Diffusion(schedule={self.schedule.name!r}, timesteps={self.timesteps}, "
                 f"objective={self.objective_name!r}, variance={self.variance_name!r}, loss={self.loss_name!r})")
 
     # --- forward process --------------------------------------------------------------------
-    def coefs(self, t: torch.Tensor | int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sqrt(abar_t), sqrt(1 - abar_t)) broadcastable against ``like`` (t: [B] or one int)."""
-        abar = gather(self.alphas_cumprod, t if isinstance(t, int) else t.cpu(), like)
+    def coefs(self, t: torch.Tensor | int | float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(alpha(t), sigma(t)) broadcastable against ``like`` (t: [B] or one number); for ``vp``
+        (sqrt(abar_t), sqrt(1 - abar_t)) from the table, a device copy of it for a tensor t (no host sync)."""
+        if self.continuous or (isinstance(t, torch.Tensor) and t.is_floating_point()) or isinstance(t, float):
+            tt = torch.as_tensor(t, dtype=torch.float64)
+            shape = (-1, *([1] * (like.ndim - 1))) if tt.ndim else ()
+            return (self.process.alpha(tt).to(like.dtype).reshape(shape),
+                    self.process.sigma(tt).to(like.dtype).reshape(shape))
+        if isinstance(t, int):
+            abar = gather(self.alphas_cumprod, t, like)
+        else:
+            table = self._tables.get(t.device)
+            if table is None:
+                table = self._tables[t.device] = self.alphas_cumprod.to(t.device)
+            abar = table[t].to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
         return abar.sqrt(), (1.0 - abar).sqrt()
 
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
@@ -130,12 +172,18 @@ class Diffusion:
         """The :class:`Level` of a call at ``t`` (see :meth:`predict`) for a batch like ``x_t``."""
         b, dev = x_t.shape[0], x_t.device
         if isinstance(t, torch.Tensor):
+            if self.continuous:
+                raise BenchError(f"process {self.process_name!r}: per-image times go through eps_x0(model, x_t, t); "
+                                 "predict takes one level per call")
             a, s = self.coefs(t, x_t)
             if c.method is not None and (c.active is not always_active or c.options["schedule"] != "constant"):
                 raise BenchError(f"guidance method with {c.options} needs one noise level per call "
                                  "(an int or float t), not a tensor of timesteps")
             guided = c.method is not None
-            return Level(t, torch.cat([t, t]) if guided else None, a, s, float("nan"), guided, c.guidance)
+            return Level(t, torch.cat([t, t]) if guided else None, a, s, float("nan"), guided, c.guidance,
+                         k=self.rates(t.cpu().double(), x_t) if self._needs_rates else None)
+        if self.continuous:
+            return self._process_level(float(t), b, dev, c, abar)
         if abar is None:
             if not float(t).is_integer():
                 raise BenchError(f"t = {t} falls between trained timesteps: pass its abar=...")
@@ -145,33 +193,38 @@ class Diffusion:
         t2 = torch.full((2 * b if guided else b,), t, dtype=torch.long if isinstance(t, int) else torch.float32,
                         device=dev)
         w = guidance_weight(c.guidance, c.options["schedule"], float(t), self.timesteps) if guided else 0.0
-        return Level(t2[:b], t2 if guided else None, a, s, s / a, guided, w)
+        k = None
+        if self._needs_rates:  # vp with a rate objective: the VP state is the process state
+            p, tt = self.process, torch.tensor(float(t), dtype=torch.float64)
+            k = Rates(a, s, float(p.d_alpha(tt)), float(p.d_sigma(tt)))
+        return Level(t2[:b], t2 if guided else None, a, s, s / a, guided, w, k=k)
 
     def predict_at(self, model: Model, x_t: torch.Tensor, lv: Level, c: Conditioning) -> Prediction:
         """(eps, x0) of ``model`` at level ``lv`` under conditioning ``c``: the sampling hot path,
         which allocates only what the call's math produces."""
         a, s = lv.a, lv.s
+        x_in = x_t if lv.scale == 1.0 else x_t * lv.scale
         if lv.guided:
             if c.guide is not None:
-                cond, var_out = self._call(model, x_t, lv.t, c.y)
-                uncond, _ = self._call(c.guide, x_t, lv.t, c.y)
+                cond, var_out = self._call(model, x_in, lv.t, c.y)
+                uncond, _ = self._call(c.guide, x_in, lv.t, c.y)
             elif c.split:
                 b = x_t.shape[0]
-                cond, var_out = self._call(model, x_t, lv.t, c.y)
-                uncond, _ = self._call(model, x_t, lv.t, c.y2[b:])
+                cond, var_out = self._call(model, x_in, lv.t, c.y)
+                uncond, _ = self._call(model, x_in, lv.t, c.y2[b:])
             else:
                 b = x_t.shape[0]
-                pred2, var2 = self._call(model, torch.cat([x_t, x_t]), lv.t2, c.y2)
+                pred2, var2 = self._call(model, torch.cat([x_in, x_in]), lv.t2, c.y2)
                 cond, uncond, var_out = pred2[:b], pred2[b:], None if var2 is None else var2[:b]
             if c.guidance_channels is not None:  # a checkpoint's own convention (DiT: 3 of 4 latent channels)
                 uncond = torch.cat([uncond[:, :c.guidance_channels], cond[:, c.guidance_channels:]], dim=1)
-            eps_c, x0_c = self.objective.to_eps_x0(cond, x_t, a, s)
-            eps_u, x0_u = self.objective.to_eps_x0(uncond, x_t, a, s)
+            eps_c, x0_c = self._to_eps_x0(cond, x_t, lv)
+            eps_u, x0_u = self._to_eps_x0(uncond, x_t, lv)
             eps, x0 = c.method(Guided(eps_c, x0_c, eps_u, x0_u, x_t, a, s, lv.sigma), lv.w, c.state, **c.options)
             own_eps = c.own_eps  # cfg++ renoises along eps_u: clipping x0 keeps it
         else:
-            pred, var_out = self._call(model, x_t, lv.t, c.y)
-            eps, x0 = self.objective.to_eps_x0(pred, x_t, a, s)
+            pred, var_out = self._call(model, x_in, lv.t, c.y)
+            eps, x0 = self._to_eps_x0(pred, x_t, lv)
             own_eps = False
         if c.clip_denoised:
             x0 = x0.clamp(-1.0, 1.0)
@@ -189,6 +242,8 @@ class Diffusion:
     def training_loss(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None = None,
                       p_uncond: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
         """Mean loss over the batch at uniformly drawn t (label dropout p_uncond for guidance)."""
+        if self.continuous or self._needs_rates:
+            return self._process_loss(model, x0, y, p_uncond, generator)
         b = x0.shape[0]
         dev = x0.device
         gen_dev = generator.device if generator is not None else dev
@@ -202,83 +257,6 @@ class Diffusion:
         x_t = self.q_sample(x0, t, noise)
         pred, var_out = self._call(model, x_t, t, y)
         return self.loss_fn(self, x0, x_t, t, noise, pred, var_out).mean()
-
-    def vb_term(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor,
-                var_out: torch.Tensor | None) -> torch.Tensor:
-        """L_t in bits per dim, per image: KL(q(x_{t-1}|x_t,x0) || p(x_{t-1}|x_t)) for t > 0,
-        the discretized-Gaussian decoder NLL -log p(x0 | x1) for t = 0 (Ho et al. eq. 5)."""
-        chain = self.full_chain
-        a, s = self.coefs(t, x_t)
-        _, x0_hat = self.objective.to_eps_x0(pred, x_t, a, s)
-        model_mean, model_logvar = self.p_mean_logvar(chain, t.cpu(), x_t, Prediction(pred, x0_hat, var_out))
-        true_mean = gather(chain.coef_x0, t.cpu(), x_t) * x0 + gather(chain.coef_xt, t.cpu(), x_t) * x_t
-        true_logvar = gather(chain.posterior_log_variance, t.cpu(), x_t)
-        kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar).flatten(1).mean(1)
-        nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar).flatten(1).mean(1)
-        return torch.where(t == 0, nll, kl) / math.log(2.0)
-
-    # --- likelihood ----------------------------------------------------------------------------
-    def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
-        """KL(q(x_T | x0) || N(0, I)) in bits per dim, per image."""
-        t = torch.full((x0.shape[0],), self.timesteps - 1, dtype=torch.long)
-        a, s = self.coefs(t, x0)
-        kl = normal_kl(a * x0, torch.log(s**2).expand_as(x0), torch.zeros_like(x0), torch.zeros_like(x0))
-        return kl.flatten(1).mean(1) / math.log(2.0)
-
-    @torch.no_grad()
-    def vlb_terms(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None = None,
-                  generator: torch.Generator | None = None, progress: bool = False) -> dict[str, torch.Tensor]:
-        """Every term of the variational bound in bits per dim: ``prior`` [B], ``terms`` [B, T]."""
-        from tqdm.auto import tqdm
-
-        b, dev = x0.shape[0], x0.device
-        terms = torch.zeros(b, self.timesteps, dtype=torch.float64)
-        for t_i in tqdm(range(self.timesteps - 1, -1, -1), desc="nll", disable=not progress, leave=False):
-            t = torch.full((b,), t_i, dtype=torch.long, device=dev)
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
-                                device=generator.device if generator is not None else dev).to(dev)
-            x_t = self.q_sample(x0, t, noise)
-            pred, var_out = self._call(model, x_t, t, y)
-            terms[:, t_i] = self.vb_term(x0, x_t, t, pred, var_out).double().cpu()
-        return {"prior": self.prior_bpd(x0).double().cpu(), "terms": terms}
-
-    def bits_per_dim(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None = None,
-                     generator: torch.Generator | None = None, progress: bool = False,
-                     timesteps: int | None = None) -> torch.Tensor:
-        """Negative variational bound in bits per dim, per image [B] (Ho et al. 2020, Sec. 4.2).
-
-        ``timesteps`` = K < T: an unbiased estimate from K network calls per image instead of T
-        (:meth:`stratified_bpd`); None or T: the full bound.
-        """
-        if timesteps is not None and timesteps < self.timesteps:
-            return self.stratified_bpd(model, x0, timesteps, y, generator)
-        vb = self.vlb_terms(model, x0, y, generator, progress)
-        return vb["prior"] + vb["terms"].sum(1)
-
-    def stratified_bpd(self, model: Model, x0: torch.Tensor, k: int, y: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
-        """The bound's sum over t estimated from ``k`` terms per image, unbiased: the decoder term
-        L_0 exactly (the largest and least smooth), and for each of k - 1 strata of 1 .. T-1 one t
-        drawn uniformly per image, its term weighted by the stratum's size (E[n_s L_t] = the sum of
-        the stratum's terms). The strata are geometric in t (1, 2, 3, ..., 99, 140, 200 for T = 200,
-        k = 16): the terms change fastest near t = 0, and there equal strata would carry most of the
-        variance (measured: 10x the standard error on digits at T = 200, k = 16). Per image [B], float64."""
-        if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= self.timesteps:
-            raise BenchError(f"eval.nll_timesteps = {k!r}: the estimate needs 2 <= K <= T = {self.timesteps} "
-                             "timesteps (t = 0 and at least one stratum)")
-        b, dev = x0.shape[0], x0.device
-        gen_dev = generator.device if generator is not None else dev
-        edges = [1]
-        for j in range(1, k):  # geometric, at least one timestep each, ending at T
-            edges.append(min(max(edges[-1] + 1, round(self.timesteps ** (j / (k - 1)))), self.timesteps - (k - 1 - j)))
-        total = self.prior_bpd(x0).double().cpu()
-        for lo, hi in [(0, 1), *zip(edges[:-1], edges[1:])]:
-            t = (lo + torch.randint(0, hi - lo, (b,), generator=generator, device=gen_dev)).to(dev)
-            noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=gen_dev).to(dev)
-            x_t = self.q_sample(x0, t, noise)
-            pred, var_out = self._call(model, x_t, t, y)
-            total += (hi - lo) * self.vb_term(x0, x_t, t, pred, var_out).double().cpu()
-        return total
 
     # --- sampling ---------------------------------------------------------------------------------
     def sample(self, model: Model, shape: Sequence[int], sampler: str = "ddim", steps: int = 50,
@@ -324,8 +302,11 @@ class Diffusion:
         y = self._check_labels(model, y, shape[0], 0.0 if guided_by_model else guidance, device)
         cond = self.conditioning(model, y, float(guidance), guidance_method, guidance_options, guide=guide,
                                  clip_denoised=clip_denoised, guidance_channels=guidance_channels)
-        t, abar = make_levels(spacing, self.alphas_cumprod, steps, rho)
-        if t.is_floating_point() and getattr(model, "discrete_time", False):
+        if self.continuous:
+            t, abar = process_levels(self.process, spacing, steps, rho, self.u_top)
+        else:
+            t, abar = make_levels(spacing, self.alphas_cumprod, steps, rho)
+        if not self.continuous and t.is_floating_point() and getattr(model, "discrete_time", False):
             t = torch.from_numpy(sigma_to_t(((1 - abar) / abar).sqrt().numpy(), self.alphas_cumprod, quantize=True))
         chain = Chain.from_levels(t, abar)
         noise = NoiseSource(shape, device, generator=generator, seeds=seeds)

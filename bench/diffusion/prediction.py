@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -37,7 +38,7 @@ class Level:
     ``t``: the network's time input [B], on the device; ``t2`` the same for a 2B guided call (None
     where the level is not guided; ``t`` is then its first half, a view). ``a`` = sqrt(abar), ``s`` = sqrt(1 - abar): python floats for one
     level (sampling), tensors [B, 1, 1, 1] for per-image timesteps. ``sigma`` = s / a (NaN for
-    per-image timesteps). ``guided``: whether this call runs both branches (a 2B call, or two B
+    per-image timesteps; inf at pure noise, a = 0). ``guided``: whether this call runs both branches (a 2B call, or two B
     calls); ``w`` its guidance weight after the method's schedule.
     """
 
@@ -48,6 +49,12 @@ class Level:
     sigma: float
     guided: bool = False
     w: float = 0.0
+    # a continuous process (or a rate objective): the process's Rates at this level (None: vp's
+    # eps / x0 / v / score, today's path); the process state is x_t = r x (x the VP state the
+    # samplers keep), and the network sees scale x = c_in r x
+    k: Any = None
+    r: float = 1.0
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -160,6 +160,41 @@ def make_levels(spacing: str, alphas_cumprod: torch.Tensor, steps: int, rho: flo
     return t, torch.from_numpy(1.0 / (1.0 + levels**2))
 
 
+def process_levels(process, spacing: str, steps: int, rho: float = 7.0, u_top: float = 1.0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, abar) of a continuous process's levels, increasing in t (float64 process times).
+
+    A timestep spacing maps to the process's unit time u (``process.from_unit``, the shift
+    included): ``leading``, ``linspace`` and ``trailing`` to levels uniform in u, ``quadratic`` to
+    levels quadratic in u (denser near the data), the top level at u = ``u_top`` (1: pure noise).
+    Where sigma(t_min) = 0 (rectified flow, gvp) the level u = 0 is the data itself, the end of every
+    chain, so the N levels are u_top k / N, k = 1..N (diffusers' flow schedulers' levels); else (edm)
+    they include u = 0 (sigma_min), as Karras et al.'s schedule does. A noise-level schedule (karras,
+    ...) places its levels in VE sigma = sigma / alpha over ``process.ve_range()``."""
+    meta = SPACINGS.meta(SPACINGS.check(spacing, "sample.spacing"))
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+        raise BenchError(f"sample.steps={steps!r} must be a positive int")
+    n = int(steps)
+    if meta["kind"] == "timesteps":
+        clean_end = float(process.sigma(process.from_unit(0.0))) == 0.0
+        k = np.arange(1, n + 1, dtype=np.float64) / n if clean_end else (
+            np.arange(n, dtype=np.float64) / (n - 1) if n > 1 else np.ones(1))
+        u = k * k if spacing == "quadratic" else k
+        t = process.from_unit(torch.from_numpy(u * u_top)).double()
+        return t, process.abar(t).double()
+    if not rho > 0:
+        raise BenchError(f"sample.rho = {rho} must be > 0 (Karras et al. use 7)")
+    lo, hi = process.ve_range()
+    if u_top < 1.0:
+        hi = min(hi, float(process.ve(process.from_unit(u_top))))
+    levels = np.asarray(SPACINGS.get(spacing)(lo, hi, n, float(rho)))[::-1].copy()
+    if len(levels) != n or (n > 1 and (np.diff(levels) <= 0).any()):
+        raise BenchError(f"spacing {spacing!r} gave {len(levels)} levels for steps={steps}, not {steps} "
+                         "distinct increasing ones")
+    t = process.t_of_ve(torch.from_numpy(levels)).double()
+    return t, torch.from_numpy(1.0 / (1.0 + levels**2))
+
+
 def level_count(spacing: str, T: int, steps: int) -> int:
     """How many levels ``steps`` gives on ``spacing`` (fewer where a spacing deduplicates)."""
     if SPACINGS.meta(SPACINGS.check(spacing, "sample.spacing")).get("dedup"):
