@@ -8,44 +8,19 @@ import pytest
 import torch
 
 from bench.core.errors import BenchError
-from bench.diffusion import TIME_SAMPLING, TimeSampler, check_t_sampling, make_schedule
+from bench.diffusion import PROCESSES, TIME_SAMPLING, Diffusion, TimeSampler, check_t_sampling, make_schedule
+from bench.diffusion.objectives import objective_names
 
 N = 20_000
 KS_CRIT = 1.95 / math.sqrt(N)  # the KS statistic's 0.1 % critical value
 
 
-class _Flow:
-    """A rectified-flow stand-in with the Process interface: alpha = 1 - t, sigma = t on [0, 1]."""
-
-    continuous, t_min, t_max = True, 0.0, 1.0
-
-    def alpha(self, t):
-        return 1.0 - t
-
-    def sigma(self, t):
-        return t
-
-    def from_unit(self, u):
-        return u
-
-    def t_of_ve(self, ve):
-        return ve / (1 + ve)
+def _flow():
+    return PROCESSES.get("rectified-flow")()
 
 
-class _Chain:
-    """A discrete VP stand-in: the linear schedule's table over integer t in [0, T)."""
-
-    continuous, t_min = False, 0
-
-    def __init__(self, T=100):
-        self.abar = make_schedule("linear", T).alphas_cumprod.double()
-        self.t_max = T - 1
-
-    def alpha(self, t):
-        return self.abar[t.long()].sqrt()
-
-    def sigma(self, t):
-        return (1 - self.abar[t.long()]).sqrt()
+def _chain(T=100):
+    return PROCESSES.get("vp")(alphas_cumprod=make_schedule("linear", T).alphas_cumprod)
 
 
 # options away from the defaults as well, so a wrong use of an option shows
@@ -105,7 +80,7 @@ def test_sd3_formulas():
 def test_edm_lognormal_on_rectified_flow_is_logit_normal():
     """sigma = t / (1 - t) on rectified flow, so ln sigma ~ N(m, s^2) is logit(t) ~ N(m, s^2)."""
     ts = TimeSampler("edm-lognormal", {"p_mean": 0.3, "p_std": 0.5})
-    t = ts.draw(_Flow(), N, torch.Generator().manual_seed(2)).double().sort().values
+    t = ts.draw(_flow(), N, torch.Generator().manual_seed(2)).double().sort().values
     assert t.dtype == torch.float64 and 0 < float(t.min()) and float(t.max()) < 1
     f = TIME_SAMPLING.get("logit-normal").cdf(t, loc=0.3, scale=0.5)
     assert float((torch.arange(1, N + 1) / N - f).abs().max()) < KS_CRIT + 1e-4  # float32 t
@@ -114,7 +89,7 @@ def test_edm_lognormal_on_rectified_flow_is_logit_normal():
 def test_the_chain_draws_integer_timesteps():
     """Uniform on the VP chain is today's randint draw (runs keep their numbers); a unit density is
     floor(u T); the log-normal picks the timestep nearest in log sigma."""
-    chain = _Chain(100)
+    chain = _chain(100)
     g, ref = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     t = TimeSampler().draw(chain, 64, g)
     assert torch.equal(t, torch.randint(0, 100, (64,), generator=ref))
@@ -123,24 +98,69 @@ def test_the_chain_draws_integer_timesteps():
     assert abs(float((t < 50).double().mean()) - 0.5) < 0.02  # logit-normal(0, 1) is symmetric about 1/2
     sig = torch.tensor([0.05, 1.0, 20.0], dtype=torch.float64)
     t = TimeSampler.sigma_to_time(chain, sig)
-    table = ((1 - chain.abar) / chain.abar).sqrt().log()
+    abar = chain.alphas_cumprod
+    table = ((1 - abar) / abar).sqrt().log()
     assert torch.equal(t, (sig.log()[:, None] - table[None]).abs().argmin(1))
 
 
-def test_weightings():
-    """edm: lambda(sigma) = (sigma^2 + sigma_d^2) / (sigma sigma_d)^2 on the x0 error; min-snr: min(SNR, gamma)."""
-    x0, x0_hat = torch.zeros(3, 1, 2, 2), torch.ones(3, 1, 2, 2)
-    t = torch.tensor([0.2, 0.5, 0.9]).view(-1, 1, 1, 1)
-    a, s = 1 - t, t
-    obj = torch.full((3,), 7.0)
-    assert torch.equal(TimeSampler("uniform").weighted(obj, lambda: x0_hat, x0, a, s), obj)
-    sig = (t / (1 - t)).flatten()
-    got = TimeSampler("uniform", {"weighting": "edm", "sigma_data": 0.5}).weighted(obj, lambda: x0_hat, x0, a, s)
-    assert torch.allclose(got, (sig**2 + 0.25) / (sig * 0.5) ** 2)
-    got = TimeSampler("edm-lognormal").weighted(obj, lambda: x0_hat, x0, a, s)  # its default weighting is edm
-    assert torch.allclose(got, (sig**2 + 0.25) / (sig * 0.5) ** 2)
-    got = TimeSampler("cosmap", {"weighting": "min-snr", "gamma": 5.0}).weighted(obj, lambda: x0_hat, x0, a, s)
-    assert torch.allclose(got, torch.clamp(sig**-2, max=5.0))
+WEIGHTED = [(p, o) for p in PROCESSES.names() for o in objective_names()]
+
+
+@pytest.mark.parametrize("process,objective", WEIGHTED, ids=[f"{p}-{o}" for p, o in WEIGHTED])
+def test_the_weighting_is_on_the_x0_error_for_every_objective(process, objective):
+    """multiplier(t) x the objective's own per-image loss = w(sigma / alpha) |x0_hat - x0|^2 (edm: lambda(sigma)
+    of Karras et al.; min-snr: min(SNR, gamma)), for any prediction: the weighting means the same whatever
+    the network predicts."""
+    d = Diffusion("linear", 100, objective=objective, process=process)
+    g = torch.Generator().manual_seed(5)
+    x0, noise, pred = (torch.randn(6, 1, 2, 2, generator=g, dtype=torch.float64) for _ in range(3))
+    u = torch.tensor([0.05, 0.2, 0.4, 0.6, 0.8, 0.95], dtype=torch.float64)
+    p = d.process
+    t = (u * 100).long() if not p.continuous else p.from_unit(u)
+    k = d.rates(t.double(), x0)
+    x_t = k.alpha * x0 + k.sigma * noise
+    own = (d.objective.loss_weight(k.alpha, k.sigma) * (pred - d.objective.from_eps_x0(noise, x0, k.alpha, k.sigma, k))
+           ** 2).flatten(1).mean(1)
+    x0_hat = d.objective.to_eps_x0(pred, x_t, k.alpha, k.sigma, k)[1]
+    err = ((x0_hat - x0) ** 2).flatten(1).mean(1)
+    ve = (k.sigma / k.alpha).flatten()
+    for opts, w in [({"weighting": "edm", "sigma_data": 0.5}, (ve**2 + 0.25) / (ve * 0.5) ** 2),
+                    ({"weighting": "min-snr", "gamma": 5.0}, torch.clamp(ve**-2, max=5.0))]:
+        m = TimeSampler("cosmap", opts).multiplier(d, t)
+        assert torch.allclose(m.double() * own, w * err, rtol=1e-4), (opts, m.double() * own, w * err)
+    assert TimeSampler("edm-lognormal").options["weighting"] == "edm"  # EDM's density comes with its lambda
+
+
+class _Recorder(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(()))
+        self.seen = []
+
+    def forward(self, x, t, y=None):
+        self.seen.append(t.detach().clone())
+        return x * self.w
+
+
+@pytest.mark.parametrize("process", ["rectified-flow", "vp"])
+def test_training_draws_t_from_the_density(process):
+    """installed on a Diffusion, the density is where training_loss looks: logit-normal(0.5, 0.6) on
+    rectified flow (the network sees t), floor(u T) on the VP chain; the default installs nothing."""
+    d = Diffusion("linear", 100, objective="velocity" if process != "vp" else "eps", process=process)
+    TimeSampler().install(d)
+    assert d.t_sampler is None and d.weighting is None
+    TimeSampler("logit-normal", {"loc": 0.5, "scale": 0.6, "weighting": "edm"}).install(d)
+    assert d.weighting is not None
+    model, g = _Recorder(), torch.Generator().manual_seed(6)
+    for _ in range(20):
+        assert torch.isfinite(d.training_loss(model, torch.randn(500, 1, 2, 2), generator=g))
+    t = torch.cat(model.seen).double().sort().values
+    if process == "vp":
+        assert t.dtype == torch.float64 and bool((t == t.round()).all()) and float(t.max()) <= 99
+        t = (t + 0.5) / 100  # floor(u T): the bin's middle
+    f = TIME_SAMPLING.get("logit-normal").cdf(t, loc=0.5, scale=0.6)
+    ks = float((torch.arange(1, len(t) + 1) / len(t) - f).abs().max())
+    assert ks < (1.95 / len(t) ** 0.5 + (0.01 if process == "vp" else 1e-4)), ks
 
 
 @pytest.mark.parametrize("name,opts,needle", [
@@ -164,6 +184,8 @@ PLAN_MISTAKES = {
     "an option the density lacks": ({"t_sampling": "mode", "t_sampling_options": {"loc": 0.0}},
                                     ["train.t_sampling_options.loc", "has no option 'loc'", "scale"]),
     "an unknown density": ({"t_sampling": "logitnormal"}, ["train.t_sampling", "Did you mean 'logit-normal'"]),
+    "a density with the bound's loss": ({"t_sampling": "cosmap", "loss": "vlb"},
+                                        ["base.train.t_sampling", "reweights the loss over t", "diffusion.loss: simple"]),
 }
 
 
@@ -174,8 +196,9 @@ def test_plan_refuses_with_one_message(name, tmp_path, capsys):
 
     from bench.cli import main
 
-    train, words = PLAN_MISTAKES[name]
-    study = tiny_study("t-sampling", train=train)
+    train, words = dict(PLAN_MISTAKES[name][0]), PLAN_MISTAKES[name][1]
+    loss = train.pop("loss", "simple")
+    study = tiny_study("t-sampling", train=train, diffusion={"loss": loss})
     path = tmp_path / "t-sampling.yaml"
     path.write_text(yaml.safe_dump(study))
     code = main(["plan", str(path), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"])
@@ -194,3 +217,19 @@ def test_the_density_is_in_the_train_key_and_its_default_is_not():
     assert ln.train_key() != base.train_key()
     assert from_dict({"train": {"t_sampling": "logit-normal", "t_sampling_options": {"scale": 0.5}}}).train_key() \
         not in (ln.train_key(), base.train_key())
+
+
+def test_the_trainer_installs_the_density_and_refuses_bad_options():
+    from bench.core.config import DiffusionSpec, RunConfig, TrainSpec
+    from bench.training.loop import Trainer
+
+    def cfg(**train):
+        return RunConfig(diffusion=DiffusionSpec(timesteps=50),
+                         train=TrainSpec(steps=1, batch_size=4, warmup_steps=0, **train))
+
+    tr = Trainer(cfg(t_sampling="mode", t_sampling_options={"scale": 0.5}))
+    assert tr.diffusion.t_sampler is not None and tr.diffusion.weighting is None
+    assert math.isfinite(float(tr.step()))
+    assert Trainer(cfg()).diffusion.t_sampler is None  # the default: the Diffusion's own draw
+    with pytest.raises(BenchError, match="train.t_sampling_options.scale = 3.0 is outside"):
+        Trainer(cfg(t_sampling="mode", t_sampling_options={"scale": 3.0}))

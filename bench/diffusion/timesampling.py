@@ -273,13 +273,28 @@ class TimeSampler:
             return ts[(torch.log(sig)[:, None] - log_r[None, :]).abs().argmin(1)]
         return torch.as_tensor(process.t_of_ve(sig), dtype=torch.float64).to(sig.device).clamp(lo, hi)
 
-    def weighted(self, loss: torch.Tensor, x0_hat: Callable[[], torch.Tensor], x0: torch.Tensor,
-                 alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """The per-image loss [B] under this density's weighting: ``loss`` (the objective's own MSE)
-        for ``none``, else w(sigma / alpha) mean((x0_hat - x0)^2) (``x0_hat`` called only then)."""
-        if self.weight_fn is None:
-            return loss
-        ratio = (sigma / alpha).reshape(len(x0), -1)[:, 0]
-        w = self.weight_fn(ratio.double(), self.options).to(loss.dtype)
-        return w * ((x0_hat() - x0) ** 2).flatten(1).mean(1)
+    @property
+    def is_default(self) -> bool:
+        """Uniform t and the objective's own loss: what training did before densities existed."""
+        return self.density is TIME_SAMPLING.get("uniform") and self.weight_fn is None
+
+    def install(self, diffusion: Any) -> None:
+        """Set ``diffusion``'s training hooks to this density (``t_sampler``) and weighting (``weighting``);
+        the default (uniform, no weighting) leaves them unset: the Diffusion's own draw, today's numbers."""
+        process = diffusion.process
+        default = self.density is TIME_SAMPLING.get("uniform")
+        diffusion.t_sampler = None if default else (lambda n, g, dev: self.draw(process, n, g, dev))
+        diffusion.weighting = None if self.weight_fn is None else (lambda t: self.multiplier(diffusion, t))
+
+    def multiplier(self, diffusion: Any, t: torch.Tensor) -> torch.Tensor:
+        """The factor on the objective's own per-image loss (``weight (pred - target)^2``) that makes it
+        w(sigma / alpha) |x0_hat - x0|^2. Every objective's target is linear in (eps, x0); at fixed x_t
+        an error d in x0 is one of -(alpha / sigma) d in eps, so the target errs by c d with c =
+        target(eps = -alpha / sigma, x0 = 1) and the loss by weight c^2 |d|^2: the factor is w / (weight c^2)."""
+        like = torch.empty(len(t), dtype=torch.float64, device=t.device)
+        k = diffusion.rates(t.double(), like)
+        a, s = k.alpha, k.sigma
+        c = diffusion.objective.from_eps_x0(-a / s, torch.ones_like(a), a, s, k)
+        w = self.weight_fn(s / a, self.options)
+        return (w / (diffusion.objective.loss_weight(a, s) * c * c)).float()
 
