@@ -7,8 +7,8 @@ velocity) carries the data at t_min to the prior at t_max; along it d log p_t(x(
     log p_{t_min}(x) = log N(x(t_max); 0, (alpha(t_max)^2 + sigma(t_max)^2) I) + int_{t_min}^{t_max} div v(x(t), t) dt,
 
 integrated by adaptive Dormand-Prince (torchdiffeq ``dopri5``, ``rtol`` / ``atol``) on the augmented
-state (x, int div v); in lambda = log(sigma / alpha) where its range is finite (vp, edm: the VP
-chain is smooth in lambda, not in its t, and EDM's sigma spans five decades), else in t. The divergence is the exact trace of dv/dx (D vector-Jacobian products per call:
+state (x, int div v), on the clock of :mod:`bench.diffusion.ode` (lambda = log(sigma / alpha) for vp
+and edm). The divergence is the exact trace of dv/dx (D vector-Jacobian products per call:
 ``exact=True``, for tests and tiny images) or Hutchinson's estimate eps^T (dv/dx) eps with Rademacher
 probes held fixed along the path (Grathwohl et al. 2019, FFJORD); ``probes`` = K independent probes per
 image (one forward, K backward passes per call) give each image's estimate and its standard error.
@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from bench.core.errors import BenchError
+from bench.diffusion.ode import integrate
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # v(x [B, ...], t [B]) -> [B, ...]
 
@@ -64,18 +65,17 @@ def ode_log_likelihood(velocity: Velocity, process: Any, x: torch.Tensor, *, exa
     7-bit offset) under the probability-flow ODE of ``velocity`` on ``process``; see the module doc."""
     if isinstance(probes, bool) or not isinstance(probes, int) or probes < 1:
         raise BenchError(f"the likelihood's Hutchinson probes = {probes!r} must be a positive int")
-    from torchdiffeq import odeint
 
     b, dims, dev = x.shape[0], x[0].numel(), x.device
     k = 1 if exact else probes
     eps = None if exact else _rademacher((k, *x.shape), generator, dev)
     calls = [0]
 
-    def div_and_v(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def div_and_v(t: float, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         calls[0] += 1
         with torch.enable_grad():
             xi = state[0].detach().requires_grad_(True)
-            v = velocity(xi, t.expand(b))
+            v = velocity(xi, torch.full((b,), t, dtype=x.dtype, device=dev))
             if exact:
                 div = torch.zeros(b, 1, dtype=v.dtype, device=dev)
                 flat = v.flatten(1)
@@ -88,14 +88,9 @@ def ode_log_likelihood(velocity: Velocity, process: Any, x: torch.Tensor, *, exa
                     for i, e in enumerate(eps)], 1)
         return v.detach(), div.detach()
 
-    t = torch.tensor([float(process.t_min), float(process.t_max)], dtype=x.dtype, device=dev)
     state0 = (x, torch.zeros(b, k, dtype=x.dtype, device=dev))
-    fn = div_and_v
-    lam = torch.log(torch.as_tensor(process.ve(t.double().cpu()), dtype=torch.float64))
-    if bool(torch.isfinite(lam).all()):  # vp, edm: in lambda = log(sigma / alpha), where the path is smooth
-        t, fn = lam.to(device=dev, dtype=x.dtype), _in_log_ve(div_and_v, process)
-    xs, divs = odeint(fn, state0, t, rtol=rtol, atol=atol, method="dopri5")
-    x_top, integral = xs[-1].double(), divs[-1].double()  # [B, ...], [B, K]
+    x_end, div_end = integrate(div_and_v, state0, process, process.t_min, process.t_max, rtol=rtol, atol=atol)
+    x_top, integral = x_end.double(), div_end.double()  # [B, ...], [B, K]
     t_top = torch.tensor(float(process.t_max), dtype=torch.float64)
     var = float(process.alpha(t_top)) ** 2 + float(process.sigma(t_top)) ** 2
     prior = -0.5 * (x_top.flatten(1) ** 2).sum(1) / var - 0.5 * dims * math.log(2 * math.pi * var)
@@ -104,23 +99,6 @@ def ode_log_likelihood(velocity: Velocity, process: Any, x: torch.Tensor, *, exa
     se = torch.zeros(b, dtype=torch.float64) if exact else (
         bpd.std(1, unbiased=True) / k**0.5 if k > 1 else torch.full((b,), float("nan"), dtype=torch.float64))
     return ODELikelihood(bpd.mean(1).cpu(), se.cpu(), calls[0])
-
-
-def _in_log_ve(fn: Callable[..., tuple[torch.Tensor, torch.Tensor]], process: Any
-               ) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
-    """The ODE in lambda = log ve(t) instead of t: d/dlambda = (d/dt) / (dlambda/dt), dlambda/dt =
-    sigma' / sigma - alpha' / alpha. The discrete VP chain's log ve is piecewise linear in t (its
-    derivatives jump at every timestep, which an adaptive solver steps over with an error it does not
-    see: 3e-3 bits/dim at rtol = 1e-5 on Gaussian data); in lambda its alpha and sigma are smooth,
-    (1 + e^(2 lambda))^(-1/2) and e^lambda times that (2e-5 bits/dim, a tenth of the calls)."""
-
-    def g(lam: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.as_tensor(process.t_of_ve(lam.double().exp().cpu()), dtype=torch.float64)
-        rate = float(process.d_sigma(t) / process.sigma(t) - process.d_alpha(t) / process.alpha(t))
-        v, div = fn(t.to(device=lam.device, dtype=lam.dtype), state)
-        return v / rate, div / rate
-
-    return g
 
 
 def model_velocity(diffusion: Any, model: Any, y: torch.Tensor | None = None) -> Velocity:
