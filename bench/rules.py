@@ -72,6 +72,19 @@ def check_learned_variance(variance: str, loss: str, at: str, origin: Origin = p
                          "vlb, or a fixed variance")
 
 
+def check_process(diffusion: object, at: str) -> None:
+    """The process, its shift and the objective / loss / variance it trains with: the checks the
+    :class:`~bench.diffusion.Diffusion` of the run makes when it is built (the same function)."""
+    from bench.diffusion import Diffusion
+
+    d = diffusion
+    try:
+        Diffusion(d.schedule, d.timesteps, d.objective, d.variance, d.loss, d.hybrid_weight,  # type: ignore[attr-defined]
+                  process=d.process, shift=d.shift)  # type: ignore[attr-defined]
+    except BenchError as e:
+        raise BenchError(f"{at}: {e}") from None
+
+
 def check_label_dropout(p_uncond: float, class_cond: bool, at: str, origin: Origin = plain) -> None:
     """Label dropout replaces labels by the null label: only a class-conditional model has one."""
     if p_uncond > 0 and not class_cond:

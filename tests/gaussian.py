@@ -72,3 +72,28 @@ class MixtureDenoiser(torch.nn.Module):
         yy = y.view(-1, 1, 1, 1)
         x0 = torch.where(yy == 0, x0_0, torch.where(yy == 1, x0_1, (1 - p1) * x0_0 + p1 * x0_1))
         return (x - a * x0) / s
+
+
+class ProcessGaussian(torch.nn.Module):
+    """The exact prediction of Gaussian data x0 ~ N(mu, s0^2) for a continuous process: called as the
+    samplers call a network, ``model(c_in(t) x_t, time_input(t), y)``, it recovers t from the time
+    input (t itself, or sigma = exp(4 c_noise) for edm) and returns the objective's target of the
+    posterior means E[x0 | x_t], E[eps | x_t] (every objective is linear in them)."""
+
+    def __init__(self, diffusion, mu: float, s0: float) -> None:
+        super().__init__()
+        self.d, self.mu, self.s0 = diffusion, mu, s0
+
+    def forward(self, x, t, y=None):
+        p = self.d.process
+        td = t.double().cpu()
+        if (td == td[0]).all():  # one level for the batch (sampling): its coefficients once
+            td = td[:1]
+        tt = (4 * td).exp() if p.name == "edm" else td
+        shape = (-1, *([1] * (x.ndim - 1)))
+        x_t = x.double() / p.input_scale(tt).view(shape)
+        k = self.d.rates(tt, x_t)
+        a, s = k.alpha, k.sigma
+        x0 = self.mu + a * self.s0**2 / (a**2 * self.s0**2 + s**2) * (x_t - a * self.mu)
+        eps = torch.where(s > 0, (x_t - a * x0) / s.clamp_min(1e-300), torch.zeros_like(x_t))
+        return self.d.objective.from_eps_x0(eps, x0, a, s, k).to(x.dtype)

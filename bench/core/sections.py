@@ -113,6 +113,8 @@ class DiffusionSpec(_Spec):
     variance: str = "fixed_small"  # registry bench.diffusion.VARIANCES
     loss: str = "simple"  # registry bench.diffusion.LOSSES
     hybrid_weight: float = 0.001
+    process: str = field(default="vp", metadata=OMIT_DEFAULT)  # registry bench.diffusion.PROCESSES
+    shift: float = field(default=1.0, metadata=OMIT_DEFAULT)  # SD3's time shift of a continuous process
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,14 @@ from bench.diffusion.core import Diffusion
 from bench.diffusion.guidance import GUIDANCE, check_guidance, register_guidance
 from bench.diffusion.losses import LOSSES
 from bench.diffusion.noise import NoiseSource
-from bench.diffusion.objectives import OBJECTIVES, RATE_OBJECTIVES, Rates, convert, objective_names
+from bench.diffusion.objectives import (
+    ALL_OBJECTIVES,
+    OBJECTIVES,
+    RATE_OBJECTIVES,
+    Rates,
+    convert,
+    objective_names,
+)
 from bench.diffusion.prediction import Prediction, is_conditional
 from bench.diffusion.processes import PROCESSES, Process
 from bench.diffusion.samplers import SAMPLERS, Denoiser, Option, check_options
@@ -22,6 +29,6 @@ __all__ = [
     "make_schedule", "make_timesteps", "convert", "is_conditional",
     "Option", "check_options", "check_guidance", "register_guidance",
     "GUIDANCE", "SCHEDULES", "OBJECTIVES", "VARIANCES", "LOSSES", "SAMPLERS", "SPACINGS",
-    "PROCESSES", "Process", "RATE_OBJECTIVES", "Rates", "objective_names",
+    "PROCESSES", "Process", "RATE_OBJECTIVES", "ALL_OBJECTIVES", "Rates", "objective_names",
     "TIME_SAMPLING", "TimeSampler", "check_t_sampling",
 ]

@@ -25,8 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
-from bench.core.errors import BenchError
-from bench.core.registry import Registry, did_you_mean
+from bench.core.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -170,30 +169,28 @@ RATE_OBJECTIVES.register("edm", EdmObjective(), at_pure_noise=False,
                          paper="Karras et al. 2022 (EDM), Table 1: F-target with c_skip, c_out")
 
 
+# Every objective a Diffusion takes (``diffusion.objective``), with ``rates``: whether it needs them.
+ALL_OBJECTIVES: Registry[Objective] = Registry("objective")
+for _reg, _rates in ((OBJECTIVES, False), (RATE_OBJECTIVES, True)):
+    for _name in _reg.names():
+        ALL_OBJECTIVES.register(_name, _reg.get(_name), **_reg.meta(_name), rates=_rates)
+
+
 def objective_names() -> list[str]:
-    """Every objective a Diffusion takes (``diffusion.objective``)."""
-    return OBJECTIVES.names() + RATE_OBJECTIVES.names()
-
-
-def _registry(name: str) -> Registry[Objective]:
-    return RATE_OBJECTIVES if name in RATE_OBJECTIVES else OBJECTIVES
+    return ALL_OBJECTIVES.names()
 
 
 def check_objective(name: str, where: str = "diffusion.objective") -> str:
     """``name`` if it is an objective of either registry, else one BenchError listing them all."""
-    if name in RATE_OBJECTIVES or name in OBJECTIVES:
-        return name
-    raise BenchError(f"unknown objective {name!r} at {where}.{did_you_mean(name, objective_names())} "
-                     f"Available: {', '.join(sorted(objective_names()))}.")
+    return ALL_OBJECTIVES.check(name, where)
 
 
 def get_objective(name: str) -> Objective:
-    return _registry(name).get(check_objective(name))
+    return ALL_OBJECTIVES.get(check_objective(name))
 
 
 def objective_meta(name: str) -> dict[str, Any]:
-    """The registry metadata, with ``rates``: whether the objective needs the process's rates."""
-    return {**_registry(name).meta(check_objective(name)), "rates": name in RATE_OBJECTIVES}
+    return ALL_OBJECTIVES.meta(check_objective(name))
 
 
 def convert(pred: torch.Tensor, src: str, dst: str, x_t: torch.Tensor, a: torch.Tensor, s: torch.Tensor,

@@ -144,7 +144,8 @@ _REGISTRIES = {
     "data.dataset": ("bench.data", "DATASETS"),
     "model.backbone": ("bench.models", "MODELS"),
     "diffusion.schedule": ("bench.diffusion", "SCHEDULES"),
-    "diffusion.objective": ("bench.diffusion", "OBJECTIVES"),
+    "diffusion.objective": ("bench.diffusion", "ALL_OBJECTIVES"),
+    "diffusion.process": ("bench.diffusion", "PROCESSES"),
     "diffusion.variance": ("bench.diffusion", "VARIANCES"),
     "diffusion.loss": ("bench.diffusion", "LOSSES"),
     "sample.sampler": ("bench.diffusion", "SAMPLERS"),
@@ -164,7 +165,7 @@ _POSITIVE = (
     "data.image_size", "diffusion.timesteps", "train.steps", "train.batch_size", "train.grad_accum",
     "train.checkpoint_every", "train.log_every", "sample.steps", "sample.batch_size", "eval.num_samples",
     "eval.kid_subset_size", "vae.factor", "vae.latent_channels", "vae.base_channels", "vae.steps",
-    "vae.batch_size", "train.lr", "vae.lr", "sample.guidance_channels",
+    "vae.batch_size", "train.lr", "vae.lr", "sample.guidance_channels", "diffusion.shift",
 )  # fmt: skip
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "eval.nll_samples",
                  "diffusion.hybrid_weight", "vae.kl_weight")  # fmt: skip

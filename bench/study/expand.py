@@ -162,6 +162,8 @@ class Expander:
                              "diffusion.timesteps or another schedule (cosine clips its betas)") from None
         rules.check_learned_variance(diffusion.variance, diffusion.loss,
                                      self._at(idx, "diffusion.variance", "diffusion.loss"), self._origin(idx))
+        rules.check_process(diffusion, self._at(idx, "diffusion.process", "diffusion.shift", "diffusion.objective",
+                                                "diffusion.loss"))
 
     def _check_sampler(self, idx: tuple[int, ...], sample: Any) -> None:
         """``sample.options`` against the options the sampler declares."""

@@ -38,7 +38,8 @@ def build_diffusion(spec: DiffusionSpec) -> Any:
     """The :class:`~bench.diffusion.Diffusion` of a config section."""
     from bench.diffusion import Diffusion
 
-    return Diffusion(spec.schedule, spec.timesteps, spec.objective, spec.variance, spec.loss, spec.hybrid_weight)
+    return Diffusion(spec.schedule, spec.timesteps, spec.objective, spec.variance, spec.loss, spec.hybrid_weight,
+                     process=spec.process, shift=spec.shift)
 
 
 def write_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:

@@ -164,6 +164,8 @@ class Trainer:
             "num_classes": self.data.num_classes if cfg.model.class_cond else None,
             "learned_variance": self.diffusion.learned_variance, "dropout": cfg.model.dropout,
         }
+        if self.diffusion.process.time_scale != 1.0:  # a continuous process's float time (vp: unchanged args)
+            self.model_args["time_scale"] = self.diffusion.process.time_scale
         seed_everything(derive_seed(cfg.seed, "global"))  # dropout draws from the global stream
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, "init"))

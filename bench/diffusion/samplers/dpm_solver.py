@@ -32,15 +32,16 @@ def step_orders(n: int, order: int) -> list[int]:
 
 def _multistep(den: Denoiser, x: torch.Tensor, noise: NoiseSource, order: int, sde: bool,
                progress: bool, desc: str, reference_3m: bool = False) -> torch.Tensor:
-    n, sig = len(den.chain), den.sigmas
-    x = den.to_ve(x, n - 1)
-    orders = step_orders(n, order)
+    sig = den.sigmas
+    x, steps = den.begin(x, progress, desc, noise, 1.0 if sde else 0.0)
+    orders = step_orders(len(steps), order) if steps else []
     hist: list[tuple[torch.Tensor, float]] = []  # (x0, lambda), newest last
-    for k, i in enumerate(den.steps(progress, desc)):
+    for k, i in enumerate(steps):
         s, s_next = sig[i], sig[i - 1]
         m0 = den.ve(x, i).x0
         lam = -math.log(s)
-        hist = (hist + [(m0, lam)])[-3:]
+        # kept across calls: a copy, as a compiled network's output buffer is overwritten by its next replay
+        hist = (hist + [(m0.clone() if order > 1 else m0, lam)])[-3:]
         if s_next == 0.0:
             return m0
         h = -math.log(s_next) - lam

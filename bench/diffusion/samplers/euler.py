@@ -24,8 +24,8 @@ def _karras(den: Denoiser, x: torch.Tensor, noise: NoiseSource, heun: bool, s_ch
     sigma_{i+1} along d = (x - D(x; sigma-hat)) / sigma-hat; Heun corrects with d at sigma_{i+1}
     except on the last step to sigma = 0 (2N - 1 network calls on N levels)."""
     n, sig = len(den.chain), den.sigmas
-    x = den.to_ve(x, n - 1)
-    for i in den.steps(progress, "heun" if heun else "euler"):
+    x, steps = den.begin(x, progress, "heun" if heun else "euler", heun=heun)
+    for i in steps:
         s, s_next = sig[i], sig[i - 1]  # sig[-1] is 0: the step after level 0 ends the chain
         gamma = min(s_churn / n, 2**0.5 - 1) if s_churn > 0 and s_tmin <= s <= s_tmax else 0.0
         if gamma > 0:
@@ -74,8 +74,8 @@ def euler_ancestral(den: Denoiser, x: torch.Tensor, noise: NoiseSource, *, eta: 
     sigma_up = min(sigma', eta sqrt(sigma'^2 (sigma^2 - sigma'^2) / sigma^2)), sigma_down =
     sqrt(sigma'^2 - sigma_up^2); with eta = 1 the marginal of each step is DDPM's posterior."""
     sig = den.sigmas
-    x = den.to_ve(x, len(den.chain) - 1)
-    for i in den.steps(progress, "euler-ancestral"):
+    x, steps = den.begin(x, progress, "euler-ancestral", noise, eta, s_noise)
+    for i in steps:
         s, s_next = sig[i], sig[i - 1]
         s_up = min(s_next, eta * (s_next**2 * (s**2 - s_next**2) / s**2) ** 0.5)
         s_down = (s_next**2 - s_up**2) ** 0.5

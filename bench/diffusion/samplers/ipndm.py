@@ -22,10 +22,10 @@ def ipndm(den: Denoiser, x: torch.Tensor, noise: NoiseSource, *, order: int = 4,
     to sigma = 0, is first order (it returns x0). The weights assume equal steps, so on the
     non-uniform levels of a real schedule the observed order is about 2 whatever the history
     (the declared ``order`` of the registry; measured by the convergence test)."""
-    n, sig = len(den.chain), den.sigmas
-    x = den.to_ve(x, n - 1)
+    sig = den.sigmas
+    x, steps = den.begin(x, progress, "ipndm")
     ds: list[torch.Tensor] = []
-    for i in den.steps(progress, "ipndm"):
+    for i in steps:
         s, s_next = sig[i], sig[i - 1]
         x0 = den.ve(x, i).x0
         if s_next == 0.0:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from bench.core.errors import BenchError
 from bench.core.registry import Registry, did_you_mean
 from bench.diffusion.chain import Chain
+from bench.diffusion.noise import NoiseSource
 from bench.diffusion.prediction import Conditioning, Level, Model, Prediction
 from bench.diffusion.spacing import level_count, sigma_to_t
 
@@ -151,6 +152,10 @@ class Denoiser:
         self.levels = [self.diffusion.level(t, like, self.cond, ab) for t, ab in zip(ts, self.abar)]
         self._like = like
         self._quantize = bool(getattr(self.model, "discrete_time", False))
+        # a continuous process whose top level is pure noise (alpha = 0: rectified flow, gvp at t = 1)
+        # has sigma = inf there; samplers in sigma start through begin()
+        self.pure_noise = self.abar[-1] == 0.0
+        self._process = self.diffusion.process if getattr(self.diffusion, "continuous", False) else None
 
     def _eval(self, x_t: torch.Tensor, level: Level) -> Prediction:
         self.calls += 1
@@ -168,8 +173,12 @@ class Denoiser:
 
     def ve_at(self, x: torch.Tensor, sigma: float) -> Prediction:
         """(eps, x0) for x = x0 + sigma eps at a sigma that need not be a level of the chain."""
-        t = sigma_to_t(sigma, self.diffusion.alphas_cumprod, quantize=self._quantize)
         abar = 1.0 / (1.0 + sigma * sigma)
+        if self._process is not None:
+            t = float(self._process.t_of_ve(sigma))
+            level = self.diffusion.level(t, self._like, self.cond, abar)
+            return self._eval(x * abar**0.5, level)
+        t = sigma_to_t(sigma, self.diffusion.alphas_cumprod, quantize=self._quantize)
         level = self.diffusion.level(int(t) if self._quantize else float(t), self._like, self.cond, abar)
         return self._eval(x * abar**0.5, level)
 
@@ -180,6 +189,47 @@ class Denoiser:
     def steps(self, progress: bool, desc: str) -> list[int]:
         idx = list(range(len(self.chain) - 1, -1, -1))
         return list(tqdm(idx, desc=desc, leave=False)) if progress else idx
+
+    def begin(self, x: torch.Tensor, progress: bool, desc: str, noise: NoiseSource | None = None,
+              eta: float = 0.0, s_noise: float = 1.0, heun: bool = False) -> tuple[torch.Tensor, list[int]]:
+        """A sampler in sigma starts here: (x as x0 + sigma eps at its first level, the levels to step from).
+
+        Where the top level is pure noise (sigma = inf, alpha = 0), the first step to the next level
+        is taken here: the DDIM step x' = x0 + sigma' eps, the limit of every first-order step in
+        sigma (Euler, DPM-Solver++, UniPC, iPNDM) as sigma -> inf; with ``eta`` (ancestral samplers) it
+        keeps sigma_down = sigma' sqrt(1 - eta^2) of eps and adds s_noise eta sigma' fresh noise.
+        Heun's step from there is Heun's method in the process's own time t (finite where sigma is
+        not), two calls as on every other step. The chain then continues from the next level with an
+        empty history (a level at sigma = inf carries no weight in a multistep update)."""
+        n = len(self.chain)
+        if not self.pure_noise:
+            return self.to_ve(x, n - 1), self.steps(progress, desc)
+        top = n - 1
+        pred = self(x, top)
+        if n == 1:
+            return pred.x0, []
+        nxt = top - 1
+        s_next = self.sigmas[nxt]
+        if heun:
+            x_ve = self._heun_from_noise(x, pred, top, nxt)
+        else:
+            s_up = min(1.0, eta) * s_next
+            x_ve = pred.x0 + (s_next**2 - s_up**2) ** 0.5 * pred.eps
+            if s_up > 0 and noise is not None:
+                x_ve = x_ve + noise() * (s_noise * s_up)
+        return x_ve, self.steps(progress, desc)[1:]
+
+    def _heun_from_noise(self, x: torch.Tensor, pred: Prediction, top: int, nxt: int) -> torch.Tensor:
+        """Heun in t from the pure-noise level: v = alpha' x0 + sigma' eps, the trapezoid of v at both ends."""
+        lv_top, lv_next = self.levels[top], self.levels[nxt]
+        k0, k1 = lv_top.k, lv_next.k
+        dt = float(self.chain.t[nxt]) - float(self.chain.t[top])
+        x_t = x * lv_top.r
+        v0 = k0.d_alpha * pred.x0 + k0.d_sigma * pred.eps
+        x_e = x_t + dt * v0
+        p1 = self.ve(x_e / k1.alpha, nxt)
+        v1 = k1.d_alpha * p1.x0 + k1.d_sigma * p1.eps
+        return (x_t + dt * 0.5 * (v0 + v1)) / k1.alpha
 
     def at_time(self, x: torch.Tensor, t: float) -> Prediction:
         """(eps, x0) for the VP state ``x`` (the process state x_t / sqrt(alpha^2 + sigma^2)) at any

@@ -66,13 +66,14 @@ def unipc(den: Denoiser, x: torch.Tensor, noise: NoiseSource, *, order: int = 2,
     """UniP-p predicts the next level from the last p outputs; at that level, UniC-p corrects the
     prediction with the new output before the next UniP step. The order warms up 1, 2, ... and
     falls to 1 toward the end (``min(p, steps left)``); the last step, to sigma = 0, returns x0."""
-    n, sig = len(den.chain), den.sigmas
-    x = den.to_ve(x, n - 1)
+    sig = den.sigmas
+    x, steps = den.begin(x, progress, "unipc")
+    n = len(steps)
     hist: list[tuple[torch.Tensor, float]] = []
     last: tuple[torch.Tensor, float, int] | None = None  # (x before the predictor, its sigma, its order)
-    for k, i in enumerate(den.steps(progress, "unipc")):
+    for k, i in enumerate(steps):
         s, s_next = sig[i], sig[i - 1]
-        m_new = den.ve(x, i).x0
+        m_new = den.ve(x, i).x0.clone()  # kept across calls (a compiled network's buffer is reused)
         if last is not None and corrector:
             x = _update(last[0], last[1], s, hist, last[2], True, m_new)
         hist = (hist + [(m_new, -math.log(s))])[-order:]
