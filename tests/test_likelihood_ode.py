@@ -97,3 +97,62 @@ def test_dequantization_fills_each_bin():
     lo = k.double() / 128 - 1
     assert bool((y >= lo).all()) and bool((y < lo + 1 / 128 + 1e-6).all())
     assert torch.allclose(dequantize(k.float() / 127.5 - 1, torch.Generator().manual_seed(0)), y)
+
+
+NATIVE = {"vp": "eps", "rectified-flow": "velocity", "gvp": "velocity", "edm": "edm"}
+
+
+def _gaussian_model(d, mu, s0):
+    from gaussian import GaussianDenoiser, ProcessGaussian
+
+    return GaussianDenoiser(d.alphas_cumprod, "eps", mu, s0) if not d.continuous else ProcessGaussian(d, mu, s0)
+
+
+@pytest.mark.parametrize("name", PROCESSES.names())
+def test_through_the_diffusion_and_its_objective(name):
+    """The same closed form through a model and the Diffusion's own (eps, x0) conversion (each process's
+    native objective): isotropic Gaussian data N(0.4, 0.3^2 I), the exact trace."""
+    from bench.diffusion import Diffusion
+    from bench.diffusion.likelihood_ode import ode_bits_per_dim
+
+    d = Diffusion("linear", 1000, objective=NATIVE[name], process=name)
+    mu, s0 = 0.4, 0.3
+    x0 = mu + s0 * torch.randn(3, 1, 2, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    r = ode_bits_per_dim(d, _gaussian_model(d, mu, s0), x0.float(), exact=True, rtol=1e-6, atol=1e-6,
+                         dequantize_8bit=False)
+    p = d.process
+
+    def marginal(t):
+        t = torch.tensor(float(t), dtype=torch.float64)
+        a, s = float(p.alpha(t)), float(p.sigma(t))
+        return a, (a * a * s0**2 + s * s) ** 0.5
+
+    (a0, c0), (a1, c1) = marginal(p.t_min), marginal(p.t_max)
+    x_top = a1 * mu + (x0 - a0 * mu) * c1 / c0
+    normal = torch.distributions.Normal
+    logp = (normal(a0 * mu, c0).log_prob(x0) + normal(0.0, (a1**2 + (c1**2 - a1**2 * s0**2)) ** 0.5).log_prob(x_top)
+            - normal(a1 * mu, c1).log_prob(x_top)).flatten(1).sum(1)
+    assert torch.allclose(r.bpd, -logp / (4 * math.log(2)), atol=2e-4), (r.bpd, -logp / (4 * math.log(2)))
+
+
+def test_the_nll_metric_of_a_continuous_process_is_the_odes_and_vp_has_both():
+    """``nll`` on rectified flow is the ODE's NLL of the dequantized test images (no bound exists): for the exact
+    N(0, 0.3^2) model, -log2 N(y; 0, 0.3^2) per dim + 7 of y = (k + u) / 128 - 1; a VP model reports its bound
+    as ``nll_bpd`` and the ODE's NLL as ``nll_ode_bpd`` beside it."""
+    from bench.diffusion import Diffusion
+    from bench.metrics import METRICS
+    from bench.metrics.nll import ModelContext
+
+    images = torch.randint(80, 176, (6, 1, 2, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    y = dequantize(images, torch.Generator().manual_seed(0)).double()  # the metric's first draws from seed 0
+    closed = float((-torch.distributions.Normal(0.0, 0.3).log_prob(y).flatten(1).sum(1) / (4 * math.log(2)) + 7).mean())
+    for name in ("rectified-flow", "vp"):
+        d = Diffusion("linear", 50, objective=NATIVE[name], process=name)
+        ctx = ModelContext(d, _gaussian_model(d, 0.0, 0.3), None, images, None, "cpu", seed=0)
+        nll = METRICS.get("nll").compute(ctx)
+        ode = METRICS.get("nll_ode").compute(ctx)
+        assert set(ode) == {"nll_ode_bpd", "nll_ode_bpd_se"} and all(math.isfinite(v) for v in ode.values())
+        if name == "vp":  # the bound of a 50-step chain and the ODE's likelihood: two quantities, side by side
+            assert math.isfinite(nll["nll_bpd"]) and abs(nll["nll_bpd"] - ode["nll_ode_bpd"]) > 0.1
+        else:
+            assert nll["nll_bpd"] == ode["nll_ode_bpd"] == pytest.approx(closed, abs=2e-3)
