@@ -111,6 +111,13 @@ def cmd_list() -> None:
         opts = GUIDANCE.meta(name)["options"].values()
         shown = ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in opts)
         print(f"  {name:<14} {shown}")
+    from bench.diffusion import TIME_SAMPLING
+
+    print("\ntimestep densities (train.t_sampling, its train.t_sampling_options):")
+    for name in TIME_SAMPLING.names():
+        opts = TIME_SAMPLING.meta(name)["options"].values()
+        shown = ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in opts)
+        print(f"  {name:<14} {shown}")
     print("\nmetric outputs (MLflow names; arrow = better):")
     arrows = {True: " ↑", False: " ↓", None: ""}
     for name in METRICS.names():

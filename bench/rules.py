@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.core.errors import BenchError
-from bench.diffusion import LOSSES, SPACINGS, VARIANCES, make_timesteps
+from bench.diffusion import LOSSES, SPACINGS, VARIANCES, TimeSampler, make_timesteps
 
 Origin = Callable[[str], str]
 
@@ -121,3 +121,17 @@ def check_sampling_variance(variance: str | None, trained: str, trained_by_loss:
         raise BenchError(f"{at}: sample.variance {variance!r} replaces the variance at sampling time, but this "
                          f"model's loss trained its variance {trained!r} ({origin('diffusion.loss')}); drop "
                          "sample.variance or train with a fixed variance and loss: simple")
+
+
+def check_t_sampling(name: str, options: dict, loss: str, at: str, origin: Origin = plain) -> None:
+    """A timestep density with its options in range; one other than uniform t with the objective's own
+    loss reweights the loss over t, which the variational bound's losses (vlb, hybrid: T L_t at uniform
+    t, an unbiased estimate of the bound) cannot take."""
+    try:
+        sampler = TimeSampler(name, options)
+    except BenchError as e:
+        raise BenchError(f"{at}: {e}") from None
+    if not sampler.is_default and LOSSES.meta(LOSSES.check(loss, "diffusion.loss")).get("trains_variance", False):
+        raise BenchError(f"{at}: train.t_sampling {name!r} with {options or 'its defaults'} reweights the loss over t, "
+                         f"but diffusion.loss {loss!r} ({origin('diffusion.loss')}) estimates the variational bound "
+                         "from uniform t; use diffusion.loss: simple, or train.t_sampling: uniform without weighting")

@@ -149,6 +149,7 @@ _REGISTRIES = {
     "diffusion.variance": ("bench.diffusion", "VARIANCES"),
     "diffusion.loss": ("bench.diffusion", "LOSSES"),
     "sample.sampler": ("bench.diffusion", "SAMPLERS"),
+    "train.t_sampling": ("bench.diffusion", "TIME_SAMPLING"),
     "sample.spacing": ("bench.diffusion", "SPACINGS"),
     "sample.variance": ("bench.diffusion", "VARIANCES"),
     "eval.metrics": ("bench.metrics", "METRICS"),  # each entry

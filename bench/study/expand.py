@@ -121,6 +121,15 @@ class Expander:
                               self._origin(idx), sample.spacing)
         if self._once("sampler", id(sample)):
             self._check_sampler(idx, sample)
+        if self._once("t_sampling", id(diffusion), id(train)):
+            from bench.diffusion import check_t_sampling
+
+            opts = train.t_sampling_options.as_dict()
+            check_t_sampling(train.t_sampling, opts, self._at(idx, "train.t_sampling_options", "train.t_sampling")
+                             if {"train.t_sampling_options", "train.t_sampling"} & set(self.b.axis_at)
+                             else "train.t_sampling_options")
+            rules.check_t_sampling(train.t_sampling, opts, diffusion.loss,
+                                   self._at(idx, "train.t_sampling", "diffusion.loss"), self._origin(idx))
         if sample.variance is not None and self._once("variance", id(diffusion), id(sample)):
             rules.check_sampling_variance(sample.variance, diffusion.variance, variance_is_trained(diffusion),
                                           self._at(idx, "sample.variance", "diffusion.loss"), self._origin(idx))

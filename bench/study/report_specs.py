@@ -59,7 +59,8 @@ __all__ = [
 ]
 
 # A metric's registry name -> the output key a table shows (``values: is`` means IS mean +- std).
-METRIC_ALIASES = {"is": "is_mean", "kid": "kid_mean", "nll": "nll_bpd", "latent_nll": "latent_nll_bpd"}
+METRIC_ALIASES = {"is": "is_mean", "kid": "kid_mean", "nll": "nll_bpd", "latent_nll": "latent_nll_bpd",
+                  "nll_ode": "nll_ode_bpd"}
 
 TABLE_KEYS = ("rows", "columns", "values", "title", "caption", "baseline", "format", "where", "labels", "pool",
               "interval", "aggregate", "significance", "resamples")

@@ -162,6 +162,9 @@ class Trainer:
         self.device = self.accelerator.device
         self.data = data if data is not None else load_train_data(cfg, self.device, codec)
         self.diffusion = build_diffusion(cfg.diffusion)
+        from bench.diffusion import TimeSampler  # train.t_sampling: where the loss looks, and its weighting
+
+        TimeSampler(t.t_sampling, t.t_sampling_options.as_dict()).install(self.diffusion)
         c, h, _ = self.data.shape
         self.model_args = {
             "backbone": cfg.model.backbone, "in_channels": c, "image_size": h,
