@@ -275,12 +275,13 @@ class Expander:
                 raise BenchError(
                     f"{self._at(idx, 'eval.metrics', 'model.space')}: {name} is measured on {space}-space models, "
                     f"but model.space is {model.space!r}; use {' or '.join(other) or 'another metric'} there")
-        if "class_accuracy" in ev.metrics and not model.class_cond:
-            raise BenchError(
-                f"{self._at(idx, 'eval.metrics', 'model.class_cond')}: class_accuracy compares generated images "
-                "with the labels they were asked for, so it needs model.class_cond: true; drop it or "
-                "make the model class-conditional"
-            )
+        for name in ev.metrics:
+            if metrics.METRICS.get(name).needs_labels and not model.class_cond:
+                raise BenchError(
+                    f"{self._at(idx, 'eval.metrics', 'model.class_cond')}: {name} compares generated images "
+                    "with the labels they were asked for, so it needs model.class_cond: true; drop it or "
+                    "make the model class-conditional"
+                )
         validate = getattr(metrics, "validate_eval", None)
         if validate is not None:
             self._external(idx, ("eval", "data"), lambda w: validate(ev, data, w), "eval")

@@ -47,7 +47,6 @@ from bench.core.registry import did_you_mean
 from bench.study.table_uncertainty import table_uncertainty
 
 __all__ = [
-    "METRIC_ALIASES",
     "PLOT_FIELDS",
     "PLOT_KINDS",
     "TABLE_KEYS",
@@ -57,9 +56,6 @@ __all__ = [
     "canonical_metric",
     "validate_report_specs",
 ]
-
-# A metric's registry name -> the output key a table shows (``values: is`` means IS mean +- std).
-METRIC_ALIASES = {"is": "is_mean", "kid": "kid_mean", "nll": "nll_bpd", "latent_nll": "latent_nll_bpd"}
 
 TABLE_KEYS = ("rows", "columns", "values", "title", "caption", "baseline", "format", "where", "labels", "pool",
               "interval", "aggregate", "significance", "resamples")
@@ -131,8 +127,11 @@ class PlotSpec:
 
 
 def canonical_metric(name: str) -> str:
-    """``is`` -> ``is_mean``; output keys are returned unchanged."""
-    return METRIC_ALIASES.get(name, name)
+    """``is`` -> ``is_mean`` (a metric's first output, as its registry entry declares); output keys
+    are returned unchanged."""
+    from bench.metrics import value_key
+
+    return value_key(name)
 
 
 def validate_report_specs(
