@@ -138,7 +138,7 @@ def _read_params(value: Any, base: RunConfig, where: str) -> tuple[Param, ...]:
     methods = next((p.choices for p in plain if p.key == "sample.guidance_method"), (base.sample.guidance_method,))
     options = tuple(_read_guidance_option(str(k), v, methods, f"{where}.{k}") for k, v in value.items()
                     if str(k).startswith(GUIDANCE_OPTION))
-    _check_interval_ranges(options, where)
+    _check_option_constraints(options, methods, where)
     params = (*plain, *options)
     _check_guidance(params, base, where)
     return params
@@ -179,14 +179,15 @@ def _read_guidance_option(key: str, spec: Any, methods: tuple[Any, ...], where: 
     return Param(key, kind, low=spec["low"], high=spec["high"], log=bool(spec.get("log", False)), step=spec.get("step"))
 
 
-def _check_interval_ranges(options: tuple[Param, ...], where: str) -> None:
-    """cfg-interval's sigma_lo must stay below sigma_hi in every trial: their ranges may not overlap."""
-    ranges = {p.key[len(GUIDANCE_OPTION):]: p for p in options}
-    lo, hi = ranges.get("sigma_lo"), ranges.get("sigma_hi")
-    if lo is not None and hi is not None and lo.high > hi.low:
-        raise BenchError(f"{where}: {GUIDANCE_OPTION}sigma_lo's range [{lo.low}, {lo.high}] overlaps sigma_hi's "
-                         f"[{hi.low}, {hi.high}], so a trial could draw an empty interval; make sigma_lo's `high` "
-                         "at most sigma_hi's `low`")
+def _check_option_constraints(options: tuple[Param, ...], methods: tuple[Any, ...], where: str) -> None:
+    """Each searched method's joint option constraints hold in every trial (cfg-interval's sigma_lo
+    <= sigma_hi: their ranges may not overlap), as the method declares them."""
+    from bench.diffusion import GUIDANCE
+
+    ranges = {p.key[len(GUIDANCE_OPTION):]: (p.low, p.high) for p in options}
+    for method in methods:
+        for rule in GUIDANCE.meta(method)["constraints"]:
+            rule.check_ranges(ranges, where, GUIDANCE_OPTION)
 
 
 def guidance_overrides(params: dict[str, Any], base: RunConfig) -> dict[str, Any]:
