@@ -41,7 +41,7 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("bench/metrics/fidelity.py", "kid"): (1 + 1, "default of compute_metrics(metrics=); " + _TF),
     ("bench/metrics/fidelity.py", "precision"): (1 + 2, "default of compute_metrics(metrics=); " + _TF),
     ("bench/metrics/fidelity.py", "recall"): (1 + 2, "default of compute_metrics(metrics=); " + _TF),
-    ("bench/study/search_spec.py", "fid"): (1, "default objective of a search"),
+    ("bench/study/search_objectives.py", "fid"): (1, "default objective of a search"),
     ("bench/cli.py", "local"): (1, "default of run --executor"),
     ("bench/pipeline.py", "local"): (1, "default of run_study(executor=)"),
     # another vocabulary that happens to spell a registered name
