@@ -40,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto (every visible GPU, else CPU) | cpu | cpu*2 | cuda:0,cuda:1 (one worker each)")
     run.add_argument("--retries", type=int, default=2, help="retries of a job whose worker died (default 2)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
-    run.add_argument("--executor", default="local",
-                     help="where jobs run (ray and slurm need the extras: pip install -e .[ray] / .[slurm])")
-    run.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT)")
-    run.add_argument("--partition", default=None, help="Slurm partition")
-    run.add_argument("--gpus-per-node", type=int, default=None, help="Slurm GPUs per node")
-    run.add_argument("--time-limit", type=int, default=None, help="Slurm time limit in minutes")
-    run.add_argument("--array-parallelism", type=int, default=None, help="Slurm jobs running at once")
+    _executor_flags(run)
     run.add_argument("--shared-dir", default=None,
                      help="checkpoint/cache folder every node can read and write (Ray/Slurm); sets BENCH_CACHE_DIR")
     run.add_argument("--no-report", action="store_true", help="skip writing reports/<study>/")
@@ -86,6 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--devices", default="auto", help="device for training and trials (auto | cpu | cuda:0)")
     search.add_argument("--n-trials", type=int, default=None, help="override search.n_trials")
     return p
+
+
+def _executor_flags(run: argparse.ArgumentParser) -> None:
+    """``--executor`` and the flags every executor declares (``register_executor(..., flags=)``)."""
+    from bench.execute import EXECUTORS
+    from bench.execute.registry import executor_flags
+
+    extras = [(n, EXECUTORS.meta(n)["extra"]) for n in EXECUTORS.names() if EXECUTORS.meta(n).get("extra")]
+    need = " and ".join(n for n, _ in extras)
+    run.add_argument("--executor", default="local",  # the default: this machine, nothing to install
+                     help=f"where jobs run: {', '.join(EXECUTORS.names())}" + (
+                         f" ({need} need the extras: {' / '.join(f'pip install -e .[{e}]' for _, e in extras)})"
+                         if extras else ""))
+    for f in executor_flags():
+        run.add_argument(f.cli, type=f.type, default=None, help=f.help)
 
 
 def cmd_list() -> None:
@@ -154,9 +163,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.shared_dir:
             os.environ["BENCH_CACHE_DIR"] = args.shared_dir
-        options = {k: v for k, v in {"address": args.address, "partition": args.partition,
-                                     "gpus_per_node": args.gpus_per_node, "time_limit": args.time_limit,
-                                     "array_parallelism": args.array_parallelism}.items() if v is not None}
+        from bench.execute.registry import executor_flags
+
+        options = {f.name: getattr(args, f.name) for f in executor_flags() if getattr(args, f.name) is not None}
         summary = run_study(args.study, tracking_uri=args.tracking_uri, devices=args.devices, retries=args.retries,
                             dry_run=args.dry_run, progress=not args.quiet, report=not args.no_report,
                             executor=args.executor, overrides=overrides, executor_options=options,

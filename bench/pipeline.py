@@ -37,16 +37,16 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     before any work starts. Finished jobs are skipped; cut-off runs are marked KILLED and redone.
     """
     from bench.execute import EXECUTORS, done_keys, make_pool, run_plan
-    from bench.execute.local import parse_devices, start_fork_server
     from bench.tracking import Tracker
 
     EXECUTORS.check(executor, "--executor")
     study = load_with_overrides(path, overrides, **dotted)
-    if executor == "local":
-        slots = parse_devices(devices)
+    meta = EXECUTORS.meta(executor)  # an executor of this machine's devices declares how to read them
+    if meta.get("devices") is not None:
+        slots = meta["devices"](devices)
         check_devices(study, slots, devices)
-        if not dry_run:
-            start_fork_server(slots)  # its imports overlap the tracking store's opening
+        if not dry_run and meta.get("warm") is not None:
+            meta["warm"](slots)  # its imports overlap the tracking store's opening
     plan = study.plan()
     tracker = Tracker(study.name, tracking_uri)
     killed = tracker.mark_orphans_killed()

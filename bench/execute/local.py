@@ -227,4 +227,5 @@ def _make_local(devices: str, progress: bool) -> LocalPool:
     return LocalPool(parse_devices(devices), progress=progress)
 
 
-EXECUTORS.register("local", _make_local, options=(), help="one worker process per device on this machine")
+EXECUTORS.register("local", _make_local, options=(), help="one worker process per device on this machine",
+                   devices=parse_devices, warm=start_fork_server)  # the driver checks and warms these devices
