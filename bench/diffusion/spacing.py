@@ -148,8 +148,7 @@ def make_levels(spacing: str, alphas_cumprod: torch.Tensor, steps: int, rho: flo
         t = make_timesteps(spacing, T, steps)
         return t, alphas_cumprod[t].double()
     _check_steps(steps, T)
-    if not rho > 0:
-        raise BenchError(f"sample.rho = {rho} must be > 0 (Karras et al. use 7)")
+    check_rho(rho)
     sig = trained_sigmas(alphas_cumprod)
     levels = np.asarray(SPACINGS.get(spacing)(float(sig[0]), float(sig[-1]), int(steps), float(rho)))[::-1].copy()
     if len(levels) != steps or (np.diff(levels) <= 0).any():
@@ -158,6 +157,12 @@ def make_levels(spacing: str, alphas_cumprod: torch.Tensor, steps: int, rho: flo
     t = torch.from_numpy(sigma_to_t(levels, alphas_cumprod))
     t[0], t[-1] = (0.0, float(T - 1)) if steps > 1 else (float(T - 1), float(T - 1))
     return t, torch.from_numpy(1.0 / (1.0 + levels**2))
+
+
+def check_rho(rho: float, where: str = "sample.rho") -> None:
+    """The karras schedule's rho (EDM eq. 5) is a finite number > 0; study validation calls this too."""
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho < float("inf"):
+        raise BenchError(f"{where} = {rho!r} must be a finite number > 0 (Karras et al. use 7). Fix the value")
 
 
 def level_count(spacing: str, T: int, steps: int) -> int:

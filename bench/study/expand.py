@@ -160,13 +160,19 @@ class Expander:
 
         options = sample.options.as_dict()
         where = self._at(idx, "sample.options", "sample.sampler")
-        check_options(sample.sampler, options, where if "sample.options" in self.b.axis_at else "sample.options")
-        from bench.diffusion import check_guidance
+        where = where if "sample.options" in self.b.axis_at else "sample.options"
+        check_options(sample.sampler, options, where)
+        from bench.diffusion import GUIDANCE, SAMPLERS, check_guidance
 
+        rules.check_finite_options(SAMPLERS.meta(sample.sampler)["options"], options, where)
         gwhere = self._at(idx, "sample.guidance_options", "sample.guidance_method")
-        check_guidance(sample.guidance_method, sample.guidance_options.as_dict(),
-                       gwhere if "sample.guidance_options" in self.b.axis_at or "sample.guidance_method" in self.b.axis_at
-                       else "sample.guidance_options")  # fmt: skip
+        gwhere = (gwhere if "sample.guidance_options" in self.b.axis_at or "sample.guidance_method" in self.b.axis_at
+                  else "sample.guidance_options")  # fmt: skip
+        check_guidance(sample.guidance_method, sample.guidance_options.as_dict(), gwhere)
+        rules.check_finite_options(GUIDANCE.meta(sample.guidance_method)["options"],
+                                   sample.guidance_options.as_dict(), gwhere)
+        rules.check_guidance_weight(sample.guidance, sample.guidance_method,
+                                    self._at(idx, "sample.guidance", "sample.guidance_method"), self._origin(idx))
         self._check_guide(idx, sample)
         if "eta" in options and sample.eta not in (0.0, options["eta"]):
             raise BenchError(f"{self._at(idx, 'sample.eta', 'sample.options')}: sample.eta = {sample.eta} and "
