@@ -137,9 +137,16 @@ def cmd_list() -> None:
 def main(argv: list[str] | None = None) -> int:
     """A user's mistake is one message and exit status 2; an unexpected error is one line and 1
     (``--debug`` shows its traceback)."""
+    from bench.execute.stop import Stopped, stop_line, stop_signals
+
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        with stop_signals():  # SIGINT/SIGTERM: a clean stop, one line, 130/143 (bench.execute.stop)
+            return _dispatch(args)
+    except (Stopped, KeyboardInterrupt) as e:
+        stopped = e if isinstance(e, Stopped) else Stopped(2)
+        print(stop_line(stopped, None if argv is None else ["run_ablation.py", *argv]), file=sys.stderr)
+        return stopped.exit_status
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

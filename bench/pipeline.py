@@ -36,18 +36,19 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     Everything a user can get wrong (the study file, devices, the tracking server) is checked
     before any work starts. Finished jobs are skipped; cut-off runs are marked KILLED and redone.
     """
-    from bench.execute import EXECUTORS, done_keys, make_pool, run_plan
+    from bench.execute import EXECUTORS, done_keys, make_pool, run_plan, stop
     from bench.tracking import Tracker
 
     EXECUTORS.check(executor, "--executor")
-    study = load_with_overrides(path, overrides, **dotted)
-    meta = EXECUTORS.meta(executor)  # an executor of this machine's devices declares how to read them
-    if meta.get("devices") is not None:
-        slots = meta["devices"](devices)
-        check_devices(study, slots, devices)
-        if not dry_run and meta.get("warm") is not None:
-            meta["warm"](slots)  # its imports overlap the tracking store's opening
-    plan = study.plan()
+    with stop.interruptible():  # reading and planning write nothing: a stop here is immediate
+        study = load_with_overrides(path, overrides, **dotted)
+        meta = EXECUTORS.meta(executor)  # an executor of this machine's devices declares how to read them
+        if meta.get("devices") is not None:
+            slots = meta["devices"](devices)
+            check_devices(study, slots, devices)
+            if not dry_run and meta.get("warm") is not None:
+                meta["warm"](slots)  # its imports overlap the tracking store's opening
+        plan = study.plan()
     tracker = Tracker(study.name, tracking_uri)
     killed = tracker.mark_orphans_killed()
     if not dry_run:
@@ -68,7 +69,12 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     if report:
         from bench.report import build_report
 
-        out = build_report(study, tracking_uri=tracker.uri, out_dir=out_dir)
+        try:
+            with stop.interruptible():  # the report only reads MLflow
+                out = build_report(study, tracking_uri=tracker.uri, out_dir=out_dir)
+        except stop.Stopped as e:
+            e.counts.update(finished=len(summary.finished), cut=0, left=0)
+            raise
         print(f"report: {out}")
     return summary
 
