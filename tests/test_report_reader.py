@@ -1,0 +1,104 @@
+"""A report as a reader meets it (issue 30), on a small synthetic store written through the mlflow API:
+rows identical by construction (DDIM eta = 1 and ancestral DDPM) are labelled and explained, the eta
+DDPM ignores reads '—', a metric prints with one format in every table, an interval always contains
+the point printed beside it, and captions and the legend name only what occurs in them."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow_runs import log_run  # noqa: E402
+
+from bench.report import build_report, study_tables  # noqa: E402
+from bench.study import build_study  # noqa: E402
+
+NAME = "reader-test"
+STUDY = {
+    "name": NAME,
+    "question": "Is DDIM eta = 0 better than the stochastic samplers? (synthetic numbers)",
+    "base": {"data": {"dataset": "digits"}, "model": {"backbone": "unet-tiny"}, "train": {"steps": 10},
+             "eval": {"num_samples": 100, "extractor": "domain:digits", "metrics": ["fid", "nll"],
+                      "nll_samples": 8}},
+    "grid": {"sample.sampler": ["ddim", "ddpm"], "sample.eta": [0.0, 1.0], "sample.steps": [10, 20]},
+    "exclude": [{"sample.sampler": "ddpm", "sample.eta": 0.0}],
+    "tables": [
+        {"rows": ["sample.sampler", "sample.eta"], "columns": "sample.steps", "values": "fid", "title": "fid"},
+        {"rows": "sample.sampler", "values": "fid", "where": {"sample.steps": 20}, "interval": "ci",
+         "title": "ci"},
+        {"rows": "sample.steps", "values": "nll_bpd", "where": {"sample.sampler": "ddim", "sample.eta": 0.0},
+         "title": "nll"},
+    ],
+    "plots": [],
+}
+
+
+def fid_of(sampler: str, eta: float, steps: int) -> float:
+    # DDPM and DDIM eta = 1 are one sampler: the same number to every digit
+    return 4.0 + (3.0 if (sampler == "ddpm" or eta == 1.0) else 0.0) + 10.0 / steps + 0.0123
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    import mlflow
+
+    study = build_study(STUDY, source="reader-test")
+    tmp = tmp_path_factory.mktemp("reader")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment(NAME, artifact_location=(tmp / "artifacts").as_uri())
+    mlflow.set_experiment(NAME)
+    log_run(mlflow, NAME, study.configs[0], "train", study.configs[0].train_key())
+    for cfg in study.configs:
+        s = cfg.sample
+        fid = fid_of(s.sampler, s.eta, s.steps)
+        metrics = {"fid": fid, "fid_ci_lo": fid - 3.0, "fid_ci_hi": fid - 0.5,  # bias-corrected: below fid
+                   "nll_bpd": 1.5, "nll_bpd_se": 0.1}
+        log_run(mlflow, NAME, cfg, "eval", cfg.key(), metrics=metrics)
+    mlflow.set_tracking_uri(previous)
+    folder = build_report(study, tracking_uri=uri, out_dir=tmp / "reports")
+    return {t.title: t for t in study_tables(study, tracking_uri=uri)}, folder
+
+
+def test_identical_rows_are_labelled_and_ignored_axes_read_as_dashes(built):
+    tables, _ = built
+    t = tables["fid"]
+    labels = [tuple(r) for r in t.text.index]
+    assert labels == [("ddim", "0.0"), ("ddim", "1.0 ≡"), ("ddpm", "— ≡")]
+    assert any(n.startswith("≡: rows ddim · 1.0 ≡ and ddpm · — ≡ agree in every cell") for n in t.notes)
+    assert any("'—' as eta: the row's sampler has no such option" in n for n in t.notes)
+    assert not any("≡" in "".join(map(str, r)) for r in tables["ci"].text.index)  # one column each: not compared
+
+
+def test_one_format_per_metric_across_tables(built):
+    tables, _ = built
+    first = tables["fid"].text.loc[("ddim", "0.0")].iloc[-1]  # 20 steps
+    second = tables["ci"].text.iloc[0, 0]  # ddim
+    assert tables["fid"].formats["fid"] == tables["ci"].formats["fid"]
+    assert second.startswith(first.strip("*").split()[0] + " ")  # the same run prints the same number
+
+
+def test_interval_contains_the_point_printed_beside_it(built):
+    tables, _ = built
+    for cell in tables["ci"].text.iloc[:, 0]:
+        point, bc, lo, hi = (float(x) for x in re.findall(r"-?\d+\.\d+", cell)[:4])
+        assert lo <= bc <= hi and bc == pytest.approx((lo + hi) / 2, abs=0.051)  # as printed, to .1f
+        assert point > hi  # the measured value lies above: the caption says why
+
+
+def test_captions_state_only_what_occurs(built):
+    tables, folder = built
+    for t in tables.values():
+        text = " ".join(t.notes)
+        assert "One seed per cell." in text and "Mean ± sample std" not in text
+        assert "(n=k/N)" not in text and "'failed'" not in text and "not run" not in text
+    assert any("NLL (bits/dim) ± the standard error of the mean over the test images" in n for n in tables["nll"].notes)
+    assert not any("± the standard error" in n for n in tables["fid"].notes)  # FID has no spread of its own
+    html = (folder / "report.html").read_text()
+    legend = html.split('class="legend note"')[1].split("</p>")[0]
+    assert "best in column" in legend and "failed" not in legend and "published" not in legend
