@@ -102,3 +102,29 @@ def test_captions_state_only_what_occurs(built):
     html = (folder / "report.html").read_text()
     legend = html.split('class="legend note"')[1].split("</p>")[0]
     assert "best in column" in legend and "failed" not in legend and "published" not in legend
+
+
+def test_sample_grid_is_laid_out_one_class_per_column(tmp_path):
+    """The eval job's own grid (bench.jobs.eval.save_grid) of 64 images, image i a flat grey of level 3i
+    for class i mod 10: re-laid out, column c row k holds image 10k + c."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from bench.jobs.eval import save_grid
+    from bench.report.grids import by_class
+
+    images = (torch.arange(64, dtype=torch.uint8) * 3).view(64, 1, 1, 1).expand(64, 1, 8, 8).contiguous()
+    save_grid(images, tmp_path / "samples.png")
+    out = by_class((tmp_path / "samples.png").read_bytes(), 64, 10)
+    assert out is not None
+    grid = Image.open(io.BytesIO(out)).convert("L")
+    tile, step, head = 32, 34, 14  # 8 px x scale 4, 2 px padding, the label row
+    assert grid.size == (10 * step + 2, head + 7 * step + 2)
+    for k in range(7):
+        for c in range(10):
+            i = 10 * k + c
+            pixel = grid.getpixel((2 + c * step + tile // 2, head + 2 + k * step + tile // 2))
+            assert pixel == (3 * i if i < 64 else 255), (k, c)  # past the last image: the white background
+    assert by_class((tmp_path / "samples.png").read_bytes(), 50, 10) is None  # not the layout of 50 images
