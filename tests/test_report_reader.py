@@ -128,3 +128,21 @@ def test_sample_grid_is_laid_out_one_class_per_column(tmp_path):
             pixel = grid.getpixel((2 + c * step + tile // 2, head + 2 + k * step + tile // 2))
             assert pixel == (3 * i if i < 64 else 255), (k, c)  # past the last image: the white background
     assert by_class((tmp_path / "samples.png").read_bytes(), 50, 10) is None  # not the layout of 50 images
+
+
+def test_a_flat_search_axis_is_widened_and_its_range_stated():
+    """IS 8.913..8.922 (0.1 %): the axis spans 5 % of the value, and the note says the true range."""
+    import pandas as pd
+    from matplotlib.figure import Figure
+
+    from bench.report.search import _honest_range
+
+    ax = Figure().subplots()
+    values = [8.913, 8.917, 8.922]
+    ax.plot([0, 1, 2], values)
+    note = _honest_range(ax, pd.Series(values), "is_mean")
+    lo, hi = ax.get_ylim()
+    assert hi - lo == pytest.approx(0.05 * 8.922) and lo < 8.913 and hi > 8.922
+    assert note == "is_mean spans 8.913..8.922 (axis widened to 5 % of its value)"
+    ax2 = Figure().subplots()
+    assert _honest_range(ax2, pd.Series([3.0, 6.0]), "fid") == ""  # a real change: untouched

@@ -46,8 +46,11 @@ class _Report:
 
     def summary(self) -> str:
         counts = self.data.jobs["_status"].value_counts()
-        parts = [f"{int(n)} {s.lower()}" for s, n in counts.items()]
-        return f"{len(self.data.jobs)} expected evaluations: {', '.join(parts)}; {len(self.data.runs)} MLflow runs."
+        parts = [f"{int(n)} {'not run' if s == MISSING else s.lower()}" for s, n in counts.items()]
+        n = len(self.data.jobs)
+        search = " (the search's trials among them)" if self.study.search else ""
+        return (f"{n} grid evaluation{'' if n == 1 else 's'} expected: {', '.join(parts)}; "
+                f"{len(self.data.runs)} MLflow runs in the experiment{search}.")
 
     def failures(self) -> pd.DataFrame:
         jobs = self.data.jobs
