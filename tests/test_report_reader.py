@@ -33,7 +33,7 @@ STUDY = {
         {"rows": "sample.steps", "values": "nll_bpd", "where": {"sample.sampler": "ddim", "sample.eta": 0.0},
          "title": "nll"},
     ],
-    "plots": [],
+    "plots": [{"kind": "line", "x": "sample.steps", "y": "fid", "hue": "sample.eta", "style": "sample.sampler"}],
 }
 
 
@@ -70,9 +70,12 @@ def test_identical_rows_are_labelled_and_ignored_axes_read_as_dashes(built):
     t = tables["fid"]
     labels = [tuple(r) for r in t.text.index]
     assert labels == [("ddim", "0.0"), ("ddim", "1.0 ≡"), ("ddpm", "— ≡")]
-    assert any(n.startswith("≡: rows ddim · 1.0 ≡ and ddpm · — ≡ agree in every cell") for n in t.notes)
+    assert any(n.startswith("≡: rows ddim · 1.0 and ddpm · — agree in every cell") for n in t.notes)
     assert any("'—' as eta: the row's sampler has no such option" in n for n in t.notes)
     assert not any("≡" in "".join(map(str, r)) for r in tables["ci"].text.index)  # one column each: not compared
+    text = (built[1] / "report.md").read_text()  # the plot says which of its lines hide each other
+    assert "The lines eta = 1.0, sampler = ddim and eta = 1.0, sampler = ddpm coincide at every steps" in text
+    assert text.count("coincide") == 1
 
 
 def test_one_format_per_metric_across_tables(built):

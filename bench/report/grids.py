@@ -61,6 +61,8 @@ def sample_grids(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], n
     limit = int(spec.options.get("max", 16))
     if len(jobs) > limit:
         notes.append(f"Showing the first {limit} of {len(jobs)} sample grids (raise `max:` for more).")
+    params = {r["run_id"]: r for r in data.runs.to_dict("records")} if "run_id" in data.runs else {}
+    by_label = False
     with tempfile.TemporaryDirectory() as tmp, _no_progress_bars():
         others = [a for a in names if a != "seed" and a not in by and expected[a].map(repr).nunique() > 1]
         for i, r in enumerate(jobs.head(limit).to_dict("records")):
@@ -73,15 +75,16 @@ def sample_grids(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], n
                 notes.append(f"{caption}: no samples.png artifact ({type(e).__name__})")
                 continue
             if png.startswith(PNG_MAGIC):
-                classes = _classes(r)
+                classes, n = _classes(params.get(r["_run_id"], {}))
                 if classes:
-                    png = by_class(png, min(SAVED, int(r["eval.num_samples"])), classes) or png
+                    png = by_class(png, min(SAVED, n), classes) or png
+                    by_label = True
                 images.append((f"{caption} (seed {r['seed']})", png))
             else:
                 notes.append(f"{caption}: samples.png is not a PNG file")
     if not images and not notes:
         notes.append("No finished evaluation runs with sample grids yet.")
-    elif any(_classes(r) for r in jobs.head(limit).to_dict("records")):
+    elif by_label:
         notes.append("One class per column (the label above it): image i of a run was generated for class i mod K.")
     return images, notes
 
@@ -89,17 +92,19 @@ def sample_grids(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], n
 SAVED, PAD = 64, 2  # bench.jobs.eval.save_grid: the first 64 images, ceil(sqrt(n)) a row, 2 px padding
 
 
-def _classes(run: dict[str, Any]) -> int | None:
-    """K, the classes a class-conditional run generated for (image i for class i mod K), else None."""
-    if str(run.get("model.class_cond")) not in ("True", "true", "1"):
-        return None
+def _classes(run: dict[str, Any]) -> tuple[int | None, int]:
+    """(K, n): the classes a class-conditional run generated for (image i for class i mod K; None when
+    unconditional) and its sample count, from the run's logged params."""
+    if str(run.get("params.model.class_cond")) not in ("True", "true", "1"):
+        return None, 0
     from bench.data import dataset_info
 
     try:
-        k = dataset_info(str(run["data.dataset"])).num_classes
-    except Exception:  # noqa: BLE001 (an unknown dataset: keep the grid as logged)
-        return None
-    return int(k) if k else None
+        k = dataset_info(str(run["params.data.dataset"])).num_classes
+        n = int(float(run["params.eval.num_samples"]))
+    except Exception:  # noqa: BLE001 (an unknown dataset or a missing param: keep the grid as logged)
+        return None, 0
+    return (int(k) if k else None), n
 
 
 def by_class(png: bytes, n: int, classes: int) -> bytes | None:

@@ -62,6 +62,7 @@ def render_plot(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], na
         frame = _eval_frame(spec, data)
         spec, rest, split = show_every_axis(spec, frame, names)
         fig.caption = figure_caption(spec, frame, names, split, rest)
+        fig.notes += coinciding(frame, spec, names) if spec.kind == "line" else []
     if frame.empty:
         fig.notes.append("Nothing to plot yet: no finished runs match this plot.")
         return fig
@@ -77,6 +78,30 @@ def render_plot(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], na
         part = _categorical(part.copy(), spec, order)
         fig.images.append((f"{title} — {label}" if label else title, _draw(spec, part, order, names, draw)))
     return fig
+
+
+def coinciding(frame: pd.DataFrame, spec: PlotSpec, names: dict[str, str]) -> list[str]:
+    """Lines of one panel that lie on each other at every x (≡ rows of a table): one hides the other."""
+    from bench.report.captions import SAME
+
+    series, facets = [a for a in (spec.hue, spec.style) if a], [a for a in (spec.col, spec.row) if a]
+    if not series or not spec.x or spec.y not in frame:
+        return []
+    found: dict[str, None] = {}
+    panels = frame.groupby([frame[a].map(str) for a in facets]) if facets else [((), frame)]
+    for _, part in panels:
+        curves = {k if isinstance(k, tuple) else (k,): g.groupby(g[spec.x].map(str))[spec.y].mean()
+                  for k, g in part.groupby([part[a].map(str) for a in series])}  # fmt: skip
+        keys = list(curves)
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                ca, cb = curves[a], curves[b]
+                if len(ca) >= 2 and ca.index.equals(cb.index) and all(
+                        abs(u - v) <= SAME * max(abs(u), abs(v)) for u, v in zip(ca, cb)):
+                    name = [", ".join(f"{names.get(s, s)} = {v}" for s, v in zip(series, k)) for k in (a, b)]
+                    found[f"The lines {name[0]} and {name[1]} coincide at every {names.get(spec.x, spec.x)} "
+                          f"(to {SAME:g} relative): one hides the other (≡ in the tables)."] = None
+    return list(found)
 
 
 def _rank(axes: list[str], row: Any, order: dict[str, list[Any]]) -> tuple[int, ...]:

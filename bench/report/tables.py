@@ -175,6 +175,7 @@ def make_table(
     row_labels = [captions.row_label(r, rows, spec.labels) for r in row_vals]
     if len(set(row_labels)) < len(row_labels):  # '—' would merge two rows: show the values
         row_labels = [tuple(_label(v, spec.labels) for v in r) for r in row_vals]
+    named = [" · ".join(map(str, label)) for label in row_labels]  # before the marks
     for group in same:
         for i in group:
             row_labels[i] = (*row_labels[i][:-1], f"{row_labels[i][-1]} ≡")
@@ -187,7 +188,8 @@ def make_table(
             first = [next((x for x in row if x.n), row[0]) for row in grid]
             grid, cols = [[x] for x in first], [(ALL_TEXT,)]
             once.append(m)
-        fmt = (formats or {}).get(m) or legible_format(spec.format.get(m, default_format(m)), grid)
+        unique = [row for i, row in enumerate(grid) if not any(i in g[1:] for g in same)]  # a copy needs no digits
+        fmt = (formats or {}).get(m) or legible_format(spec.format.get(m, default_format(m)), unique)
         used[m] = fmt
         for j, c in enumerate(cols):
             column = [row[j] for row in grid]
@@ -218,7 +220,7 @@ def make_table(
     title = spec.title or _default_title(spec, names)
     cells = [c for grid in grids.values() for row in grid for c in row]
     notes = _notes(spec, jobs, names, data, baseline, split, once, sorted(set(untested)), cells, best)
-    notes += [captions.identical_note([" · ".join(map(str, row_labels[i])) for i in g]) for g in same]
+    notes += [captions.identical_note([named[i] for i in g]) for g in same]
     return Table(title, spec, text, state, best, pd.DataFrame(stats), notes, used)
 
 
@@ -356,7 +358,7 @@ def _notes(spec: TableSpec, jobs: pd.DataFrame, names: dict[str, str], data: Stu
     notes += captions.occurring_notes(spec, cells, best, names)
     for m in spec.values:
         if captions.is_timing(m):
-            notes.append(captions.timing_note(m, jobs))
+            notes.append(captions.timing_note(m, data.jobs))
     if spec.significance:
         notes.append(captions.significance_note(spec, cells, untested))
     if split:
