@@ -5,8 +5,11 @@ the point printed beside it, and captions and the legend name only what occurs i
 
 from __future__ import annotations
 
+import html
 import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
@@ -72,7 +75,10 @@ def test_identical_rows_are_labelled_and_ignored_axes_read_as_dashes(built):
     assert labels == [("ddim", "0.0"), ("ddim", "1.0 ≡"), ("ddpm", "— ≡")]
     assert any(n.startswith("≡: rows ddim · 1.0 and ddpm · — agree in every cell") for n in t.notes)
     assert any("'—' as eta: the row's sampler has no such option" in n for n in t.notes)
-    assert not any("≡" in "".join(map(str, r)) for r in tables["ci"].text.index)  # one column each: not compared
+    # one column, but the value and its interval agree: three numbers, the same rows marked
+    assert [tuple(r) for r in tables["ci"].text.index] == [("ddim", "0.0"), ("ddim", "1.0 ≡"), ("ddpm", "— ≡")]
+    # NLL reads the model, not the sampler: its rows by steps are one computation too (value and its ±)
+    assert [tuple(r) for r in tables["nll"].text.index] == [("10 ≡",), ("20 ≡",)]
     text = (built[1] / "report.md").read_text()  # the plot says which of its lines hide each other
     assert "The lines eta = 1.0, sampler = ddim and eta = 1.0, sampler = ddpm coincide at every steps" in text
     assert text.count("coincide") == 1
@@ -149,3 +155,30 @@ def test_a_flat_search_axis_is_widened_and_its_range_stated():
     assert note == "is_mean spans 8.913..8.922 (axis widened to 5 % of its value)"
     ax2 = Figure().subplots()
     assert _honest_range(ax2, pd.Series([3.0, 6.0]), "fid") == ""  # a real change: untouched
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_headless_chromium_shows_the_quickstart_like_report(built, tmp_path) -> None:
+    """The report as a browser draws it: a page with text, shaded tables and a plot, where the ≡ rows,
+    DDPM's '—' and the caption that explains them are on screen; no badge for what does not occur."""
+    import numpy as np
+    from PIL import Image
+
+    page = (built[1] / "report.html").resolve().as_uri()
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+             "--disable-background-networking", "--disable-component-update", "--hide-scrollbars",
+             f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400"]
+    shot = tmp_path / "report.png"
+    subprocess.run([*flags, f"--screenshot={shot}", page], check=True, capture_output=True, timeout=120)
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape[:2] == (2400, 1200) and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50
+    dom = subprocess.run([*flags, "--dump-dom", page], check=True, capture_output=True, text=True, timeout=120).stdout
+    text = re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", re.sub(r"<style\b.*?</style>", " ", dom, flags=re.S))))
+    assert "1.0 ≡" in text and "— ≡" in text and "agree in every cell" in text
+    assert "best in column" in text and "published" not in text and "not run" not in text
+    keep = os.environ.get("BENCH_KEEP_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)

@@ -39,15 +39,17 @@ def identical_rows(grids: list[list[list[Any]]]) -> list[list[int]]:
 
 
 def _same(grids: list[list[list[Any]]], i: int, j: int) -> bool:
+    """Rows i and j print the same numbers (means, and intervals or spreads where shown), two or more."""
     compared = 0
     for grid in grids:
         for a, b in zip(grid[i], grid[j]):
-            if (a.mean is None) != (b.mean is None):
-                return False
-            if a.mean is not None and b.mean is not None:
-                if not math.isclose(a.mean, b.mean, rel_tol=SAME, abs_tol=1e-12):
+            for x, y in ((a.mean, b.mean), (a.lo, b.lo), (a.hi, b.hi), (a.std, b.std)):
+                if (x is None) != (y is None):
                     return False
-                compared += 1
+                if x is not None and y is not None:
+                    if not math.isclose(x, y, rel_tol=SAME, abs_tol=1e-12):
+                        return False
+                    compared += 1
     return compared >= 2
 
 
