@@ -106,32 +106,31 @@ def cmd_list() -> None:
     from bench.metrics import EXTRACTORS, METRICS
     from bench.models import MODELS
 
-    for reg in (SAMPLERS, GUIDANCE, SCHEDULES, SPACINGS, OBJECTIVES, VARIANCES, LOSSES, MODELS, DATASETS,
-                EXTRACTORS, METRICS, EXECUTORS):
-        plural = reg.kind + ("es" if reg.kind.endswith("s") else "s")
-        print(f"{plural:<12} {', '.join(reg.names())}")
+    regs = (SAMPLERS, GUIDANCE, SCHEDULES, SPACINGS, OBJECTIVES, VARIANCES, LOSSES, MODELS, DATASETS, EXTRACTORS,
+            METRICS, EXECUTORS)
+    _aligned([(reg.kind + ("es" if reg.kind.endswith("s") else "s"), ", ".join(reg.names())) for reg in regs], "")
     print("\nsampler options (sample.options):")
-    for name in SAMPLERS.names():
-        opts = SAMPLERS.meta(name)["options"].values()
-        shown = ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in opts) or "none"
-        print(f"  {name:<14} {shown}")
+    _aligned([(name, ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in SAMPLERS.meta(name)["options"].values())
+               or "none") for name in SAMPLERS.names()])  # fmt: skip
     print("\nguidance methods (sample.guidance_method, its sample.guidance_options):")
-    for name in GUIDANCE.names():
-        opts = GUIDANCE.meta(name)["options"].values()
-        shown = ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in opts)
-        print(f"  {name:<14} {shown}")
+    _aligned([(name, ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in GUIDANCE.meta(name)["options"].values()))
+              for name in GUIDANCE.names()])  # fmt: skip
     from bench.diffusion import TIME_SAMPLING
 
     print("\ntimestep densities (train.t_sampling, its train.t_sampling_options):")
-    for name in TIME_SAMPLING.names():
-        opts = TIME_SAMPLING.meta(name)["options"].values()
-        shown = ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in opts)
-        print(f"  {name:<14} {shown}")
+    _aligned([(name, ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in TIME_SAMPLING.meta(name)["options"].values()))
+              for name in TIME_SAMPLING.names()])  # fmt: skip
     print("\nmetric outputs (MLflow names; arrow = better):")
     arrows = {True: " ↑", False: " ↓", None: ""}
-    for name in METRICS.names():
-        outs = ", ".join(f"{o.key}{arrows[o.higher_is_better]}" for o in METRICS.get(name).outputs)
-        print(f"  {name:<14} {outs}")
+    _aligned([(name, ", ".join(f"{o.key}{arrows[o.higher_is_better]}" for o in METRICS.get(name).outputs))
+              for name in METRICS.names()])
+
+
+def _aligned(rows: list[tuple[str, str]], indent: str = "  ") -> None:
+    """Print ``name  text`` rows with the text in one column, however long the longest name."""
+    width = max((len(name) for name, _ in rows), default=0) + 2
+    for name, text in rows:
+        print(f"{indent}{name:<{width}}{text}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     tracker = Tracker(study.name, tracking_uri)
     killed = tracker.mark_orphans_killed()
     if not dry_run:
-        tracker.describe(study.question or study.name, _primary_metric(study))
+        tracker.describe(study.question or study.name, _view_metrics(study), list(study.axes))
     done = done_keys(plan, tracker)
     print(f"study {study.name!r}: {len(study.configs)} configurations")
     if killed:
@@ -79,11 +79,15 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     return summary
 
 
-def _primary_metric(study: Any) -> str | None:
-    """The metric of the study's first table (its first value column): what a reader sorts runs by."""
+def _view_metrics(study: Any) -> list[tuple[str, bool | None]]:
+    """The metrics the study's tables report, the first table's first value column first (what a
+    reader sorts runs by), each with its direction (True: higher is better)."""
+    from bench.metrics import OUTPUTS, higher_is_better, metric_outputs
+
+    out: list[str] = []
     for table in study.tables or []:
         values = table.get("values")
-        values = [values] if isinstance(values, str) else list(values or [])
-        if values:
-            return str(values[0])
-    return None
+        for name in [values] if isinstance(values, str) else list(values or []):
+            key = str(name) if str(name) in OUTPUTS else metric_outputs([str(name)])[0]
+            out += [key] if key not in out else []
+    return [(key, higher_is_better(key)) for key in out]

@@ -197,8 +197,24 @@ def _objective_plot(plt: Any, done: pd.DataFrame, best: list[dict[str, Any]], sp
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4,
               frameon=False)
-    ax.set_title(f"{y} vs {p.key} ({len(done)} trials)")
+    notes = [n for n in (_honest_range(ax, done[y], y), _honest_range(ax2, done[second], second) if second else "")
+             if n]  # fmt: skip
+    ax.set_title(f"{y} vs {p.key} ({len(done)} trials)" + (f"\n{'; '.join(notes)}" if notes else ""), fontsize=9)
     return _png(plt, fig)
+
+
+def _honest_range(ax: Any, values: pd.Series, name: str, least: float = 0.05) -> str:
+    """Widen a y axis whose values span less than ``least`` of their magnitude to that span, so a
+    change of 0.1 % does not fill the plot; returns a note naming the values' true range (or "")."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    if len(v) < 2:
+        return ""
+    lo, hi, size = float(v.min()), float(v.max()), float(v.abs().max())
+    if size == 0 or hi - lo >= least * size:
+        return ""
+    mid = (lo + hi) / 2
+    ax.set_ylim(mid - least * size / 2, mid + least * size / 2)
+    return f"{name} spans {lo:.4g}..{hi:.4g} (axis widened to {100 * least:g} % of its value)"
 
 
 def _pareto_plot(plt: Any, done: pd.DataFrame, best: list[dict[str, Any]], spec: SearchSpec) -> bytes:
@@ -239,8 +255,9 @@ def _summary_line(spec: SearchSpec, trials: pd.DataFrame, info: dict[str, Any]) 
     objs = " and ".join(f"{o.direction} {o.metric}" for o in spec.objectives)
     budget = "".join(f"; budget {k} <= {v:g}" for k, v in spec.budget.items())
     counts = ", ".join(f"{v} {k}" for k, v in info.get("counts", {}).items())
+    ran = len(trials)
     return (f"Optuna study `{info['study_name']}` ({spec.sampler}, seed {spec.seed}): {objs}{budget}. "
-            f"{n_done} of {spec.n_trials} trials finished, {n_failed} failed or cut off"
+            f"{ran} trial{'' if ran == 1 else 's'} ran: {n_done} finished, {n_failed} failed or cut off"
             + (f" (Optuna: {counts})" if counts else "") + ".")
 
 

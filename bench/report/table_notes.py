@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+import bench.report.captions as captions
 from bench.report.outputs import direction, output_name
 from bench.report.pooling import pool_caption
 from bench.report.runs import StudyRuns
@@ -17,25 +18,18 @@ PROTOCOL_AXES = ("eval.num_samples", "eval.reference_split", "eval.extractor", "
 
 
 def table_notes(spec: TableSpec, jobs: pd.DataFrame, names: dict[str, str], data: StudyRuns,
-                baseline: Baseline | None, split: list[str], once: list[str], untested: list[str]) -> list[str]:  # fmt: skip
-    """The notes under a table: how cells aggregate, intervals and ties, rows split by an unshown
-    axis, mixed protocols, pooling, values shown once, and the paper's protocol beside ours."""
-    value = ("Minimum over seeds (EDM's protocol: the best of the seed sets; maximum for higher-is-better "
-             "metrics)" if spec.aggregate == "min" else "Mean ± sample std (ddof=1) over seeds; with one seed "
-             "IS / KID show their own spread (over splits / subsets)")
-    notes = [f"{value}. (n=k/N): k of N expected runs finished. "
-             "'failed': every run of the cell failed; '—': not run (yet). Bold: the best value as printed "
-             "(none where a column prints one value)."]  # fmt: skip
-    if spec.interval == "ci":
-        notes.append("[lo, hi]: the 95 % basic bootstrap interval over the generated images (eval.bootstrap "
-                     "resamples of the stored features; mean over seeds of each run's bounds). It estimates the "
-                     "population value, so it corrects FID's upward small-sample bias and can lie below the "
-                     "number shown.")
+                baseline: Baseline | None, split: list[str], once: list[str], untested: list[str],
+                cells: list, best: pd.DataFrame) -> list[str]:  # fmt: skip
+    """The caption: only what occurs in this table (seeds, missing and failed cells, the meaning of
+    ± or of an interval per metric, the marks), rows split by an unshown axis, mixed protocols,
+    pooling, values shown once, and the paper's protocol beside ours."""
+    notes = [captions.value_note(spec, cells)]
+    notes += captions.occurring_notes(spec, cells, best, names)
+    for m in spec.values:
+        if captions.is_timing(m):
+            notes.append(captions.timing_note(m, data.jobs))
     if spec.significance:
-        notes.append(f"†: not significantly different from the best cell of its column at alpha = "
-                     f"{spec.significance:g} (paired bootstrap, {spec.resamples} resamples of the images, which "
-                     "share their per-sample seeds across cells; runs paired by seed)."
-                     + (f" Not tested where {'; '.join(untested)}." if untested else ""))
+        notes.append(captions.significance_note(spec, cells, untested))
     if split:
         notes.append(f"Rows also split by {', '.join(names.get(a, a) for a in split)}: it varies in these runs "
                      "and the spec does not show it; add `where:` to pick one value or `pool:` to average over it.")

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 from pandas.io.formats.style import Styler
 
+import bench.report.captions as captions
 from bench.report.outputs import (
     default_format,
     direction,
@@ -71,8 +72,9 @@ class Cell:
         if self.mean is None:
             return {"failed": FAILED_TEXT, "running": RUNNING_TEXT}.get(self.state(), MISSING_TEXT)
         out = format_value(self.mean, fmt)
-        if self.lo is not None and self.hi is not None:
-            out += f" [{format_value(self.lo, fmt)}, {format_value(self.hi, fmt)}]"
+        if self.lo is not None and self.hi is not None:  # the basic interval is centred on the bias-corrected value
+            bc = (self.lo + self.hi) / 2
+            out += f" (bc {format_value(bc, fmt)} [{format_value(self.lo, fmt)}, {format_value(self.hi, fmt)}])"
         elif self.std is not None:
             out += " ± " + format_value(self.std, fmt)
         if self.tie:
@@ -94,6 +96,7 @@ class Table:
     best: pd.DataFrame  # bool
     stats: pd.DataFrame  # long form: row keys, column, metric, source, mean, std, n, expected, failed
     notes: list[str] = field(default_factory=list)
+    formats: dict[str, str] = field(default_factory=dict)  # metric -> the format its cells print with
 
     def markdown(self) -> str:
         shown = self.text.where(~self.best, "**" + self.text + "**")
@@ -129,8 +132,11 @@ def make_table(
     order: dict[str, list[Any]],
     names: dict[str, str],
     baseline: Baseline | None = None,
+    formats: dict[str, str] | None = None,
 ) -> Table:
-    """Build one table of ``spec`` from the study's jobs (see the module docstring)."""
+    """Build one table of ``spec`` from the study's jobs (see the module docstring). ``formats``
+    (metric -> format) overrides the spec's and the registry's, so one metric prints alike in
+    every table of a report (:func:`bench.report.captions.common_formats`)."""
     jobs = _filter(data.jobs, spec.where)
     shown = [*spec.rows, *([spec.columns] if spec.columns else [])]
     split = [a for a in pooled_axes(jobs, shown, names) if a not in spec.pool]
@@ -139,18 +145,28 @@ def make_table(
     row_vals = _combos(jobs, rows, order)
     col_vals = _combos(jobs, [spec.columns], order) if spec.columns else [()]
     sources: tuple[str, ...] = ("ours", "paper") if baseline else ()
-    index = pd.MultiIndex.from_tuples(
-        [tuple(_label(v, spec.labels) for v in r) for r in row_vals], names=[names.get(k, k) for k in rows]
-    )
-    blocks, stats, once, untested = [], [], [], []
+    grids = {m: [[_cell(jobs, dict(zip(keys, (*r, *c))), m, spec) for c in col_vals] for r in row_vals]
+             for m in spec.values}
+    same = captions.identical_rows(list(grids.values()))
+    row_labels = [captions.row_label(r, rows, spec.labels) for r in row_vals]
+    if len(set(row_labels)) < len(row_labels):  # '—' would merge two rows: show the values
+        row_labels = [tuple(_label(v, spec.labels) for v in r) for r in row_vals]
+    named = [" · ".join(map(str, label)) for label in row_labels]  # before the marks
+    for group in same:
+        for i in group:
+            row_labels[i] = (*row_labels[i][:-1], f"{row_labels[i][-1]} ≡")
+    index = pd.MultiIndex.from_tuples(row_labels, names=[names.get(k, k) for k in rows])
+    blocks, stats, once, untested, used = [], [], [], [], {}
     for m in spec.values:
-        grid = [[_cell(jobs, dict(zip(keys, (*r, *c))), m, spec) for c in col_vals] for r in row_vals]
+        grid = grids[m]
         cols = list(col_vals)
         if _invariant(grid):  # e.g. NLL under every step count: the same number, shown once
             first = [next((x for x in row if x.n), row[0]) for row in grid]
             grid, cols = [[x] for x in first], [(ALL_TEXT,)]
             once.append(m)
-        fmt = legible_format(spec.format.get(m, default_format(m)), grid)
+        unique = [row for i, row in enumerate(grid) if not any(i in g[1:] for g in same)]  # a copy needs no digits
+        fmt = (formats or {}).get(m) or legible_format(spec.format.get(m, default_format(m)), unique)
+        used[m] = fmt
         for j, c in enumerate(cols):
             column = [row[j] for row in grid]
             marks = _best_marks(column, fmt, direction(m))
@@ -178,8 +194,10 @@ def make_table(
     for col, r, shown_text, cell_state, bold in blocks:
         text.loc[position[r], col], state.loc[position[r], col], best.loc[position[r], col] = shown_text, cell_state, bold
     title = spec.title or _default_title(spec, names)
-    notes = table_notes(spec, jobs, names, data, baseline, split, once, sorted(set(untested)))
-    return Table(title, spec, text, state, best, pd.DataFrame(stats), notes)
+    cells = [c for grid in grids.values() for row in grid for c in row]
+    notes = table_notes(spec, jobs, names, data, baseline, split, once, sorted(set(untested)), cells, best)
+    notes += [captions.identical_note([named[i] for i in g]) for g in same]
+    return Table(title, spec, text, state, best, pd.DataFrame(stats), notes, used)
 
 
 def _invariant(grid: list[list[Cell]]) -> bool:
