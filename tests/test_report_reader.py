@@ -82,6 +82,8 @@ def test_identical_rows_are_labelled_and_ignored_axes_read_as_dashes(built):
     text = (built[1] / "report.md").read_text()  # the plot says which of its lines hide each other
     assert "The lines eta = 1.0, sampler = ddim and eta = 1.0, sampler = ddpm coincide at every steps" in text
     assert text.count("coincide") == 1
+    latex = (built[1] / "tables.tex").read_text()  # the marks as LaTeX symbols, not as '?'
+    assert "1.0 $\\equiv$" in latex and "--- $\\equiv$" in latex and "$\\tilde\\beta$" in latex
 
 
 def test_one_format_per_metric_across_tables(built):
