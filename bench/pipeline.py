@@ -38,7 +38,7 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     """
     from bench.execute import EXECUTORS, done_keys, make_pool, run_plan
     from bench.execute.local import parse_devices, start_fork_server
-    from bench.tracking import Tracker
+    from bench.tracking import Tracker, run_name
 
     EXECUTORS.check(executor, "--executor")
     study = load_with_overrides(path, overrides, **dotted)
@@ -51,7 +51,8 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     tracker = Tracker(study.name, tracking_uri)
     killed = tracker.mark_orphans_killed()
     if not dry_run:
-        tracker.describe(study.question or study.name, _view_metrics(study), list(study.axes))
+        tracker.describe(study.question or study.name, _view_metrics(study), list(study.axes),
+                         [run_name(j.kind, j.label) for j in plan.jobs.values()])
     done = done_keys(plan, tracker)
     print(f"study {study.name!r}: {len(study.configs)} configurations")
     if killed:
