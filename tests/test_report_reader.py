@@ -131,7 +131,7 @@ def test_sample_grid_is_laid_out_one_class_per_column(tmp_path):
     out = by_class((tmp_path / "samples.png").read_bytes(), 64, 10)
     assert out is not None
     grid = Image.open(io.BytesIO(out)).convert("L")
-    tile, step, head = 32, 34, 14  # 8 px x scale 4, 2 px padding, the label row
+    tile, step, head = 32, 34, 16  # 8 px x scale 4, 2 px padding, the label row (half a tile)
     assert grid.size == (10 * step + 2, head + 7 * step + 2)
     for k in range(7):
         for c in range(10):
