@@ -77,12 +77,12 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
 def _view_metrics(study: Any) -> list[tuple[str, bool | None]]:
     """The metrics the study's tables report, the first table's first value column first (what a
     reader sorts runs by), each with its direction (True: higher is better)."""
-    from bench.metrics import OUTPUTS, higher_is_better, metric_outputs
+    from bench.metrics import METRICS, OUTPUTS, higher_is_better, metric_outputs
 
     out: list[str] = []
     for table in study.tables or []:
         values = table.get("values")
         for name in [values] if isinstance(values, str) else list(values or []):
-            key = str(name) if str(name) in OUTPUTS else metric_outputs([str(name)])[0]
+            key = str(name) if str(name) in OUTPUTS or str(name) not in METRICS else metric_outputs([str(name)])[0]
             out += [key] if key not in out else []
     return [(key, higher_is_better(key)) for key in out]
