@@ -37,7 +37,7 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     before any work starts. Finished jobs are skipped; cut-off runs are marked KILLED and redone.
     """
     from bench.execute import EXECUTORS, done_keys, make_pool, run_plan, stop
-    from bench.tracking import Tracker
+    from bench.tracking import Tracker, run_name
 
     EXECUTORS.check(executor, "--executor")
     with stop.interruptible():  # reading and planning write nothing: a stop here is immediate
@@ -52,7 +52,8 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     tracker = Tracker(study.name, tracking_uri)
     killed = tracker.mark_orphans_killed()
     if not dry_run:
-        tracker.describe(study.question or study.name, _view_metrics(study), list(study.axes))
+        tracker.describe(study.question or study.name, _view_metrics(study), list(study.axes),
+                         [run_name(j.kind, j.label) for j in plan.jobs.values()])
     done = done_keys(plan, tracker)
     print(f"study {study.name!r}: {len(study.configs)} configurations")
     if killed:
@@ -82,12 +83,12 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
 def _view_metrics(study: Any) -> list[tuple[str, bool | None]]:
     """The metrics the study's tables report, the first table's first value column first (what a
     reader sorts runs by), each with its direction (True: higher is better)."""
-    from bench.metrics import OUTPUTS, higher_is_better, metric_outputs
+    from bench.metrics import METRICS, OUTPUTS, higher_is_better, metric_outputs
 
     out: list[str] = []
     for table in study.tables or []:
         values = table.get("values")
         for name in [values] if isinstance(values, str) else list(values or []):
-            key = str(name) if str(name) in OUTPUTS else metric_outputs([str(name)])[0]
+            key = str(name) if str(name) in OUTPUTS or str(name) not in METRICS else metric_outputs([str(name)])[0]
             out += [key] if key not in out else []
     return [(key, higher_is_better(key)) for key in out]

@@ -78,15 +78,17 @@ class Tracker:
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
 
     def describe(self, question: str, metrics: list[tuple[str, bool | None]] | None = None,
-                 params: list[str] | None = None) -> None:
+                 params: list[str] | None = None, names: list[str] | None = None) -> None:
         """Tag the experiment so the MLflow UI (3.x) opens it as model-training work on its runs:
         the kind, the study's question as its description, the metric its first table reports and a
         saved view (:func:`view_state`) showing ``metrics`` ((name, higher is better) pairs, the
-        primary one first) and the varying ``params``, sorted by the primary metric."""
+        primary one first) and the varying ``params``, sorted by the primary metric, its Run Name column
+        wide enough for the longest of ``names`` (the study's run names)."""
         tags = {"mlflow.experimentKind": "custom_model_development", "mlflow.note.content": question.strip()}
         if metrics:
             tags["mlflow.experiment.primaryMetric.name"] = metrics[0][0]
-        tags[VIEW_TAG] = view_state(metrics or [], params or [], name=f"{self.study}: metrics and axes")
+        tags[VIEW_TAG] = view_state(metrics or [], params or [], name=f"{self.study}: metrics and axes",
+                                    longest=max(map(len, names or [""])))
         for key, value in tags.items():
             self.client.set_experiment_tag(self.experiment_id, key, value)
 
@@ -197,7 +199,7 @@ class Tracker:
             self.client.log_artifact(run_id, str(path))
 
 
-def view_state(metrics: list[tuple[str, bool | None]], params: list[str], name: str) -> str:
+def view_state(metrics: list[tuple[str, bool | None]], params: list[str], name: str, longest: int = 0) -> str:
     """A saved view of the runs page (the value of :data:`VIEW_TAG`): the ``metrics`` and ``params``
     columns visible, sorted by the first metric (ascending unless higher is better). Column ids are
     the UI's canonical keys, ``metrics.`fid``` and ``params.`sample.steps```."""
@@ -206,6 +208,9 @@ def view_state(metrics: list[tuple[str, bool | None]], params: list[str], name: 
     state: dict[str, Any] = {
         "selectedColumns": [f"metrics.`{m}`" for m, _ in metrics] + [f"params.`{p}`" for p in params],
     }
+    if longest:  # the UI applies widths to the columns of columnOrder; the others keep their place
+        run_col = "attributes.`Run Name`"
+        state.update(columnOrder=[run_col], columnWidths={run_col: min(480, max(160, 7 * longest + 60))})
     if metrics:
         state["orderByKey"] = f"metrics.`{metrics[0][0]}`"
         state["orderByAsc"] = not metrics[0][1]
@@ -227,10 +232,22 @@ def run_name(kind: str, label: str) -> str:
     inference, _, training = label.partition(" | ")
     if kind != "eval":
         inference, training = "", label
+    sampler = next((t.partition("=")[2] for t in inference.split() if _short(t) == "sampler"), None)
+    inference = " ".join(t for t in inference.split() if not (sampler and _ignored(sampler, t)))
     words = [_word(t) for t in sorted(inference.split(), key=lambda t: _RANK.get(_short(t), 9) if "=" in t else -1)]
     words += [_word(t) for t in training.split()]
     name = " ".join(w for w in words if w)
     return (name if kind == "eval" else f"{kind} {name}")[:250]
+
+
+def _ignored(sampler: str, token: str) -> bool:
+    """An eta or sampler option the sampler does not declare (DDPM's eta): left out of its name."""
+    key = token.partition("=")[0]
+    if _short(token) != "eta" and "options." not in key:
+        return False
+    from bench.diffusion.samplers.registry import SAMPLERS, declared_options
+
+    return sampler in SAMPLERS and _short(token) not in declared_options(sampler)
 
 
 def _short(token: str) -> str:

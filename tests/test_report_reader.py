@@ -82,6 +82,8 @@ def test_identical_rows_are_labelled_and_ignored_axes_read_as_dashes(built):
     text = (built[1] / "report.md").read_text()  # the plot says which of its lines hide each other
     assert "The lines eta = 1.0, sampler = ddim and eta = 1.0, sampler = ddpm coincide at every steps" in text
     assert text.count("coincide") == 1
+    latex = (built[1] / "tables.tex").read_text()  # the marks as LaTeX symbols, not as '?'
+    assert "1.0 $\\equiv$" in latex and "--- $\\equiv$" in latex and "$\\tilde\\beta$" in latex
 
 
 def test_one_format_per_metric_across_tables(built):
@@ -129,7 +131,7 @@ def test_sample_grid_is_laid_out_one_class_per_column(tmp_path):
     out = by_class((tmp_path / "samples.png").read_bytes(), 64, 10)
     assert out is not None
     grid = Image.open(io.BytesIO(out)).convert("L")
-    tile, step, head = 32, 34, 14  # 8 px x scale 4, 2 px padding, the label row
+    tile, step, head = 32, 34, 16  # 8 px x scale 4, 2 px padding, the label row (half a tile)
     assert grid.size == (10 * step + 2, head + 7 * step + 2)
     for k in range(7):
         for c in range(10):

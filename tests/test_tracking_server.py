@@ -165,3 +165,21 @@ def test_unreachable_server_fails_fast_before_any_work(tmp_path, monkeypatch):
     finally:
         silent.close()
     assert not Path(tmp_path / "cache" / "train").exists()
+
+
+def test_run_names_lead_with_the_sampler_and_leave_out_what_it_ignores() -> None:
+    """The plan's label -> the MLflow run name: sampler, its knobs, steps, guidance, then training axes;
+    DDPM declares no eta, so its name has none (the label in bench.label keeps every axis)."""
+    import json
+
+    from bench.tracking import run_name, view_state
+
+    label = "eval steps=10 guidance=2 sampler=ddim eta=0 | objective=eps"
+    assert run_name("eval", label) == "ddim eta=0 10 steps w=2 eps"
+    assert run_name("eval", label.replace("ddim eta=0", "ddpm eta=1")) == "ddpm 10 steps w=2 eps"
+    assert run_name("train", "train objective=v") == "train v"
+    assert run_name("eval", "eval ddim steps=10 eta=0 w=0") == "ddim eta=0 10 steps w=0"  # no axes: the fallback
+    state = json.loads(json.loads(view_state([("fid", False), ("is_mean", True)], ["sample.eta"], "v", 27))["state"])
+    assert state["orderByKey"] == "metrics.`fid`" and state["orderByAsc"] is True  # FID: lower is better
+    assert state["selectedColumns"] == ["metrics.`fid`", "metrics.`is_mean`", "params.`sample.eta`"]
+    assert state["columnWidths"]["attributes.`Run Name`"] >= 7 * 27  # room for the longest name

@@ -187,9 +187,9 @@ def occurring_notes(spec: Any, cells: list[Any], best: pd.DataFrame, names: dict
 
 def significance_note(spec: Any, cells: list[Any], untested: list[str]) -> str:
     """What † means: the test, its level and the reference cell."""
-    head = ("†: not significantly different from the bold cell of its column (the reference: the best as "
-            "printed, which carries no mark)" if any(c.tie for c in cells) else
-            "No cell is marked †: every cell differs significantly from the bold cell of its column (the reference)")
+    head = ("†: not significantly different from the bold cell of its column (the reference: the best as printed, "
+            "which carries no mark)" + ("" if any(c.tie for c in cells) else "; no cell is marked here: every other "
+                                        "cell differs significantly from its reference"))
     return (head + f" at alpha = {spec.significance:g}: a paired bootstrap of the difference ({spec.resamples} "
             "resamples of the images, which share their per-sample seeds across cells; runs paired by seed); a "
             f"cell is marked when the difference's {100 * (1 - spec.significance):g} % interval contains 0. A cell "

@@ -113,7 +113,7 @@ def by_class(png: bytes, n: int, classes: int) -> bytes | None:
     size does not match that layout."""
     import io
 
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     src = Image.open(io.BytesIO(png)).convert("RGB")
     per_row = max(1, math.ceil(math.sqrt(n)))
@@ -121,12 +121,12 @@ def by_class(png: bytes, n: int, classes: int) -> bytes | None:
     tile = (src.width - PAD) // per_row - PAD
     if tile <= 0 or src.width != per_row * (tile + PAD) + PAD or src.height != rows * (tile + PAD) + PAD:
         return None
-    step, head = tile + PAD, 14
+    step, head = tile + PAD, max(14, tile // 2)
     depth = math.ceil(n / classes)
     out = Image.new("RGB", (classes * step + PAD, head + depth * step + PAD), "white")
-    draw = ImageDraw.Draw(out)
+    draw, font = ImageDraw.Draw(out), ImageFont.load_default(size=head - 2)
     for c in range(classes):
-        draw.text((PAD + c * step + tile // 2 - 3, 1), str(c), fill="black")
+        draw.text((PAD + c * step + tile // 2, head // 2), str(c), fill="black", font=font, anchor="mm")
     for i in range(n):
         x, y = PAD + (i % per_row) * step, PAD + (i // per_row) * step
         c, k = i % classes, i // classes

@@ -254,7 +254,7 @@ table.bench-table caption { caption-side: top; text-align: left; font-weight: 60
 .legend span { display: inline-block; padding: 0 .4rem; margin-right: .5rem; border: 1px solid #d0d7de; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 .grids { display: flex; flex-wrap: wrap; gap: 1rem; }
-.grids figure { width: 240px; } .grids img { width: 240px; image-rendering: pixelated; }
+.grids figure { width: 340px; } .grids img { width: 340px; image-rendering: pixelated; }
 figcaption { font-size: .85rem; color: #57606a; }
 </style></head><body>
 <h1>{{ study.name }}</h1>
