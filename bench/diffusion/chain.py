@@ -69,7 +69,10 @@ def gather(values: torch.Tensor, i: torch.Tensor | int, like: torch.Tensor) -> t
     """
     if isinstance(i, int):
         return torch.tensor(float(values[i]), dtype=like.dtype)
-    out = values.to(like.device)[i].to(like.dtype)
+    if values.device != i.device:  # a copy of the table on the index's device, made once per table
+        copies = values.__dict__.setdefault("_copies", {})
+        values = copies.get(i.device) if i.device in copies else copies.setdefault(i.device, values.to(i.device))
+    out = values[i].to(like.device).to(like.dtype)
     return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 

@@ -167,17 +167,15 @@ class Expander:
 
     def _check_sampler(self, idx: tuple[int, ...], sample: Any) -> None:
         """``sample.options`` against the options the sampler declares."""
-        from bench.diffusion import check_options
+        from bench.diffusion import SampleRequest, check_request
 
         options = sample.options.as_dict()
         where = self._at(idx, "sample.options", "sample.sampler")
-        check_options(sample.sampler, options, where if "sample.options" in self.b.axis_at else "sample.options")
-        from bench.diffusion import check_guidance
-
         gwhere = self._at(idx, "sample.guidance_options", "sample.guidance_method")
-        check_guidance(sample.guidance_method, sample.guidance_options.as_dict(),
-                       gwhere if "sample.guidance_options" in self.b.axis_at or "sample.guidance_method" in self.b.axis_at
-                       else "sample.guidance_options")  # fmt: skip
+        # the rules Diffusion.sample applies on the run, by the same function, before any work
+        check_request(SampleRequest.of(sample), where if "sample.options" in self.b.axis_at else "sample.options",
+                      gwhere if "sample.guidance_options" in self.b.axis_at or "sample.guidance_method" in self.b.axis_at
+                      else "sample.guidance_options")  # fmt: skip
         self._check_guide(idx, sample)
         if "eta" in options and sample.eta not in (0.0, options["eta"]):
             raise BenchError(f"{self._at(idx, 'sample.eta', 'sample.options')}: sample.eta = {sample.eta} and "
