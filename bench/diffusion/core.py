@@ -248,7 +248,8 @@ class Diffusion(ProcessMath, VariationalBound):
         b = x0.shape[0]
         dev = x0.device
         gen_dev = generator.device if generator is not None else dev
-        t = torch.randint(0, self.timesteps, (b,), generator=generator, device=gen_dev).to(dev)
+        t = (self.t_sampler(b, generator, dev) if self.t_sampler is not None  # train.t_sampling
+             else torch.randint(0, self.timesteps, (b,), generator=generator, device=gen_dev).to(dev))
         noise = torch.randn(x0.shape, generator=generator, device=gen_dev, dtype=x0.dtype).to(dev)
         if y is not None and p_uncond > 0.0:
             if not is_conditional(model):
@@ -257,7 +258,8 @@ class Diffusion(ProcessMath, VariationalBound):
             y = torch.where(drop, torch.full_like(y, null_label(model)), y)
         x_t = self.q_sample(x0, t, noise)
         pred, var_out = self._call(model, x_t, t, y)
-        return self.loss_fn(self, x0, x_t, t, noise, pred, var_out).mean()
+        loss = self.loss_fn(self, x0, x_t, t, noise, pred, var_out)
+        return (loss if self.weighting is None else loss * self.weighting(t)).mean()
 
     # --- sampling ---------------------------------------------------------------------------------
     def sample(self, model: Model, shape: Sequence[int], request: SampleRequest | str | None = None, *,
