@@ -348,7 +348,8 @@ def test_every_sampler_option_and_guidance_runs_on_every_process(process, sample
     x = d.sample(net, (3, 1, 4, 4), sampler=sampler, steps=6, eta=0.5, options=opts, seeds=[0, 1, 2], y=y,
                  clip_denoised=True, guidance=1.5, info=info)
     assert x.shape == (3, 1, 4, 4) and torch.isfinite(x).all()
-    assert info["nfe"] == sampler_nfe(sampler, 6, {**opts, **({"eta": 0.5} if sampler == "ddim" else {})})
+    if not SAMPLERS.meta(sampler).get("adaptive"):  # an adaptive solver's count is its own (counted, not declared)
+        assert info["nfe"] == sampler_nfe(sampler, 6, {**opts, **({"eta": 0.5} if sampler == "ddim" else {})})
     x = d.sample(net, (3, 1, 4, 4), sampler=sampler, steps=6, seeds=[0, 1, 2], y=y, guidance=1.5,
                  guidance_method="cfg-interval", guidance_options={"sigma_lo": 0.3, "sigma_hi": 3.0})
     assert torch.isfinite(x).all()
