@@ -30,6 +30,6 @@ __all__ = [
     "make_schedule", "make_timesteps", "convert", "is_conditional",
     "Option", "check_options", "check_guidance", "register_guidance",
     "GUIDANCE", "SCHEDULES", "OBJECTIVES", "VARIANCES", "LOSSES", "SAMPLERS", "SPACINGS",
-    "PROCESSES", "Process", "SampleRequest", "check_request", "RATE_OBJECTIVES", "ALL_OBJECTIVES", "Rates", "objective_names",
-    "TIME_SAMPLING", "TimeSampler", "check_t_sampling",
+    "PROCESSES", "Process", "SampleRequest", "check_request", "RATE_OBJECTIVES", "ALL_OBJECTIVES", "Rates",
+    "objective_names", "TIME_SAMPLING", "TimeSampler", "check_t_sampling",
 ]

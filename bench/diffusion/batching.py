@@ -1,16 +1,18 @@
-"""A guided step's two branches as one 2B call or as two B calls: whichever the device runs faster.
+"""A guided step's two branches as one 2B call or as two B calls.
 
 Both give the same numbers up to float rounding (tested to 1e-10 in float64) and count the same
 NFE (one guided call either way). ``sample.guidance_batch``:
 
-- ``auto`` (default) and ``measure``: time both on the first guided call for this (device, model,
-  input shape, dtype), best of three interleaved after a warm-up, and keep the faster for the rest
-  of the process; the measurement's calls are not counted in the chain's NFE. On every device: a
-  GPU that B images leave under-filled runs 2B in about the time of B, one they fill gains nothing;
-  on a CPU neither way wins everywhere (``python -m bench.perf sampler`` and the shipped networks
-  on the 2-core build machine: two B calls took 1.02-1.44x the joint call's time for
-  unet-micro / unet-tiny / dit-tiny at 8x8, and 0.9-1.0x for 64-channel 16x16 and 28x28 networks,
-  from one run to the next), so no fixed rule is never slower.
+- ``auto`` (default): one 2B call, on every device: a fixed rule, so the run's stored choice
+  (``protocol.guidance_batch``) and its images never depend on a timing, which is noisy with several
+  workers on one GPU and would round the same config differently from run to run. A GPU that B
+  images leave under-filled runs 2B in about the time of B, one they fill gains nothing from two
+  calls; on the 2-core build machine two B calls took 1.02-1.44x the joint call's time for
+  unet-micro / unet-tiny / dit-tiny at 8x8, and 0.9-1.0x for 64-channel 16x16 and 28x28 networks.
+- ``measure``: time both on the first guided call for this (device, model, input shape, dtype), best
+  of three interleaved after a warm-up, and keep the faster for the rest of the process (the
+  measurement's calls are not counted in the chain's NFE). Faster where the two ways differ, but the
+  choice can differ from one run to the next; the run's tag says which ran.
 - ``joint`` / ``split``: always one 2B call / always two B calls.
 """
 
@@ -22,6 +24,7 @@ from collections.abc import Callable
 import torch
 
 GUIDANCE_BATCH = ("auto", "measure", "joint", "split")
+AUTO = "joint"  # what auto runs, on every device (see above)
 _MEASURED: dict[tuple, bool] = {}  # (device, model, shape, dtype) -> split is faster
 
 
@@ -68,8 +71,9 @@ def split_guided(mode: str, model: object, device: torch.device, shape: tuple[in
                  joint: Callable[[], object], split: Callable[[], object]) -> bool:
     """True where this chain's guided calls should be two B calls (see the module's docstring).
 
-    ``joint`` / ``split`` run one guided call each way; they are called only where ``mode`` asks
-    for a measurement not yet made for this (device, model, shape, dtype)."""
+    ``joint`` / ``split`` run one guided call each way; they are called only where ``mode`` is
+    ``measure`` and no measurement was made yet for this (device, model, shape, dtype)."""
+    mode = AUTO if mode == "auto" else mode
     if mode in ("joint", "split"):
         return mode == "split"
     key = (str(device), model_signature(model), tuple(shape), dtype)

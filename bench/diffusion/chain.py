@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from bench.core.registry import Registry
 
@@ -60,6 +62,30 @@ class Chain:
         convention x = x0 + sigma eps (the VP state divided by sqrt(abar))."""
         return ((1.0 - self.abar) / self.abar).sqrt()
 
+    @cached_property
+    def log_betas(self) -> torch.Tensor:
+        """log beta, float64 [K] (computed once per chain: :func:`gather` keeps one device copy per table)."""
+        return torch.log(self.betas)
+
+    @cached_property
+    def large_log_variance(self) -> torch.Tensor:
+        """log beta with index 0 clipped to beta-tilde_1 (fixed_large), float64 [K]."""
+        return torch.log(torch.cat([self.posterior_variance[1:2], self.betas[1:]]) if len(self) > 1 else self.betas)
+
+
+_ON_DEVICE: WeakIdKeyDictionary = WeakIdKeyDictionary()  # a table -> {device: its copy}, while the table lives
+
+
+def on_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``values`` on ``device``, copied there once per table and device: a per-image gather (a
+    training step's timesteps) then makes no host-to-device copy, and no host synchronisation."""
+    if values.device == device:
+        return values
+    copies = _ON_DEVICE.setdefault(values, {})
+    if device not in copies:
+        copies[device] = values.to(device)
+    return copies[device]
+
 
 def gather(values: torch.Tensor, i: torch.Tensor | int, like: torch.Tensor) -> torch.Tensor:
     """values[i] broadcastable against ``like`` [B, C, H, W], in its dtype.
@@ -69,10 +95,7 @@ def gather(values: torch.Tensor, i: torch.Tensor | int, like: torch.Tensor) -> t
     """
     if isinstance(i, int):
         return torch.tensor(float(values[i]), dtype=like.dtype)
-    if values.device != i.device:  # a copy of the table on the index's device, made once per table
-        copies = values.__dict__.setdefault("_copies", {})
-        values = copies.get(i.device) if i.device in copies else copies.setdefault(i.device, values.to(i.device))
-    out = values[i].to(like.device).to(like.dtype)
+    out = on_device(values, like.device)[i.to(like.device)].to(like.dtype)
     return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 
@@ -90,9 +113,7 @@ def fixed_small(chain: Chain, i: torch.Tensor, like: torch.Tensor, v: torch.Tens
 @VARIANCES.register("fixed_large", learned=False, paper="Ho et al. 2020: sigma^2 = beta (DDIM's sigma-hat)")
 def fixed_large(chain: Chain, i: torch.Tensor, like: torch.Tensor, v: torch.Tensor | None) -> torch.Tensor:
     # improved-diffusion uses beta-tilde_1 at index 0 so the decoder variance is not beta_0's
-    logvar = torch.log(torch.cat([chain.posterior_variance[1:2], chain.betas[1:]]) if len(chain) > 1
-                       else chain.betas)
-    return gather(logvar, i, like)
+    return gather(chain.large_log_variance, i, like)
 
 
 @VARIANCES.register("learned_range", learned=True, paper="Nichol & Dhariwal 2021, eq. 15")
@@ -100,6 +121,6 @@ def learned_range(chain: Chain, i: torch.Tensor, like: torch.Tensor, v: torch.Te
     """Sigma^2 = exp(f log beta + (1 - f) log beta-tilde), f = (v + 1) / 2 for v in [-1, 1]."""
     assert v is not None, "learned_range needs the model's variance output"
     min_log = gather(chain.posterior_log_variance, i, like)
-    max_log = gather(torch.log(chain.betas), i, like)
+    max_log = gather(chain.log_betas, i, like)
     frac = (v + 1.0) / 2.0
     return frac * max_log + (1.0 - frac) * min_log

@@ -2,7 +2,8 @@
 
 With ``seeds=[...]`` every image draws its noise from its own CPU generator (as edm's
 ``StackedRandomGenerator``), so image i depends only on seed i: not on batch size, on the other
-images in the batch, or on the device (noise is drawn on the CPU, then moved).
+images in the batch, or on the device (noise is drawn on the CPU, then moved: for a GPU through
+pinned memory, asynchronously).
 """
 
 from __future__ import annotations
@@ -32,9 +33,18 @@ class NoiseSource:
 
     def __call__(self) -> torch.Tensor:
         if self.generators is not None:
-            per_sample = [torch.randn(self.shape[1:], generator=g, dtype=self.dtype) for g in self.generators]
-            return torch.stack(per_sample).to(self.device)
+            return self._per_sample()
         if self.generator is not None:
             return torch.randn(self.shape, generator=self.generator, dtype=self.dtype,
                                device=self.generator.device).to(self.device)
         return torch.randn(self.shape, dtype=self.dtype, device=self.device)
+
+    def _per_sample(self) -> torch.Tensor:
+        """Image i's noise from generator i, each drawn into its row of one host buffer. For a GPU
+        the buffer is pinned and the copy asynchronous (no host synchronisation per stochastic step;
+        PyTorch's pinned-memory cache keeps the buffer from reuse until its copy has run)."""
+        pinned = self.device.type == "cuda"
+        buf = torch.empty(self.shape, dtype=self.dtype, pin_memory=pinned)
+        for row, g in zip(buf, self.generators):
+            torch.randn(self.shape[1:], generator=g, dtype=self.dtype, out=row)
+        return buf.to(self.device, non_blocking=pinned)

@@ -1,6 +1,6 @@
 """One worker process per device: ``--devices auto | cpu | cpu*2 | cuda:0,cuda:1``.
 
-GPU workers see only their GPU (``CUDA_VISIBLE_DEVICES``); CPU workers split the cores (torch
+GPU workers see only their GPU (``CUDA_VISIBLE_DEVICES``); all workers split the cores (torch
 threads = cores / workers). A worker that dies is replaced and its job handed back to the
 scheduler (bench.execute.scheduler), which retries it.
 
@@ -79,6 +79,15 @@ def auto_cpu_workers(cores: int | None = None) -> int:
     return max(1, min(AUTO_CPU_WORKERS, cores if cores is not None else (os.cpu_count() or 1)))
 
 
+def worker_threads(slots: list[Slot], cores: int | None = None) -> int:
+    """torch intra-op threads per worker: the cores split between every worker on the machine, GPU
+    workers included (each does its host-side work on its own threads: three workers sharing one GPU,
+    ``cuda:0*3``, would otherwise start three times the cores); ``$BENCH_THREADS`` overrides (on a
+    machine shared with other work, 1 avoids OpenMP threads spinning against each other)."""
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return int(os.environ.get("BENCH_THREADS") or max(1, cores // max(1, len(slots))))
+
+
 def physical_gpu(index: int, where: str = "--devices") -> str:
     """What a worker's ``CUDA_VISIBLE_DEVICES`` must say for the parent's ``cuda:<index>``.
 
@@ -129,10 +138,7 @@ class LocalPool:
         self.slots = len(slots)
         self.progress = progress
         self.results: Any = self.ctx.Queue()
-        cpu_workers = sum(1 for s in slots if s.device == "cpu")
-        # torch threads per worker = cores / CPU workers; $BENCH_THREADS overrides (on a machine
-        # shared with other work, 1 avoids OpenMP threads spinning against each other)
-        self.threads = int(os.environ.get("BENCH_THREADS") or max(1, (os.cpu_count() or 1) // max(1, cpu_workers)))
+        self.threads = worker_threads(slots)
         self.workers: list[dict[str, Any]] = [self._spawn(i) for i in range(len(slots))]
         self.pending: list[Job] = []
 
@@ -185,9 +191,14 @@ class LocalPool:
         return [w["proc"].pid for w in self.workers]
 
     def close(self) -> None:
+        """Idle workers exit; busy ones (the driver is stopping mid-job) are terminated at once:
+        their runs are marked KILLED and redone from their checkpoints."""
         for w in self.workers:
             if w["proc"].is_alive():
-                w["tasks"].put(None)
+                if w["job"] is None:
+                    w["tasks"].put(None)
+                else:
+                    w["proc"].terminate()
         for w in self.workers:
             w["proc"].join(timeout=5)
             if w["proc"].is_alive():
@@ -211,6 +222,9 @@ class Where:
 
 
 def _entry(where: Where, *args: Any) -> None:
+    from bench.execute.stop import ignore_interrupts
+
+    ignore_interrupts()  # Ctrl-C reaches the whole process group: the driver stops its workers
     where.enter()
     from bench.execute.worker import worker_main
 
@@ -221,4 +235,5 @@ def _make_local(devices: str, progress: bool) -> LocalPool:
     return LocalPool(parse_devices(devices), progress=progress)
 
 
-EXECUTORS.register("local", _make_local, options=(), help="one worker process per device on this machine")
+EXECUTORS.register("local", _make_local, options=(), help="one worker process per device on this machine",
+                   devices=parse_devices, warm=start_fork_server)  # the driver checks and warms these devices

@@ -14,6 +14,7 @@ import torch
 
 from bench.core.config import RunConfig
 from bench.core.paths import atomic_write_bytes
+from bench.jobs.fp32 import strict_fp32
 from bench.jobs.store import artifact_dir, checkpoint_path, train_dir
 from bench.jobs.vae import load_codec
 from bench.metrics.features import load_samples, save_samples
@@ -108,7 +109,7 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
     from bench.metrics import METRICS
     from bench.training import build_diffusion, load_trained
 
-    tags: dict[str, str] = {}
+    tags: dict[str, str] = strict_fp32()
     if cfg.model.pretrained is not None:
         from bench.models import inspect_pretrained, load_pretrained, load_pretrained_codec
 

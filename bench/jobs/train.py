@@ -8,6 +8,7 @@ from typing import Any
 
 from bench.core.config import RunConfig
 from bench.core.paths import atomic_write_bytes
+from bench.jobs.fp32 import strict_fp32
 from bench.jobs.store import artifact_dir, train_dir
 from bench.jobs.vae import load_codec
 
@@ -15,6 +16,7 @@ from bench.jobs.vae import load_codec
 def run_train(cfg: RunConfig, key: str, device: str, progress: bool = True) -> dict[str, Any]:
     from bench.training.loop import train_model
 
+    fp32_tag = strict_fp32()
     codec = load_codec(cfg, device) if cfg.model.space == "latent" else None
     res = train_model(cfg, train_dir(key), device=device, progress=progress, codec=codec)
     summary = {"train_seconds": res.train_seconds, "final_loss": res.final_loss, "num_params": res.num_params,
@@ -24,7 +26,7 @@ def run_train(cfg: RunConfig, key: str, device: str, progress: bool = True) -> d
     _plot_loss(res.loss_history, curve, title=f"train {key}")
     return {"metrics": {k: float(v) for k, v in summary.items()},
             "history": {"train_loss": [(int(s), float(v)) for s, v in res.loss_history]},
-            "tags": {"bench.checkpoint": str(res.checkpoint), "bench.resumed_from": str(res.resumed_from)},
+            "tags": {"bench.checkpoint": str(res.checkpoint), "bench.resumed_from": str(res.resumed_from), **fp32_tag},
             "artifacts": [str(curve)]}
 
 

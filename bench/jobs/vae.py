@@ -7,6 +7,7 @@ from typing import Any
 
 from bench.core.config import RunConfig
 from bench.core.errors import BenchError
+from bench.jobs.fp32 import strict_fp32
 from bench.jobs.store import vae_path
 
 
@@ -23,6 +24,7 @@ def run_vae(cfg: RunConfig, key: str, device: str, progress: bool = True) -> dic
     from bench.data import load_images
     from bench.models import LatentCodec, fit_vae, load_pretrained_vae
 
+    fp32_tag = strict_fp32()
     path = vae_path(key)
     codec = None
     if path.exists():
@@ -44,4 +46,4 @@ def run_vae(cfg: RunConfig, key: str, device: str, progress: bool = True) -> dic
     m = codec.metrics
     metrics = {k: m[k] for k in ("recon_mse", "recon_psnr", "latent_std", "vae_seconds") if k in m}
     metrics["scale_factor"] = float(codec.scale_factor)
-    return {"metrics": metrics, "tags": {"bench.vae_path": str(path)}}
+    return {"metrics": metrics, "tags": {"bench.vae_path": str(path), **fp32_tag}}

@@ -11,6 +11,7 @@ point grid runs each distinct check once, not 100,000 times.
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -182,6 +183,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+# keys whose value the math layer checks when a job runs: the study calls the same function first
+_MATH_CHECKS = {"sample.rho": ("bench.diffusion.spacing", "check_rho")}
+
+
 def registry(key: str) -> Any:
     module, attr = _REGISTRIES[key]
     return getattr(importlib.import_module(module), attr)
@@ -191,6 +196,11 @@ def check_value(key: str, value: Any, where: str) -> None:
     """Registry names ("did you mean"), fixed choices and ranges of a single value."""
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BenchError(f"{where}: {key} = {value!r} is not a finite number. Fix the value")
+    if key in _MATH_CHECKS:
+        module, attr = _MATH_CHECKS[key]
+        getattr(importlib.import_module(module), attr)(value, where)
     if key in _REGISTRIES:
         reg = registry(key)
         if isinstance(value, tuple):

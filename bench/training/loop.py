@@ -38,6 +38,7 @@ from bench.training.checkpoint import (
     build_from_args,
     global_rng_state,
     load_trained,
+    model_args,
     quarantine,
     read_checkpoint,
     set_global_rng_state,
@@ -108,30 +109,37 @@ class EMA:
 class EpochSampler:
     """Batches of indices from a fresh permutation per epoch, drawn from a dedicated generator, so
     the data order depends on the seed only and is saved with the checkpoint (generator, permutation,
-    position). A batch that crosses an epoch end is completed from the next permutation."""
+    position). A batch that crosses an epoch end is completed from the next permutation.
 
-    def __init__(self, n: int, seed: int) -> None:
+    The permutation is drawn on the CPU (the same order on every device) and moved to ``device``
+    once per epoch, so a step's batch of indices is a slice already there: no copy per step."""
+
+    def __init__(self, n: int, seed: int, device: torch.device | str = "cpu") -> None:
         self.n = n
+        self.device = torch.device(device)
         self.generator = torch.Generator().manual_seed(seed)
-        self.perm = torch.randperm(n, generator=self.generator)
+        self.perm = self._draw()
         self.pos = 0
+
+    def _draw(self) -> Tensor:
+        return torch.randperm(self.n, generator=self.generator).to(self.device)
 
     def next(self, batch: int) -> Tensor:
         parts = []
         while batch:
             if self.pos == self.n:
-                self.perm, self.pos = torch.randperm(self.n, generator=self.generator), 0
+                self.perm, self.pos = self._draw(), 0
             take = min(batch, self.n - self.pos)
             parts.append(self.perm[self.pos : self.pos + take])
             self.pos, batch = self.pos + take, batch - take
         return torch.cat(parts)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state(), "perm": self.perm.clone(), "pos": self.pos}
+        return {"generator": self.generator.get_state(), "perm": self.perm.cpu().clone(), "pos": self.pos}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.generator.set_state(state["generator"])
-        self.perm, self.pos = state["perm"].clone(), int(state["pos"])
+        self.perm, self.pos = state["perm"].to(self.device).clone(), int(state["pos"])
 
 
 def seed_everything(seed: int) -> None:
@@ -159,13 +167,7 @@ class Trainer:
 
         TimeSampler(t.t_sampling, t.t_sampling_options.as_dict()).install(self.diffusion)
         c, h, _ = self.data.shape
-        self.model_args = {
-            "backbone": cfg.model.backbone, "in_channels": c, "image_size": h,
-            "num_classes": self.data.num_classes if cfg.model.class_cond else None,
-            "learned_variance": self.diffusion.learned_variance, "dropout": cfg.model.dropout,
-        }
-        if self.diffusion.process.time_scale != 1.0:  # a continuous process's float time (vp: unchanged args)
-            self.model_args["time_scale"] = self.diffusion.process.time_scale
+        self.model_args = model_args(cfg, self.diffusion, c, h, self.data.num_classes)
         seed_everything(derive_seed(cfg.seed, "global"))  # dropout draws from the global stream
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, "init"))
@@ -177,7 +179,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_factor(t.warmup_steps))
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.model.train()
-        self.sampler = EpochSampler(len(self.data), derive_seed(cfg.seed, "data"))
+        self.sampler = EpochSampler(len(self.data), derive_seed(cfg.seed, "data"), self.data.x.device)
         self.noise = torch.Generator(device=self.device).manual_seed(derive_seed(cfg.seed, "noise"))
         self.step_count = 0
 
@@ -199,7 +201,8 @@ class Trainer:
         if t.grad_clip > 0:
             acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)  # unscales first under fp16
         self.optimizer.step()
-        self.scheduler.step()
+        if not self.optimizer.step_was_skipped:  # fp16: the GradScaler skipped it (inf / NaN gradients)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.raw_model)
         self.step_count += 1
