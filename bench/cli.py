@@ -101,12 +101,13 @@ def cmd_list() -> None:
     """Every registry with its choices; samplers with the options they declare, metrics with their
     outputs (direction arrows), executors with their CLI options."""
     from bench.data import DATASETS
-    from bench.diffusion import GUIDANCE, LOSSES, OBJECTIVES, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES
+    from bench.diffusion import ALL_OBJECTIVES as OBJECTIVES
+    from bench.diffusion import GUIDANCE, LOSSES, PROCESSES, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES
     from bench.execute import EXECUTORS
     from bench.metrics import EXTRACTORS, METRICS
     from bench.models import MODELS
 
-    regs = (SAMPLERS, GUIDANCE, SCHEDULES, SPACINGS, OBJECTIVES, VARIANCES, LOSSES, MODELS, DATASETS, EXTRACTORS,
+    regs = (SAMPLERS, GUIDANCE, PROCESSES, SCHEDULES, SPACINGS, OBJECTIVES, VARIANCES, LOSSES, MODELS, DATASETS, EXTRACTORS,
             METRICS, EXECUTORS)
     _aligned([(reg.kind + ("es" if reg.kind.endswith("s") else "s"), ", ".join(reg.names())) for reg in regs], "")
     print("\nsampler options (sample.options):")

@@ -55,12 +55,14 @@ def check_steps(steps: int, timesteps: int, at: str, origin: Origin = plain, spa
             raise BenchError(f"{at}: {e}") from None
 
 
-def check_nfe(nfe: int, sampler: str, spacing: str, timesteps: int, options: dict, at: str) -> int:
-    """The step count that meets the budget ``sample.nfe`` exactly, or one error naming budgets that work."""
+def check_nfe(nfe: int, sampler: str, spacing: str, timesteps: int, options: dict, at: str,
+              continuous: bool = False) -> int:
+    """The step count that meets the budget ``sample.nfe`` exactly, or one error naming budgets that work
+    (``continuous``: a continuous process, whose levels are never deduplicated)."""
     from bench.diffusion.samplers import steps_for_nfe
 
     try:
-        return steps_for_nfe(sampler, nfe, spacing, timesteps, options)
+        return steps_for_nfe(sampler, nfe, spacing, timesteps, options, continuous=continuous)
     except BenchError as e:
         raise BenchError(f"{at}: {e}") from None
 

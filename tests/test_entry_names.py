@@ -48,6 +48,7 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("bench/metrics/extractors.py", "fid"): (1, _TF),
     ("bench/metrics/extractors.py", "kid"): (1, _TF),
     ("bench/execute/slurm.py", "local"): (3, "submitit's executor names (slurm | local), not the bench's"),
+    ("bench/diffusion/ode.py", "dopri5"): (1, "torchdiffeq's method name (odeint(method=)), not a registry lookup"),
     ("bench/diffusion/core.py", "nll"): (1, "a progress bar's label"),
     ("bench/metrics/accuracy.py", "class_accuracy"): (1, "the function's own name in its error messages"),
     # a use that is about one entry by purpose

@@ -56,7 +56,8 @@ class Expander:
             if secs["model"].space != "latent":
                 secs["vae"] = None  # unused by pixel runs: keep it out of their keys
             if secs["sample"].nfe is not None:
-                secs["sample"] = self._meet_nfe(idx, secs["sample"], secs["diffusion"].timesteps)
+                secs["sample"] = self._meet_nfe(idx, secs["sample"], secs["diffusion"].timesteps,
+                                                secs["diffusion"].process != "vp")
             self._check(idx, secs)
             cfg = RunConfig(**secs, seed=seeds[idx[-1]])
             if cfg.sample.guide and self._once("guide", id(secs["model"]), id(secs["train"]), id(secs["sample"])):
@@ -115,7 +116,7 @@ class Expander:
                 rules.check_guidance(sample.guidance, model.class_cond, train.p_uncond,
                                      self._at(idx, "sample.guidance", "model.class_cond", "train.p_uncond"), origin)
             self.later.setdefault((id(model), id(train)), (idx, model, train))
-        if self._once("steps", id(diffusion), id(sample)):
+        if self._once("steps", id(diffusion), id(sample)) and diffusion.process == "vp":  # continuous: any steps
             rules.check_steps(sample.steps, diffusion.timesteps,
                               self._at(idx, "sample.steps", "diffusion.timesteps", "sample.spacing"),
                               self._origin(idx), sample.spacing)
@@ -228,13 +229,13 @@ class Expander:
             raise BenchError(f"{where}: {dict(cfg.sample.guide.as_dict())} leaves the guide equal to the model "
                              "itself (autoguidance then is no guidance); make it weaker, e.g. fewer train.steps")
 
-    def _meet_nfe(self, idx: tuple[int, ...], sample: Any, timesteps: int) -> Any:
+    def _meet_nfe(self, idx: tuple[int, ...], sample: Any, timesteps: int, continuous: bool = False) -> Any:
         """The sample section with ``steps`` set so that its sampler meets ``sample.nfe`` exactly."""
-        key = ("nfe", id(sample), timesteps)
+        key = ("nfe", id(sample), timesteps, continuous)
         if key not in self.nfe_memo:
             self._check_sampler(idx, sample)
             steps = rules.check_nfe(sample.nfe, sample.sampler, sample.spacing, timesteps, sample.options.as_dict(),
-                                    self._at(idx, "sample.nfe", "sample.sampler", "sample.spacing"))
+                                    self._at(idx, "sample.nfe", "sample.sampler", "sample.spacing"), continuous)
             inst = dataclasses.replace(sample, steps=steps)
             self.nfe_memo[key] = self.interned.setdefault(inst, inst)
         return self.nfe_memo[key]

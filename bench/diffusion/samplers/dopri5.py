@@ -10,6 +10,9 @@ sample is the denoised x0_hat at t_min (one more call), as every chain of the ot
 where sigma(t_min) = 0 (rectified flow, gvp) it is x_{t_min} itself. ``sample.steps`` and the spacing
 do not apply: the NFE is what the solver needed (counted), so a ``sample.nfe`` budget is refused.
 One step size serves the whole batch: an image's result depends on its batch mates within the tolerance.
+A ``discrete_time`` model (an embedding table over integer t) is called at the nearest timestep, so its
+field is piecewise constant in t and the solver spends calls at every jump: an ODE solver wants a model
+of continuous time.
 """
 
 from __future__ import annotations

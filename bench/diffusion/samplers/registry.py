@@ -243,9 +243,10 @@ class Denoiser:
 
 
 def steps_for_nfe(sampler: str, nfe: int, spacing: str, timesteps: int,
-                  options: Mapping[str, Any] | None = None) -> int:
+                  options: Mapping[str, Any] | None = None, continuous: bool = False) -> int:
     """The fewest ``steps`` whose chain makes ``sampler`` call the network exactly ``nfe`` times
-    (on a deduplicating spacing the chain may have fewer levels than steps), or one BenchError."""
+    (on a deduplicating spacing the chain may have fewer levels than steps; a continuous process's
+    levels are never deduplicated), or one BenchError."""
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise BenchError(f"sample.nfe = {nfe!r} must be a positive int (network calls per image)")
     opts = check_options(sampler, options)
@@ -256,7 +257,7 @@ def steps_for_nfe(sampler: str, nfe: int, spacing: str, timesteps: int,
     count = SAMPLERS.meta(SAMPLERS.check(sampler, "sample.sampler"))["nfe"]
     reachable = []
     for steps in range(1, timesteps + 1):
-        got = count(level_count(spacing, timesteps, steps), opts)
+        got = count(steps if continuous else level_count(spacing, timesteps, steps), opts)
         if got == nfe:
             return steps
         if got < nfe + 3:
