@@ -119,9 +119,10 @@ def value_note(spec: Any, cells: list[Any]) -> str:
 def _spread_meaning(key: str) -> str:
     """``is_std`` -> 'std over splits' (the spread output's own label, as the registry states it)."""
     label = _output_name(key)
+    if " std over " in label:  # the spread output's label says over what (IS: splits, KID: subsets)
+        return "its std over " + label.split(" std over ", 1)[1]
     if label.endswith(" std"):
-        return "its std over " + ("splits" if key.startswith("is") else "subsets" if key.startswith("kid")
-                                   else "repeats")
+        return "its std over repeats"
     if "standard error" in label:
         return "the standard error of the mean over the test images"
     return label

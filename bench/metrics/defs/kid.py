@@ -81,7 +81,7 @@ def protocol(n: int, m: int | None, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 register_metric(MetricDef(
-    "kid", (Output("kid_mean", "KID", ".4g", False, spread="kid_std"), Output("kid_std", "KID std", ".4g")),
+    "kid", (Output("kid_mean", "KID", ".4g", False, spread="kid_std"), Output("kid_std", "KID std over subsets", ".4g")),
     compute, higher_is_better=False, needs_reference=True, torch_fidelity_flag="kid", on_features=on_features, resampled=resampled, min_samples=lambda dim: 2,
     settings=(Setting("kid_subset_size", check_subset_size),), protocol=protocol,
     cite="Binkowski et al. 2018, Demystifying MMD GANs (KID)"))
