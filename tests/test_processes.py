@@ -384,3 +384,18 @@ def test_a_study_validates_process_keys_before_work(tmp_path):
     runs = study({"process": "rectified-flow", "objective": "velocity", "shift": 3.0},
                  {"sampler": "euler", "spacing": "quadratic", "nfe": 40}).configs
     assert runs[0].sample.steps == 40 and runs[0].diffusion.shift == 3.0
+
+
+@pytest.mark.parametrize("objective", ["velocity", "edm"])
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm", "dpm-solver++", "heun"])
+def test_rate_objectives_on_the_vp_chain_reach_the_data(objective, sampler):
+    """velocity and the F-target on the discrete VP chain: its rates are those of the table's
+    log-sigma interpolation; the exact prediction samples the data."""
+    d = Diffusion("cosine", 1000, objective=objective)
+    x = d.sample(ProcessGaussian(d, MU, S0), (2000, 1, 2, 2), sampler=sampler, steps=200, spacing="linspace",
+                 generator=torch.Generator().manual_seed(0))
+    assert abs(x.mean().item() - MU) < 0.01
+    assert abs(x.std().item() / S0 - 1) < 0.04
+    loss = d.training_loss(ProcessGaussian(d, MU, S0), MU + S0 * torch.randn(64, 1, 4, 4),
+                           generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss)
