@@ -1,4 +1,4 @@
-"""Benchmarks: ``python -m bench.perf {sampler,train,metrics,grid,plan,gpu} [...]``, each printing a table.
+"""Benchmarks: ``python -m bench.perf {sampler,train,metrics,grid,plan,gpu,drill} [...]``, each printing a table.
 
 Ratios are measured in one process (warm-up first, device synchronized before reading the clock),
 never asserted by timed tests.
@@ -18,8 +18,9 @@ SUITES = {
     "grid": "bench.perf.grid",
     "plan": "bench.perf.plan",
     "gpu": "bench.perf.gpu",
+    "drill": "bench.perf.drill",
 }
-QUICK = {"gpu"}  # suites with a --quick bookkeeping run
+QUICK = {"gpu", "drill"}  # suites with a --quick bookkeeping run
 
 
 def main(argv: list[str] | None = None) -> int:
