@@ -1,9 +1,9 @@
 """iPNDM against Euler and DPM-Solver++ at equal NFE on a trained digits U-Net (issue 29).
 
-``python -m bench.perf.ipndm [--train-steps 3000] [--samples 1000] [--nfe 5 10] [--out DIR] [--threads 1]``
+``python -m bench.perf.ipndm [--train-steps 3000] [--samples 1000] [--nfe 5 10] [--spacing karras] [--out DIR]``
 trains a ``unet-tiny`` on ``digits`` (T = 1000, linear betas, eps; the training settings of
-``ablations/samplers.yaml``, which issue 29 ran at 3,000 steps; cached in ``--out``), then draws
-``--samples`` images per sampler on karras levels (rho 7) at each NFE, with the same seeds for
+``ablations/samplers.yaml`` for ``--train-steps``; cached in ``--out``), then draws
+``--samples`` images per sampler on ``--spacing`` levels (karras, rho 7) at each NFE, same seeds for
 every sampler, and prints FID against ``digits:test`` in the ``domain:digits`` feature space.
 
 iPNDM runs in four forms, the two options of :mod:`bench.diffusion.samplers.ipndm`:
@@ -59,6 +59,7 @@ def main(device: str = "cpu", argv: list[str] | None = None) -> None:
     p.add_argument("--samples", type=int, default=1000)
     p.add_argument("--nfe", type=int, nargs="+", default=[5, 10])
     p.add_argument("--out", default=".bench_cache/perf-ipndm")
+    p.add_argument("--spacing", default="karras", help="the levels (karras: rho 7; linspace: uniform in t, as DEIS)")
     p.add_argument("--device", default=device)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (the machine may be shared)")
     args = p.parse_args(argv)
@@ -72,12 +73,12 @@ def main(device: str = "cpu", argv: list[str] | None = None) -> None:
     rows = []
     for nfe in args.nfe:
         for name, opts in VARIANTS:
-            steps = steps_for_nfe(name, nfe, "karras", diffusion.timesteps, opts)
+            steps = steps_for_nfe(name, nfe, args.spacing, diffusion.timesteps, opts)
             info: dict = {}
             imgs = []
             for lo in range(0, args.samples, 250):
                 x = diffusion.sample(model, (min(250, args.samples - lo), 1, 8, 8), sampler=name, steps=steps,
-                                     spacing="karras", seeds=seeds[lo:lo + 250], clip_denoised=True,
+                                     spacing=args.spacing, seeds=seeds[lo:lo + 250], clip_denoised=True,
                                      options=opts, info=info, device=args.device)
                 imgs.append(((x.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
             assert info["nfe"] == nfe, (name, opts, info)
@@ -85,7 +86,7 @@ def main(device: str = "cpu", argv: list[str] | None = None) -> None:
                                   progress=False)["fid"]
             rows.append((nfe, label(name, opts), steps, fid))
             print(f"NFE {nfe:3d}  levels {steps:3d}  FID {fid:8.3f}  {label(name, opts)}", flush=True)
-    print(f"\n| NFE | sampler | levels | FID ({args.samples} samples, domain:digits) |\n|---|---|---|---|")
+    print(f"\n| NFE | sampler | levels ({args.spacing}) | FID ({args.samples} samples, domain:digits) |\n|---|---|---|---|")
     for nfe, lab, steps, fid in rows:
         print(f"| {nfe} | {lab} | {steps} | {fid:.2f} |")
 

@@ -9,7 +9,10 @@ codes are options here:
 - ``variable``: the fixed-step weights (55, -59, 37, -9) / 24 of the papers, or the variable-step
   Adams-Bashforth weights w_j = int_0^1 L_j(u) du of the Lagrange basis through the history's
   sigmas (Zhou et al.'s ``ipndm_v_sampler``). The fixed weights assume equal steps; on karras
-  levels successive steps shrink by 3-10x, so they extrapolate the history too far.
+  levels successive steps shrink by 3-10x, so they extrapolate the history too far. Zhou et al.'s
+  own order-3 and order-4 variable weights are not these (order 3 reads ``(1 - A * B) / 2`` for
+  ``(1 - A) * B / 2``; order 4 is off even on equal steps), so ``variable`` is compared with their
+  loop at orders 1-2 and with the Adams-Bashforth property at 3-4 (tests/test_ipndm.py).
 - ``denoise_to_zero``: the chain's last level sigma_min is followed by the step to sigma = 0, which
   returns x0 = D(x; sigma_min) (one call; every sampler of this package ends so). The reference
   codes by default (``denoise_to_zero=False``) stop at sigma_min and return x there: their NFE 5
