@@ -40,13 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="auto (every visible GPU, else CPU) | cpu | cpu*2 | cuda:0,cuda:1 (one worker each)")
     run.add_argument("--retries", type=int, default=2, help="retries of a job whose worker died (default 2)")
     run.add_argument("--dry-run", action="store_true", help="validate and print the plan; run nothing")
-    run.add_argument("--executor", default="local",
-                     help="where jobs run (ray and slurm need the extras: pip install -e .[ray] / .[slurm])")
-    run.add_argument("--address", default=None, help="Ray cluster address (auto or HOST:PORT)")
-    run.add_argument("--partition", default=None, help="Slurm partition")
-    run.add_argument("--gpus-per-node", type=int, default=None, help="Slurm GPUs per node")
-    run.add_argument("--time-limit", type=int, default=None, help="Slurm time limit in minutes")
-    run.add_argument("--array-parallelism", type=int, default=None, help="Slurm jobs running at once")
+    _executor_flags(run)
     run.add_argument("--shared-dir", default=None,
                      help="checkpoint/cache folder every node can read and write (Ray/Slurm); sets BENCH_CACHE_DIR")
     run.add_argument("--no-report", action="store_true", help="skip writing reports/<study>/")
@@ -88,42 +82,71 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _executor_flags(run: argparse.ArgumentParser) -> None:
+    """``--executor`` and the flags every executor declares (``register_executor(..., flags=)``)."""
+    from bench.execute import EXECUTORS
+    from bench.execute.registry import executor_flags
+
+    extras = [(n, EXECUTORS.meta(n)["extra"]) for n in EXECUTORS.names() if EXECUTORS.meta(n).get("extra")]
+    need = " and ".join(n for n, _ in extras)
+    run.add_argument("--executor", default="local",  # the default: this machine, nothing to install
+                     help=f"where jobs run: {', '.join(EXECUTORS.names())}" + (
+                         f" ({need} need the extras: {' / '.join(f'pip install -e .[{e}]' for _, e in extras)})"
+                         if extras else ""))
+    for f in executor_flags():
+        run.add_argument(f.cli, type=f.type, default=None, help=f.help)
+
+
 def cmd_list() -> None:
     """Every registry with its choices; samplers with the options they declare, metrics with their
     outputs (direction arrows), executors with their CLI options."""
     from bench.data import DATASETS
-    from bench.diffusion import GUIDANCE, LOSSES, OBJECTIVES, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES
+    from bench.diffusion import ALL_OBJECTIVES as OBJECTIVES
+    from bench.diffusion import GUIDANCE, LOSSES, PROCESSES, SAMPLERS, SCHEDULES, SPACINGS, VARIANCES
     from bench.execute import EXECUTORS
     from bench.metrics import EXTRACTORS, METRICS
     from bench.models import MODELS
 
-    for reg in (SAMPLERS, GUIDANCE, SCHEDULES, SPACINGS, OBJECTIVES, VARIANCES, LOSSES, MODELS, DATASETS,
-                EXTRACTORS, METRICS, EXECUTORS):
-        plural = reg.kind + ("es" if reg.kind.endswith("s") else "s")
-        print(f"{plural:<12} {', '.join(reg.names())}")
+    regs = (SAMPLERS, GUIDANCE, PROCESSES, SCHEDULES, SPACINGS, OBJECTIVES, VARIANCES, LOSSES, MODELS, DATASETS, EXTRACTORS,
+            METRICS, EXECUTORS)
+    _aligned([(reg.kind + ("es" if reg.kind.endswith("s") else "s"), ", ".join(reg.names())) for reg in regs], "")
     print("\nsampler options (sample.options):")
-    for name in SAMPLERS.names():
-        opts = SAMPLERS.meta(name)["options"].values()
-        shown = ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in opts) or "none"
-        print(f"  {name:<14} {shown}")
+    _aligned([(name, ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in SAMPLERS.meta(name)["options"].values())
+               or "none") for name in SAMPLERS.names()])  # fmt: skip
     print("\nguidance methods (sample.guidance_method, its sample.guidance_options):")
-    for name in GUIDANCE.names():
-        opts = GUIDANCE.meta(name)["options"].values()
-        shown = ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in opts)
-        print(f"  {name:<14} {shown}")
+    _aligned([(name, ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in GUIDANCE.meta(name)["options"].values()))
+              for name in GUIDANCE.names()])  # fmt: skip
+    from bench.diffusion import TIME_SAMPLING
+
+    print("\ntimestep densities (train.t_sampling, its train.t_sampling_options):")
+    _aligned([(name, ", ".join(f"{o.name}={o.default!r}{_range(o)}" for o in TIME_SAMPLING.meta(name)["options"].values()))
+              for name in TIME_SAMPLING.names()])  # fmt: skip
     print("\nmetric outputs (MLflow names; arrow = better):")
     arrows = {True: " ↑", False: " ↓", None: ""}
-    for name in METRICS.names():
-        outs = ", ".join(f"{o.key}{arrows[o.higher_is_better]}" for o in METRICS.get(name).outputs)
-        print(f"  {name:<14} {outs}")
+    _aligned([(name, ", ".join(f"{o.key}{arrows[o.higher_is_better]}" for o in METRICS.get(name).outputs))
+              for name in METRICS.names()])
+
+
+def _aligned(rows: list[tuple[str, str]], indent: str = "  ") -> None:
+    """Print ``name  text`` rows with the text in one column, however long the longest name."""
+    width = max((len(name) for name, _ in rows), default=0) + 2
+    for name, text in rows:
+        print(f"{indent}{name:<{width}}{text}")
 
 
 def main(argv: list[str] | None = None) -> int:
     """A user's mistake is one message and exit status 2; an unexpected error is one line and 1
     (``--debug`` shows its traceback)."""
+    from bench.execute.stop import Stopped, stop_line, stop_signals
+
     args = build_parser().parse_args(argv)
     try:
-        return _dispatch(args)
+        with stop_signals():  # SIGINT/SIGTERM: a clean stop, one line, 130/143 (bench.execute.stop)
+            return _dispatch(args)
+    except (Stopped, KeyboardInterrupt) as e:
+        stopped = e if isinstance(e, Stopped) else Stopped(2)
+        print(stop_line(stopped, None if argv is None else ["run_ablation.py", *argv]), file=sys.stderr)
+        return stopped.exit_status
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -147,9 +170,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         if args.shared_dir:
             os.environ["BENCH_CACHE_DIR"] = args.shared_dir
-        options = {k: v for k, v in {"address": args.address, "partition": args.partition,
-                                     "gpus_per_node": args.gpus_per_node, "time_limit": args.time_limit,
-                                     "array_parallelism": args.array_parallelism}.items() if v is not None}
+        from bench.execute.registry import executor_flags
+
+        options = {f.name: getattr(args, f.name) for f in executor_flags() if getattr(args, f.name) is not None}
         summary = run_study(args.study, tracking_uri=args.tracking_uri, devices=args.devices, retries=args.retries,
                             dry_run=args.dry_run, progress=not args.quiet, report=not args.no_report,
                             executor=args.executor, overrides=overrides, executor_options=options,

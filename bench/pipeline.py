@@ -36,22 +36,24 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     Everything a user can get wrong (the study file, devices, the tracking server) is checked
     before any work starts. Finished jobs are skipped; cut-off runs are marked KILLED and redone.
     """
-    from bench.execute import EXECUTORS, done_keys, make_pool, run_plan
-    from bench.execute.local import parse_devices, start_fork_server
-    from bench.tracking import Tracker
+    from bench.execute import EXECUTORS, done_keys, make_pool, run_plan, stop
+    from bench.tracking import Tracker, run_name
 
     EXECUTORS.check(executor, "--executor")
-    study = load_with_overrides(path, overrides, **dotted)
-    if executor == "local":
-        slots = parse_devices(devices)
-        check_devices(study, slots, devices)
-        if not dry_run:
-            start_fork_server(slots)  # its imports overlap the tracking store's opening
-    plan = study.plan()
+    with stop.interruptible():  # reading and planning write nothing: a stop here is immediate
+        study = load_with_overrides(path, overrides, **dotted)
+        meta = EXECUTORS.meta(executor)  # an executor of this machine's devices declares how to read them
+        if meta.get("devices") is not None:
+            slots = meta["devices"](devices)
+            check_devices(study, slots, devices)
+            if not dry_run and meta.get("warm") is not None:
+                meta["warm"](slots)  # its imports overlap the tracking store's opening
+        plan = study.plan()
     tracker = Tracker(study.name, tracking_uri)
     killed = tracker.mark_orphans_killed()
     if not dry_run:
-        tracker.describe(study.question or study.name, _primary_metric(study))
+        tracker.describe(study.question or study.name, _view_metrics(study), list(study.axes),
+                         [run_name(j.kind, j.label) for j in plan.jobs.values()])
     done = done_keys(plan, tracker)
     print(f"study {study.name!r}: {len(study.configs)} configurations")
     if killed:
@@ -68,16 +70,25 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
     if report:
         from bench.report import build_report
 
-        out = build_report(study, tracking_uri=tracker.uri, out_dir=out_dir)
+        try:
+            with stop.interruptible():  # the report only reads MLflow
+                out = build_report(study, tracking_uri=tracker.uri, out_dir=out_dir)
+        except stop.Stopped as e:
+            e.counts.update(finished=len(summary.finished), cut=0, left=0)
+            raise
         print(f"report: {out}")
     return summary
 
 
-def _primary_metric(study: Any) -> str | None:
-    """The metric of the study's first table (its first value column): what a reader sorts runs by."""
+def _view_metrics(study: Any) -> list[tuple[str, bool | None]]:
+    """The metrics the study's tables report, the first table's first value column first (what a
+    reader sorts runs by), each with its direction (True: higher is better)."""
+    from bench.metrics import METRICS, OUTPUTS, higher_is_better, metric_outputs
+
+    out: list[str] = []
     for table in study.tables or []:
         values = table.get("values")
-        values = [values] if isinstance(values, str) else list(values or [])
-        if values:
-            return str(values[0])
-    return None
+        for name in [values] if isinstance(values, str) else list(values or []):
+            key = str(name) if str(name) in OUTPUTS or str(name) not in METRICS else metric_outputs([str(name)])[0]
+            out += [key] if key not in out else []
+    return [(key, higher_is_better(key)) for key in out]

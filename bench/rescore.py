@@ -127,7 +127,8 @@ def audit_study(path: str | Path, *, tracking_uri: str | None = None, device: st
     rows = []
     for cfg, run in done:
         blob, ev = _stored_samples(cfg, cfg.key()), cfg.eval
-        row: dict[str, Any] = {"run": run.data.tags.get("bench.label", cfg.key()), "logged": run.data.metrics.get("fid")}
+        row: dict[str, Any] = {"run": run.info.run_name or run.data.tags.get("bench.label", cfg.key()),
+                               "logged": run.data.metrics.get("fid")}
         for backend in ("torch-fidelity", "clean-fid"):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FIDSampleSizeWarning)
@@ -145,5 +146,20 @@ def audit_study(path: str | Path, *, tracking_uri: str | None = None, device: st
         row["clean-fid - torch-fidelity"] = row["clean-fid"] - row["torch-fidelity"]
         rows.append(row)
     table = pd.DataFrame(rows)
-    print(table.to_markdown(index=False, floatfmt=".4g"))
+    print(audit_text(table))
     return table
+
+
+def audit_text(table: Any) -> str:
+    """The audit as a reader wants it: each backend's protocol once above the table when every row
+    shares it, short columns, and run names with '|' escaped so the Markdown table stays one."""
+    lines, shown = [], table.copy()
+    for col in [c for c in table.columns if c.endswith(" protocol")]:
+        values = table[col].dropna().unique()
+        if len(values) == 1:
+            lines.append(f"{col}: {values[0]}")
+            shown = shown.drop(columns=col)
+    shown = shown.rename(columns={"torch-fidelity - logged": "tf - logged", "clean-fid - torch-fidelity": "clean - tf"})
+    for col in shown.columns:
+        shown[col] = shown[col].map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
+    return "\n".join([*lines, *([""] if lines else []), shown.to_markdown(index=False, floatfmt=".4g")])

@@ -9,10 +9,12 @@ identity when there is no study file) and raises one BenchError saying what to d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from bench.core.errors import BenchError
-from bench.diffusion import LOSSES, SPACINGS, VARIANCES, make_timesteps
+from bench.diffusion import GUIDANCE, LOSSES, SPACINGS, VARIANCES, TimeSampler, make_timesteps
 
 Origin = Callable[[str], str]
 
@@ -53,12 +55,14 @@ def check_steps(steps: int, timesteps: int, at: str, origin: Origin = plain, spa
             raise BenchError(f"{at}: {e}") from None
 
 
-def check_nfe(nfe: int, sampler: str, spacing: str, timesteps: int, options: dict, at: str) -> int:
-    """The step count that meets the budget ``sample.nfe`` exactly, or one error naming budgets that work."""
+def check_nfe(nfe: int, sampler: str, spacing: str, timesteps: int, options: dict, at: str,
+              continuous: bool = False) -> int:
+    """The step count that meets the budget ``sample.nfe`` exactly, or one error naming budgets that work
+    (``continuous``: a continuous process, whose levels are never deduplicated)."""
     from bench.diffusion.samplers import steps_for_nfe
 
     try:
-        return steps_for_nfe(sampler, nfe, spacing, timesteps, options)
+        return steps_for_nfe(sampler, nfe, spacing, timesteps, options, continuous=continuous)
     except BenchError as e:
         raise BenchError(f"{at}: {e}") from None
 
@@ -70,6 +74,19 @@ def check_learned_variance(variance: str, loss: str, at: str, origin: Origin = p
         raise BenchError(f"{at}: variance {variance!r} is learned, but loss {loss!r} does not train it "
                          f"({origin('diffusion.loss')}); use diffusion.loss: hybrid (Nichol & Dhariwal) or "
                          "vlb, or a fixed variance")
+
+
+def check_process(diffusion: object, at: str) -> None:
+    """The process, its shift and the objective / loss / variance it trains with: the checks the
+    :class:`~bench.diffusion.Diffusion` of the run makes when it is built (the same function)."""
+    from bench.diffusion import Diffusion
+
+    d = diffusion
+    try:
+        Diffusion(d.schedule, d.timesteps, d.objective, d.variance, d.loss, d.hybrid_weight,  # type: ignore[attr-defined]
+                  process=d.process, shift=d.shift)  # type: ignore[attr-defined]
+    except BenchError as e:
+        raise BenchError(f"{at}: {e}") from None
 
 
 def check_label_dropout(p_uncond: float, class_cond: bool, at: str, origin: Origin = plain) -> None:
@@ -108,3 +125,42 @@ def check_sampling_variance(variance: str | None, trained: str, trained_by_loss:
         raise BenchError(f"{at}: sample.variance {variance!r} replaces the variance at sampling time, but this "
                          f"model's loss trained its variance {trained!r} ({origin('diffusion.loss')}); drop "
                          "sample.variance or train with a fixed variance and loss: simple")
+
+
+def check_t_sampling(name: str, options: dict, loss: str, at: str, origin: Origin = plain) -> None:
+    """A timestep density with its options in range; one other than uniform t with the objective's own
+    loss reweights the loss over t, which the variational bound's losses (vlb, hybrid: T L_t at uniform
+    t, an unbiased estimate of the bound) cannot take."""
+    try:
+        sampler = TimeSampler(name, options)
+    except BenchError as e:
+        raise BenchError(f"{at}: {e}") from None
+    if not sampler.is_default and LOSSES.meta(LOSSES.check(loss, "diffusion.loss")).get("trains_variance", False):
+        raise BenchError(f"{at}: train.t_sampling {name!r} with {options or 'its defaults'} reweights the loss over t, "
+                         f"but diffusion.loss {loss!r} ({origin('diffusion.loss')}) estimates the variational bound "
+                         "from uniform t; use diffusion.loss: simple, or train.t_sampling: uniform without weighting")
+
+
+def check_finite_options(declared: Mapping[str, Any], values: Mapping[str, Any], at: str) -> None:
+    """A declared option's value is a finite number: NaN lies in no range and inf only where the
+    option's own default is infinite (``s_tmax``: no upper bound). A declared range says nothing of
+    NaN (every comparison with it is false), so this closes what ``Option.check`` leaves open."""
+    for name, value in values.items():
+        option = declared.get(name)
+        if option is None or not isinstance(value, float) or math.isfinite(value):
+            continue
+        if value == option.default:
+            continue
+        raise BenchError(f"{at}.{name} = {value!r} is not a finite number: {option.help}. Fix the value")
+
+
+def check_guidance_weight(w: float, method: str, at: str, origin: Origin = plain) -> None:
+    """The weight ``sample.guidance`` within the range its method declares (``weight_range``: cfg++'s
+    lambda in [0, 1], Chung et al. 2024); a finite number for every method."""
+    if isinstance(w, float) and not math.isfinite(w):
+        raise BenchError(f"{at}: sample.guidance = {w!r} is not a finite number. Fix the value")
+    low, high = GUIDANCE.meta(GUIDANCE.check(method, "sample.guidance_method")).get("weight_range", (None, None))
+    if (low is not None and w < low) or (high is not None and w > high):
+        raise BenchError(f"{at}: sample.guidance = {w} is outside [{low:g}, {high:g}], the range of guidance "
+                         f"method {method!r}'s weight ({origin('sample.guidance_method')}); use a weight in "
+                         "that range or another method")

@@ -26,7 +26,14 @@ KEY_TAG = "bench.key"
 KIND_TAG = "bench.kind"
 DRIVER_TAG = "bench.driver"
 ERROR_TAG = "bench.error"
+LABEL_TAG = "bench.label"
 MAX_PARAM_LEN = 6000
+# The MLflow UI's saved views (3.x, ``src/experiment-tracking``: ``SHARE_STATE_TAG_PREFIX``): an
+# experiment tag ``mlflow.sharedViewState.<id>`` holds {name, createdAt, updatedAt, state}, ``state``
+# the JSON of the runs page's search facets (``orderByKey``, ``orderByAsc``, ...) and UI state
+# (``selectedColumns``, ...); the URL parameter ``viewStateShareKey=<id>`` applies it on load.
+VIEW_ID = "bench-study-view"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"
 
 
 def resolve_uri(tracking_uri: str | None) -> str | None:
@@ -70,12 +77,18 @@ class Tracker:
             study_name, artifact_location=_artifact_location(self.uri, study_name))
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
 
-    def describe(self, question: str, primary_metric: str | None) -> None:
+    def describe(self, question: str, metrics: list[tuple[str, bool | None]] | None = None,
+                 params: list[str] | None = None, names: list[str] | None = None) -> None:
         """Tag the experiment so the MLflow UI (3.x) opens it as model-training work on its runs:
-        the kind, the study's question as its description and the metric its first table reports."""
+        the kind, the study's question as its description, the metric its first table reports and a
+        saved view (:func:`view_state`) showing ``metrics`` ((name, higher is better) pairs, the
+        primary one first) and the varying ``params``, sorted by the primary metric, its Run Name column
+        wide enough for the longest of ``names`` (the study's run names)."""
         tags = {"mlflow.experimentKind": "custom_model_development", "mlflow.note.content": question.strip()}
-        if primary_metric:
-            tags["mlflow.experiment.primaryMetric.name"] = primary_metric
+        if metrics:
+            tags["mlflow.experiment.primaryMetric.name"] = metrics[0][0]
+        tags[VIEW_TAG] = view_state(metrics or [], params or [], name=f"{self.study}: metrics and axes",
+                                    longest=max(map(len, names or [""])))
         for key, value in tags.items():
             self.client.set_experiment_tag(self.experiment_id, key, value)
 
@@ -83,9 +96,14 @@ class Tracker:
         """The URL of this study's runs in the MLflow UI: the server itself when tracking to one,
         else ``ui`` (default ``mlflow ui``'s http://127.0.0.1:5000). ``workflowType=machine_learning``
         opens the UI's model-training view, whose experiment page is the runs table (3.x opens
-        the GenAI overview otherwise, whatever the experiment's kind)."""
+        the GenAI overview otherwise, whatever the experiment's kind); ``viewStateShareKey`` names
+        the saved view :meth:`describe` stored, which the UI applies on first load (on the ``/runs``
+        route: ``/#/experiments/<id>`` redirects there and drops the URL's parameters)."""
         base = (ui or (self.uri if str(self.uri).startswith(("http://", "https://")) else "http://127.0.0.1:5000"))
-        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}?workflowType=machine_learning"
+        url = f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs?workflowType=machine_learning"
+        if VIEW_TAG in self.client.get_experiment(self.experiment_id).tags:
+            url += f"&viewStateShareKey={VIEW_ID}"
+        return url
 
     # --- reading ------------------------------------------------------------------------------
     def runs(self, kind: str | None = None, status: str | None = None) -> list[Any]:
@@ -123,11 +141,12 @@ class Tracker:
     # --- writing ------------------------------------------------------------------------------
     def start(self, kind: str, key: str, label: str, params: dict[str, Any], tags: dict[str, str],
               parent_run_id: str | None = None) -> str:
-        all_tags = {KEY_TAG: key, KIND_TAG: kind, "bench.study": self.study, "bench.label": label,
-                    DRIVER_TAG: self.driver, "mlflow.runName": f"{kind}:{label}"[:250], **tags}
+        name = run_name(kind, label)
+        all_tags = {KEY_TAG: key, KIND_TAG: kind, "bench.study": self.study, LABEL_TAG: label,
+                    DRIVER_TAG: self.driver, "mlflow.runName": name, **tags}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=f"{kind}:{label}"[:250])
+        run = self.client.create_run(self.experiment_id, tags=all_tags, run_name=name)
         self.log_params(run.info.run_id, params)
         return run.info.run_id
 
@@ -178,6 +197,78 @@ class Tracker:
             path = Path(tmp) / "config.yaml"
             path.write_text(yaml.safe_dump(config, sort_keys=False))
             self.client.log_artifact(run_id, str(path))
+
+
+def view_state(metrics: list[tuple[str, bool | None]], params: list[str], name: str, longest: int = 0) -> str:
+    """A saved view of the runs page (the value of :data:`VIEW_TAG`): the ``metrics`` and ``params``
+    columns visible, sorted by the first metric (ascending unless higher is better). Column ids are
+    the UI's canonical keys, ``metrics.`fid``` and ``params.`sample.steps```."""
+    import json
+
+    state: dict[str, Any] = {
+        "selectedColumns": [f"metrics.`{m}`" for m, _ in metrics] + [f"params.`{p}`" for p in params],
+    }
+    if longest:  # the UI applies widths to the columns of columnOrder; the others keep their place
+        run_col = "attributes.`Run Name`"
+        state.update(columnOrder=[run_col], columnWidths={run_col: min(480, max(160, 7 * longest + 60))})
+    if metrics:
+        state["orderByKey"] = f"metrics.`{metrics[0][0]}`"
+        state["orderByAsc"] = not metrics[0][1]
+    now = int(time.time() * 1000)
+    return json.dumps({"name": name, "createdAt": now, "updatedAt": now, "state": json.dumps(state)})
+
+
+# How the values of an axis read in a run name: a name alone, steps and guidance as a paper writes them.
+_RANK = {"sampler": 0, "eta": 1, "steps": 2, "guidance": 3}
+
+
+def run_name(kind: str, label: str) -> str:
+    """A run name short enough for the MLflow UI's column and distinct from its first characters:
+    the job label ``eval steps=10 guidance=2 sampler=ddim eta=0 | objective=eps`` becomes
+    ``ddim eta=0 10 steps w=2 eps`` (sampler first, then its knobs, then the training axes; names
+    stand alone). An eval job's name has no prefix, other kinds start with theirs (``train eps``);
+    the full label stays in the ``bench.label`` tag."""
+    label = label.removeprefix(f"{kind} ")
+    inference, _, training = label.partition(" | ")
+    if kind != "eval":
+        inference, training = "", label
+    sampler = next((t.partition("=")[2] for t in inference.split() if _short(t) == "sampler"), None)
+    inference = " ".join(t for t in inference.split() if not (sampler and _ignored(sampler, t)))
+    words = [_word(t) for t in sorted(inference.split(), key=lambda t: _RANK.get(_short(t), 9) if "=" in t else -1)]
+    words += [_word(t) for t in training.split()]
+    name = " ".join(w for w in words if w)
+    return (name if kind == "eval" else f"{kind} {name}")[:250]
+
+
+def _ignored(sampler: str, token: str) -> bool:
+    """An eta or sampler option the sampler does not declare (DDPM's eta): left out of its name."""
+    key = token.partition("=")[0]
+    if _short(token) != "eta" and "options." not in key:
+        return False
+    from bench.diffusion.samplers.registry import SAMPLERS, declared_options
+
+    return sampler in SAMPLERS and _short(token) not in declared_options(sampler)
+
+
+def _short(token: str) -> str:
+    return token.partition("=")[0].rpartition(".")[2]
+
+
+def _word(token: str) -> str:
+    key, eq, value = token.partition("=")
+    if not eq:
+        return token
+    short = _short(token)
+    if short == "steps" and key in ("steps", "sample.steps"):
+        return f"{value} steps"
+    if short == "guidance" and key in ("guidance", "sample.guidance"):
+        return f"w={value}"
+    try:
+        float(value)
+    except ValueError:
+        if value not in ("True", "False", "None"):
+            return value  # a name (ddim, eps, cosine) reads alone
+    return f"{key}={value}"
 
 
 def _artifact_location(uri: str | None, study: str) -> str | None:

@@ -207,7 +207,10 @@ def test_every_method_through_every_sampler(setup, method) -> None:
         out, info = _sample(d, model, 0.5, method, sampler=sampler, steps=steps)
         assert torch.isfinite(out).all(), (method, sampler)
         networks = 2 if GUIDANCE.meta(method).get("guide") else 1  # autoguidance: the guide's calls count too
-        assert info["nfe"] == networks * sampler_nfe(sampler, info["visited_steps"]), (method, sampler)
+        if SAMPLERS.meta(sampler).get("adaptive"):  # dopri5: as many calls as its tolerance needed, each network's
+            assert info["nfe"] % networks == 0 and info["nfe"] > networks * 6, (method, sampler)
+        else:
+            assert info["nfe"] == networks * sampler_nfe(sampler, info["visited_steps"]), (method, sampler)
         assert 0 < info["guided_calls"] <= info["nfe"]
 
 

@@ -215,7 +215,7 @@ def test_pretrained_studies_refuse_what_the_checkpoint_cannot_do(digits_unet, tm
         build_study({"name": "x", "base": {**base, "diffusion": {"objective": "v"}}})
     with pytest.raises(BenchError, match="no checkpoint folder"):
         build_study({"name": "x", "base": {**base, "model": {"pretrained": str(tmp_path / "none")}}})
-    with pytest.raises(BenchError, match="hub id and this machine is offline.*HF_HUB_OFFLINE"):
+    with pytest.raises(BenchError, match="hub id and this machine is offline.*`hf download .*HF_HUB_OFFLINE"):
         import os
 
         os.environ["HF_HUB_OFFLINE"] = "1"

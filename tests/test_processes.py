@@ -39,7 +39,7 @@ def test_every_sampler_on_every_process_reaches_the_data(process, sampler):
 
 @pytest.mark.parametrize("process", CONTINUOUS)
 @pytest.mark.parametrize("sampler", [n for n in SAMPLERS.names() if not SAMPLERS.meta(n)["stochastic"](
-    {k: o.default for k, o in SAMPLERS.meta(n)["options"].items()})])
+    {k: o.default for k, o in SAMPLERS.meta(n)["options"].items()}) and not SAMPLERS.meta(n).get("adaptive")])
 def test_error_falls_with_nfe_at_the_declared_order(process, sampler):
     """A deterministic sampler is an affine map of x_T here: std(x0) / std(x_T) is its exact gain,
     S0 for the true flow. From 20 to 80 levels (x4) the gain's error falls by about 4^order (more
@@ -281,3 +281,106 @@ def test_shift_is_sd3_equation_23_and_scales_the_noise_level():
     g1, g3 = PROCESSES.get("gvp")(shift=1.0), PROCESSES.get("gvp")(shift=3.0)
     torch.testing.assert_close(g3.ve(g3.from_unit(u)), 3 * g1.ve(g1.from_unit(u)))
     assert math.isinf(float(p3.ve(p3.from_unit(1.0))))
+
+
+def test_process_keys_leave_existing_runs_keys_unchanged():
+    """diffusion.process / shift are OMIT_DEFAULT: a vp run's keys are those it had before them;
+    any other value is in the train key."""
+    from dataclasses import replace
+
+    from bench.core.config import RunConfig
+
+    base = RunConfig()
+    same = replace(base, diffusion=replace(base.diffusion, process="vp", shift=1.0))
+    assert same.train_key() == base.train_key() and same.key() == base.key()
+    flow = replace(base, diffusion=replace(base.diffusion, process="rectified-flow", objective="velocity"))
+    shifted = replace(flow, diffusion=replace(flow.diffusion, shift=3.0))
+    assert len({base.train_key(), flow.train_key(), shifted.train_key()}) == 3
+
+
+def test_unet_and_dit_take_a_float_time_as_t_x_1000():
+    """A model built with time_scale = 1000 (a continuous process) embeds t in [0, 1] as the
+    vp model embeds the timestep t x 1000: the same network, the same output."""
+    from bench.models import build_model
+
+    x = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([0.25, 0.731])
+    for backbone in ("unet-micro", "dit-tiny"):
+        torch.manual_seed(0)
+        plain = build_model(backbone, 1, 8).eval()
+        torch.manual_seed(0)
+        scaled = build_model(backbone, 1, 8, time_scale=1000.0).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(scaled(x, t), plain(x, t * 1000))
+        assert scaled.time_scale == 1000.0 and plain.time_scale == 1.0
+
+
+class _CondNet(torch.nn.Module):
+    """A class-conditional net taking a float time (the continuous processes' contract)."""
+
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Conv2d(2, 1, 3, padding=1)
+        self.yemb = torch.nn.Embedding(4, 1)
+
+    def forward(self, x, t, y=None):
+        assert t.is_floating_point() and t.shape == (x.shape[0],)
+        y = torch.full((x.shape[0],), 3) if y is None else y
+        tt = t.float().view(-1, 1, 1, 1).expand(x.shape[0], 1, *x.shape[2:])
+        return torch.tanh(self.conv(torch.cat([x, tt], 1))) + self.yemb(y)[:, :, None, None]
+
+
+@pytest.mark.parametrize("process", CONTINUOUS)
+@pytest.mark.parametrize("sampler", SAMPLERS.names())
+def test_every_sampler_option_and_guidance_runs_on_every_process(process, sampler):
+    """Stochastic options (DDIM eta, Heun / Euler churn through ve_at), clipping, and guidance
+    (cfg, and cfg-interval whose interval is in sigma / alpha) on every process: finite, the counted
+    NFE as declared, w = 0 equal to the unguided chain."""
+    from bench.diffusion.samplers import sampler_nfe
+
+    d = Diffusion(process=process, objective=NATIVE[process])
+    net, y = _CondNet(), torch.tensor([0, 1, 2])
+    opts = {"s_churn": 2.0} if sampler in ("euler", "heun") else {}
+    info = {}
+    x = d.sample(net, (3, 1, 4, 4), sampler=sampler, steps=6, eta=0.5, options=opts, seeds=[0, 1, 2], y=y,
+                 clip_denoised=True, guidance=1.5, info=info)
+    assert x.shape == (3, 1, 4, 4) and torch.isfinite(x).all()
+    if not SAMPLERS.meta(sampler).get("adaptive"):  # an adaptive solver's count is its own (counted, not declared)
+        assert info["nfe"] == sampler_nfe(sampler, 6, {**opts, **({"eta": 0.5} if sampler == "ddim" else {})})
+    x = d.sample(net, (3, 1, 4, 4), sampler=sampler, steps=6, seeds=[0, 1, 2], y=y, guidance=1.5,
+                 guidance_method="cfg-interval", guidance_options={"sigma_lo": 0.3, "sigma_hi": 3.0})
+    assert torch.isfinite(x).all()
+    plain = d.sample(net, (3, 1, 4, 4), sampler=sampler, steps=6, seeds=[0, 1, 2], y=y)
+    zero = d.sample(net, (3, 1, 4, 4), sampler=sampler, steps=6, seeds=[0, 1, 2], y=y, guidance=0.0)
+    torch.testing.assert_close(plain, zero)
+
+
+def test_a_study_validates_process_keys_before_work(tmp_path):
+    """diffusion.process / shift / objective are checked when the study is read (one message with
+    the key); sample.nfe on a continuous process counts its levels (never deduplicated)."""
+    import yaml
+
+    from bench.study import load_study
+
+    def study(diffusion, sample=None):
+        path = tmp_path / "s.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "p", "base": {"data": {"dataset": "digits"}, "model": {"backbone": "unet-micro"},
+                                  "diffusion": diffusion, "sample": sample or {}, "train": {"steps": 2},
+                                  "eval": {"metrics": ["kid"], "num_samples": 64, "kid_subset_size": 32,
+                                           "extractor": "domain:digits"}},
+            "seeds": [0]}))
+        return load_study(path)
+
+    with pytest.raises(BenchError, match="diffusion.process.*Did you mean 'rectified-flow'"):
+        study({"process": "rectified-flows"})
+    with pytest.raises(BenchError, match="shift"):
+        study({"process": "vp", "shift": 3.0})
+    with pytest.raises(BenchError, match="objective"):
+        study({"process": "rectified-flow", "objective": "velocityy"})
+    runs = study({"process": "rectified-flow", "objective": "velocity", "shift": 3.0},
+                 {"sampler": "euler", "spacing": "quadratic", "nfe": 40}).configs
+    assert runs[0].sample.steps == 40 and runs[0].diffusion.shift == 3.0

@@ -77,7 +77,8 @@ def test_paired_significance_marks_the_cell_within_noise_of_the_best(store):
     text = table.text.iloc[:, 0].tolist()
     assert table.best.iloc[:, 0].tolist() == [True, False, False]
     assert not text[0].endswith("†") and text[1].endswith("†") and not text[2].endswith("†")
-    assert any("†: not significantly different from the best" in n for n in table.notes)
+    assert any("†: not significantly different from the bold cell of its column (the reference" in n
+               for n in table.notes)
     assert not any("Not tested" in n for n in table.notes)
     assert "$^\\dagger$" in table.latex()
 
@@ -105,9 +106,12 @@ def test_interval_ci_shows_the_bootstrap_bounds_averaged_over_seeds(store):
     lo, hi = runs["metrics.fid_ci_lo"].mean(), runs["metrics.fid_ci_hi"].mean()
     cell = table.text.iloc[2, 0]
     assert "[" in cell and "±" not in cell
-    shown_lo, shown_hi = (float(x) for x in cell.split("[")[1].rstrip("]").split(","))
+    shown_lo, shown_hi = (float(x) for x in cell.split("[")[1].rstrip("])").split(","))
     assert shown_lo == pytest.approx(lo, abs=0.01) and shown_hi == pytest.approx(hi, abs=0.01)
-    assert any("basic bootstrap interval" in n for n in table.notes)
+    # the printed point beside the interval is its centre, the bias-corrected value: always inside it
+    bc = float(cell.split("(bc ")[1].split(" [")[0])
+    assert shown_lo <= bc <= shown_hi and bc == pytest.approx((lo + hi) / 2, abs=0.01)
+    assert any("basic bootstrap interval" in n and "always contains" in n for n in table.notes)
 
 
 def test_aggregate_min_reports_the_best_seed_set(store):

@@ -199,11 +199,16 @@ def test_guidance_search_end_to_end_with_a_failing_trial(ws: Any, monkeypatch: p
     assert sec["images"]["search_objective.png"].startswith(b"\x89PNG")
     assert "sample.guidance" in sec["markdown"] and "search_objective.png" in sec["html"]
     assert sec["optuna"]["counts"] == {"COMPLETE": 6, "FAIL": 1}
+    assert "7 trials ran: 6 finished, 1 failed or cut off" in sec["markdown"]  # what ran, not "of n_trials"
 
     from bench.report import build_report  # the study report carries the search section
 
     folder = build_report(study, tracking_uri=ws.uri, out_dir=ws.root / "reports")
-    assert sec["markdown"].splitlines()[0] in (folder / "report.md").read_text()
+    text = (folder / "report.md").read_text()
+    assert sec["markdown"].splitlines()[0] in text
+    assert "1 grid evaluation expected: 1 not run;" in text  # the search ran trials, not the grid's base point
+    protocol = text.split("## Protocol")[1]  # from the trials' runs: backend and weights, not "—"
+    assert "| backend " in protocol and "torch-fidelity" in protocol and "| weights sha256 | —" not in protocol
     assert (folder / "search_objective.png").read_bytes().startswith(b"\x89PNG")
     assert "data:image/png;base64," in (folder / "report.html").read_text().split(sec["title"])[-1]
 

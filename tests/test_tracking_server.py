@@ -5,6 +5,7 @@ fails before any work, in well under 30 s, with one clear message."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,8 +21,11 @@ from tiny import tiny_study
 
 from bench.core.errors import BenchError
 
-STUDY = tiny_study("server-grid", {"sample.steps": [2, 3]}, train_steps=10,
-                   question="do runs reach a shared tracking server?", train={"batch_size": 16})
+STUDY = {**tiny_study("server-grid", {"sample.sampler": ["ddim", "ddpm"]}, train_steps=10,
+                      question="do runs reach a shared tracking server?", train={"batch_size": 16},
+                      sample={"steps": 3, "batch_size": 70},
+                      eval={"num_samples": 70, "extractor": "domain:digits", "metrics": ["fid"]}),
+         "tables": [{"rows": "sample.sampler", "values": "fid"}]}
 
 
 def free_port() -> int:
@@ -84,8 +88,8 @@ def test_grid_on_a_tracking_server(server, tmp_path, monkeypatch):
     assert sorted(r.data.tags["bench.kind"] for r in runs) == ["eval", "eval", "train"]
     assert all(r.info.status == "FINISHED" for r in runs)
     evals = [r for r in runs if r.data.tags["bench.kind"] == "eval"]
-    assert sorted(r.data.params["sample.steps"] for r in evals) == ["2", "3"]
-    assert all("nll_bpd" in r.data.metrics for r in evals)
+    assert sorted(r.data.params["sample.sampler"] for r in evals) == ["ddim", "ddpm"]
+    assert all("fid" in r.data.metrics for r in evals)
     names = {a.path for a in client.list_artifacts(evals[0].info.run_id)}
     assert {"config.yaml", "samples.png"} <= names  # uploaded through the server's artifact proxy
     assert any((tmp_path / "art").rglob("samples.png"))
@@ -99,25 +103,45 @@ def test_grid_on_a_tracking_server(server, tmp_path, monkeypatch):
                  "--out", str(tmp_path / "elsewhere")]) == 0
     assert (tmp_path / "elsewhere" / "server-grid" / "report.html").exists()
     assert len(client.search_runs([exp.experiment_id])) == 3
+    names = [r.info.run_name for r in runs]
+    assert sorted(names) == ["ddim", "ddpm", "train digits unet-tiny seed=0"]
+    assert {r.data.tags["bench.label"] for r in runs if r.data.tags["bench.kind"] == "eval"} == {
+        "eval sampler=ddim", "eval sampler=ddpm"}  # the full label, as the plan wrote it
     if CHROMIUM:  # the MLflow UI, as a user opens the URL `run` prints, lists the study's runs
-        page = _rendered_text(Tracker("server-grid", server).runs_view(), tmp_path)
+        url = Tracker("server-grid", server).runs_view()
+        assert "viewStateShareKey=" in url
+        dom = _rendered_dom(url, tmp_path, tmp_path / "runs-view.png")
+        page = _text(dom)
         assert "Runs" in page and "Traces 0" not in page  # the model-training view, not the GenAI overview
-        assert all(r.info.run_name in page for r in runs)
+        assert all(name in page for name in names)
         assert exp.tags["mlflow.note.content"] in page  # the study's question as the description
+        # the study's metric and axis are columns of the table on first load, sorted by FID ascending
+        columns = set(re.findall(r'col-id="([^"]+)"', dom))
+        assert {"metrics.`fid`", "params.`sample.sampler`"} <= columns, sorted(columns)
+        fids = {r.info.run_name: r.data.metrics["fid"] for r in runs if "fid" in r.data.metrics}
+        shown = re.findall(r"\b(dd[ip]m)\b", page)
+        assert shown and shown[0] == min(fids, key=fids.get)  # the better run is listed first
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
-def _rendered_text(url: str, tmp_path: Path) -> str:
-    """The visible text of ``url`` after headless Chromium ran its scripts."""
-    import html
-    import re
+def _rendered_dom(url: str, tmp_path: Path, screenshot: Path | None = None) -> str:
+    """The DOM of ``url`` after headless Chromium (1600 x 1000, a laptop's screen) ran its scripts;
+    with ``screenshot``, a second load saves what the screen shows there."""
+    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+             "--disable-background-networking", "--disable-component-update", "--window-size=1600,1000",
+             "--hide-scrollbars", f"--user-data-dir={tmp_path / 'ui'}", "--virtual-time-budget=30000"]
+    dom = subprocess.run([*flags, "--dump-dom", url], check=True, capture_output=True, text=True, timeout=180).stdout
+    if screenshot is not None:
+        subprocess.run([*flags, f"--screenshot={screenshot}", url], check=True, capture_output=True, timeout=180)
+    return dom
 
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
-           "--disable-background-networking", "--disable-component-update", f"--user-data-dir={tmp_path / 'ui'}",
-           "--virtual-time-budget=30000", "--dump-dom", url]
-    dom = subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=180).stdout
+
+def _text(dom: str) -> str:
+    """The visible text of a DOM."""
+    import html
+
     dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S)
     return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
 
@@ -141,3 +165,21 @@ def test_unreachable_server_fails_fast_before_any_work(tmp_path, monkeypatch):
     finally:
         silent.close()
     assert not Path(tmp_path / "cache" / "train").exists()
+
+
+def test_run_names_lead_with_the_sampler_and_leave_out_what_it_ignores() -> None:
+    """The plan's label -> the MLflow run name: sampler, its knobs, steps, guidance, then training axes;
+    DDPM declares no eta, so its name has none (the label in bench.label keeps every axis)."""
+    import json
+
+    from bench.tracking import run_name, view_state
+
+    label = "eval steps=10 guidance=2 sampler=ddim eta=0 | objective=eps"
+    assert run_name("eval", label) == "ddim eta=0 10 steps w=2 eps"
+    assert run_name("eval", label.replace("ddim eta=0", "ddpm eta=1")) == "ddpm 10 steps w=2 eps"
+    assert run_name("train", "train objective=v") == "train v"
+    assert run_name("eval", "eval ddim steps=10 eta=0 w=0") == "ddim eta=0 10 steps w=0"  # no axes: the fallback
+    state = json.loads(json.loads(view_state([("fid", False), ("is_mean", True)], ["sample.eta"], "v", 27))["state"])
+    assert state["orderByKey"] == "metrics.`fid`" and state["orderByAsc"] is True  # FID: lower is better
+    assert state["selectedColumns"] == ["metrics.`fid`", "metrics.`is_mean`", "params.`sample.eta`"]
+    assert state["columnWidths"]["attributes.`Run Name`"] >= 7 * 27  # room for the longest name

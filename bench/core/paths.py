@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,31 @@ def cache_dir() -> Path:
     root = Path(os.environ.get("BENCH_CACHE_DIR", ".bench_cache")).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root
+
+
+BUILD_COUNTS: dict[str, int] = {}  # artefact name -> builds by this process (tests count them)
+
+
+@contextmanager
+def build_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on ``.<name>.lock`` beside ``path`` while building what ``path`` holds.
+
+    Workers on one fresh cache (a local pool, Ray or Slurm on a shared folder) then build a shared
+    artefact once: the first takes the lock and builds; the others wait, then find the file. Callers
+    check for the file again once they hold the lock. An OS file lock (``filelock``: ``fcntl`` on
+    POSIX) is released by the kernel when its holder dies, so a killed builder blocks no one.
+    """
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.parent / f".{path.name}.lock")):
+        yield
+
+
+def built(name: str) -> None:
+    """Count one build of the artefact ``name`` in this process (see :data:`BUILD_COUNTS`)."""
+    BUILD_COUNTS[name] = BUILD_COUNTS.get(name, 0) + 1
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -8,6 +8,7 @@ answered with "did you mean ...?" plus every available choice. Standard library 
 from __future__ import annotations
 
 import difflib
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Generic, TypeVar
 
@@ -37,6 +38,7 @@ class Registry(Generic[T]):
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._origin: dict[str, str | None] = {}
 
     def register(self, name: str, obj: T | None = None, **metadata: Any) -> Any:
         """Register ``obj`` under ``name``; without ``obj`` it returns a decorator.
@@ -56,6 +58,7 @@ class Registry(Generic[T]):
                 )
             self._entries[name] = entry
             self._meta[name] = dict(metadata)
+            self._origin[name] = _importing_module()
             return entry
 
         if obj is not None:
@@ -66,6 +69,7 @@ class Registry(Generic[T]):
         self._check(name)
         del self._entries[name]
         del self._meta[name]
+        self._origin.pop(name, None)
 
     def get(self, name: str) -> T:
         self._check(name)
@@ -76,6 +80,12 @@ class Registry(Generic[T]):
     def meta(self, name: str) -> dict[str, Any]:
         self._check(name)
         return dict(self._meta[name])
+
+    def origin(self, name: str) -> str | None:
+        """The module whose import registered ``name`` (``bench.metrics.defs.fid``): the entry's own
+        file, where its name may be written (``tests/test_architecture.py`` checks nowhere else)."""
+        self._check(name)
+        return self._origin.get(name)
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -110,6 +120,15 @@ class Registry(Generic[T]):
         hint = did_you_mean(name, choices, cutoff=0.5)
         loc = f" at {where}" if where else ""
         return f"unknown {self.kind} {name!r}{loc}.{hint} Available: {', '.join(choices) or '(none)'}."
+
+
+def _importing_module() -> str | None:
+    """The module whose top-level code is running (the innermost ``<module>`` frame): the one
+    registering, through however many helpers (``register_metric``, a decorator)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_code.co_name != "<module>":
+        frame = frame.f_back
+    return frame.f_globals.get("__name__") if frame is not None else None
 
 
 def lookup(registry: Registry[Callable[..., Any]], name: str, where: str = "") -> Any:

@@ -57,7 +57,7 @@ class _Spec:
                 self.__dict__[name] = float(value) + 0.0  # frozen: write the instance dict directly
         if isinstance(self.__dict__.get("metrics"), list):
             self.__dict__["metrics"] = tuple(self.__dict__["metrics"])
-        for name in ("options", "guidance_options", "guide", "feature_weights"):
+        for name in ("options", "guidance_options", "guide", "feature_weights", "t_sampling_options"):
             if isinstance(self.__dict__.get(name), dict):
                 self.__dict__[name] = Options.of(self.__dict__[name])
 
@@ -113,6 +113,8 @@ class DiffusionSpec(_Spec):
     variance: str = "fixed_small"  # registry bench.diffusion.VARIANCES
     loss: str = "simple"  # registry bench.diffusion.LOSSES
     hybrid_weight: float = 0.001
+    process: str = field(default="vp", metadata=OMIT_DEFAULT)  # registry bench.diffusion.PROCESSES
+    shift: float = field(default=1.0, metadata=OMIT_DEFAULT)  # SD3's time shift of a continuous process
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,10 @@ class TrainSpec(_Spec):
     precision: str = "no"  # no | bf16 | fp16 (autocast; GPU only)
     checkpoint_every: int = 500
     log_every: int = 25
+    t_sampling: str = field(default="uniform", metadata=OMIT_DEFAULT)  # registry bench.diffusion.TIME_SAMPLING:
+    # the density of the training time t (SD3's logit-normal, mode, cosmap; EDM's log-normal)
+    t_sampling_options: Options = field(default=Options(), metadata=OMIT_DEFAULT)  # the density's declared
+    # knobs ({loc: 0.0, scale: 1.0}) and its loss weighting ({weighting: edm})
 
 
 @dataclass(frozen=True)

@@ -44,21 +44,37 @@ class Digits:
 
 def digits_arrays() -> dict[str, np.ndarray]:
     """``images`` (uint8 [1797, 1, 8, 8]), ``labels`` (int64) and the sorted ``train`` / ``test``
-    indices, from the cache folder, or computed with scikit-learn and stored there."""
-    import io
+    indices, from the cache folder, or computed with scikit-learn and stored there (under a lock:
+    workers on a fresh cache compute them once, the others read the file)."""
     from importlib.metadata import version
 
-    from bench.core.paths import atomic_write_bytes, cache_dir
+    from bench.core.paths import build_lock, cache_dir
 
     path = cache_dir() / "data" / f"digits-sklearn-{version('scikit-learn')}.npz"
-    if path.is_file():
-        try:
-            with np.load(path) as f:
-                return {k: f[k] for k in ("images", "labels", "train", "test")}
-        except (OSError, ValueError, KeyError):  # cut or garbled: computed again below
-            pass
+    arrays = _read_digits(path)
+    if arrays is None:
+        with build_lock(path):
+            arrays = _read_digits(path) or _compute_digits(path)
+    return arrays
+
+
+def _read_digits(path: Path) -> dict[str, np.ndarray] | None:
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as f:
+            return {k: f[k] for k in ("images", "labels", "train", "test")}
+    except (OSError, ValueError, KeyError):  # cut or garbled: computed again
+        return None
+
+
+def _compute_digits(path: Path) -> dict[str, np.ndarray]:
+    import io
+
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
+
+    from bench.core.paths import atomic_write_bytes, built
 
     d = load_digits()
     images = np.rint(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
@@ -70,6 +86,7 @@ def digits_arrays() -> dict[str, np.ndarray]:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())
+    built("digits_arrays")
     return arrays
 
 

@@ -19,14 +19,17 @@ from bench.diffusion.objectives import (
 )
 from bench.diffusion.prediction import Prediction, is_conditional
 from bench.diffusion.processes import PROCESSES, Process
+from bench.diffusion.request import SampleRequest, check_request
 from bench.diffusion.samplers import SAMPLERS, Denoiser, Option, check_options
 from bench.diffusion.schedules import SCHEDULES, NoiseSchedule, make_schedule
 from bench.diffusion.spacing import SPACINGS, make_timesteps
+from bench.diffusion.timesampling import TIME_SAMPLING, TimeSampler, check_t_sampling
 
 __all__ = [
     "Diffusion", "Prediction", "Chain", "Denoiser", "NoiseSource", "NoiseSchedule",
     "make_schedule", "make_timesteps", "convert", "is_conditional",
     "Option", "check_options", "check_guidance", "register_guidance",
     "GUIDANCE", "SCHEDULES", "OBJECTIVES", "VARIANCES", "LOSSES", "SAMPLERS", "SPACINGS",
-    "PROCESSES", "Process", "RATE_OBJECTIVES", "ALL_OBJECTIVES", "Rates", "objective_names",
+    "PROCESSES", "Process", "SampleRequest", "check_request", "RATE_OBJECTIVES", "ALL_OBJECTIVES", "Rates",
+    "objective_names", "TIME_SAMPLING", "TimeSampler", "check_t_sampling",
 ]

@@ -95,7 +95,7 @@ def gather(values: torch.Tensor, i: torch.Tensor | int, like: torch.Tensor) -> t
     """
     if isinstance(i, int):
         return torch.tensor(float(values[i]), dtype=like.dtype)
-    out = on_device(values, like.device)[i].to(like.dtype)
+    out = on_device(values, like.device)[i.to(like.device)].to(like.dtype)
     return out.reshape(-1, *([1] * (like.ndim - 1)))
 
 

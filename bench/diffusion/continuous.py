@@ -90,7 +90,8 @@ class ProcessMath:
         if self.continuous:
             t = (self.t_sampler or p.sample_t)(b, generator, dev)
         else:  # vp with a rate objective: today's integer t
-            t = torch.randint(0, self.timesteps, (b,), generator=generator, device=gen_dev).to(dev)
+            t = (self.t_sampler(b, generator, dev) if self.t_sampler is not None
+                 else torch.randint(0, self.timesteps, (b,), generator=generator, device=gen_dev).to(dev))
         noise = torch.randn(x0.shape, generator=generator, device=gen_dev, dtype=x0.dtype).to(dev)
         if y is not None and p_uncond > 0.0:
             if not is_conditional(model):

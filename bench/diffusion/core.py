@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from bench.core.errors import BenchError
-from bench.diffusion.batching import GUIDANCE_BATCH, split_guided
+from bench.diffusion.batching import split_guided
 from bench.diffusion.chain import VARIANCES, Chain, gather
 from bench.diffusion.continuous import ProcessMath
 from bench.diffusion.guidance import GUIDANCE, Guided, always_active, check_guidance, guidance_weight
@@ -22,7 +22,8 @@ from bench.diffusion.noise import NoiseSource
 from bench.diffusion.objectives import Rates, check_objective, get_objective, objective_meta
 from bench.diffusion.prediction import Conditioning, Level, Model, Prediction, is_conditional, null_label
 from bench.diffusion.processes import PROCESSES, U_EDGE
-from bench.diffusion.samplers import SAMPLERS, Denoiser, check_options
+from bench.diffusion.request import SampleRequest, check_request
+from bench.diffusion.samplers import SAMPLERS, Denoiser
 from bench.diffusion.schedules import NoiseSchedule, make_schedule
 from bench.diffusion.spacing import make_levels, process_levels, sigma_to_t
 from bench.diffusion.vlb import VariationalBound
@@ -247,7 +248,8 @@ class Diffusion(ProcessMath, VariationalBound):
         b = x0.shape[0]
         dev = x0.device
         gen_dev = generator.device if generator is not None else dev
-        t = torch.randint(0, self.timesteps, (b,), generator=generator, device=gen_dev).to(dev)
+        t = (self.t_sampler(b, generator, dev) if self.t_sampler is not None  # train.t_sampling
+             else torch.randint(0, self.timesteps, (b,), generator=generator, device=gen_dev).to(dev))
         noise = torch.randn(x0.shape, generator=generator, device=gen_dev, dtype=x0.dtype).to(dev)
         if y is not None and p_uncond > 0.0:
             if not is_conditional(model):
@@ -256,56 +258,57 @@ class Diffusion(ProcessMath, VariationalBound):
             y = torch.where(drop, torch.full_like(y, null_label(model)), y)
         x_t = self.q_sample(x0, t, noise)
         pred, var_out = self._call(model, x_t, t, y)
-        return self.loss_fn(self, x0, x_t, t, noise, pred, var_out).mean()
+        loss = self.loss_fn(self, x0, x_t, t, noise, pred, var_out)
+        return (loss if self.weighting is None else loss * self.weighting(t)).mean()
 
     # --- sampling ---------------------------------------------------------------------------------
-    def sample(self, model: Model, shape: Sequence[int], sampler: str = "ddim", steps: int = 50,
-               eta: float = 0.0, spacing: str = "leading", guidance: float = 0.0,
+    def sample(self, model: Model, shape: Sequence[int], request: SampleRequest | str | None = None, *,
                y: torch.Tensor | None = None, generator: torch.Generator | None = None,
                x_T: torch.Tensor | None = None, seeds: Sequence[int] | None = None,
-               clip_denoised: bool = False, device: torch.device | str | None = None,
-               progress: bool = False, options: Mapping[str, Any] | None = None,
-               info: dict[str, Any] | None = None, guidance_channels: int | None = None,
-               rho: float = 7.0, guidance_method: str = "cfg",
-               guidance_options: Mapping[str, Any] | None = None, guide: Model | None = None,
-               guidance_batch: str = "auto") -> torch.Tensor:
+               device: torch.device | str | None = None, progress: bool = False,
+               info: dict[str, Any] | None = None, guide: Model | None = None, **settings: Any) -> torch.Tensor:
         """Draw images with a registered sampler. See DESIGN.md, 'Public contract of bench.diffusion'.
 
-        ``options`` are the sampler's declared knobs (``{"eta": 0.5}`` for ddim, ``{"s_churn": 1.0}``
-        for heun); ``eta`` is DDIM's shortcut for its option of that name. ``spacing`` is a timestep
-        spacing or a noise-level schedule (``karras`` with ``rho``), see :mod:`bench.diffusion.spacing`. ``info``,
-        when given, receives ``nfe`` (the Denoiser's counted network calls per image).
-        ``guidance_channels``: guide only the first N channels (diffusers' DiT pipeline guides 3 of the
-        4 latent channels; None, the CFG paper's formula, guides all). ``info``: ``nfe``,
-        ``guided_calls`` (how many of them ran cond + uncond as one 2B batch) and ``visited_steps``
-        (the distinct timesteps of the chain: fewer than ``steps`` where a spacing deduplicates).
-        ``guidance_method`` / ``guidance_options``: a method of :data:`bench.diffusion.GUIDANCE` and its
-        options (``guidance_method="cfg-interval", guidance_options={"sigma_lo": 0.28, "sigma_hi": 5.42}``);
-        ``guide``: autoguidance's guiding model (its calls are in ``nfe``, and in ``guide_calls``).
-        ``guidance_batch``: a guided call's two branches as one 2B call or two B calls (``auto``,
-        ``measure``, ``joint``, ``split``; :mod:`bench.diffusion.batching`); ``info["guidance_batch"]``
-        says which ran. The NFE is the same either way.
+        The settings are one :class:`~bench.diffusion.request.SampleRequest` (a study's sample
+        section, built once: ``SampleRequest.of(cfg.sample)``), or its fields as keywords
+        (``d.sample(model, shape, sampler="heun", steps=18, spacing="karras")``), or both (the
+        keywords replace the request's). They are: ``sampler``, ``steps``, ``eta`` (DDIM's shortcut
+        for its option of that name), ``spacing`` (a timestep spacing or a noise-level schedule,
+        ``karras`` with ``rho``; :mod:`bench.diffusion.spacing`), ``options`` (the sampler's declared
+        knobs: ``{"eta": 0.5}`` for ddim, ``{"s_churn": 1.0}`` for heun), ``guidance`` (w),
+        ``guidance_method`` / ``guidance_options`` (a method of :data:`bench.diffusion.GUIDANCE`,
+        e.g. ``guidance_method="cfg-interval", guidance_options={"sigma_lo": 0.28, "sigma_hi": 5.42}``),
+        ``guidance_channels`` (guide only the first N channels, as diffusers' DiT pipeline guides 3 of
+        4 latent channels; None guides all), ``guidance_batch`` (a guided call's two branches as one 2B
+        call or two B calls: ``auto``, ``measure``, ``joint``, ``split``; :mod:`bench.diffusion.batching`)
+        and ``clip_denoised``. :func:`~bench.diffusion.request.check_request` checks them (the same
+        function validates a study before any work).
+
+        Per call: ``y`` labels, ``generator`` or per-image ``seeds``, ``x_T``, ``device``, ``guide``
+        (autoguidance's guiding model; its calls are in ``nfe`` and in ``guide_calls``). ``info``,
+        when given, receives ``nfe`` (the Denoiser's counted network calls per image),
+        ``guided_calls`` (how many ran cond + uncond), ``visited_steps`` (the distinct levels of the
+        chain: fewer than ``steps`` where a spacing deduplicates) and ``guidance_batch`` (which ran;
+        the NFE is the same either way).
         """
-        fn = SAMPLERS.get(SAMPLERS.check(sampler, "sample.sampler"))
-        if not 0.0 <= float(eta) <= 1.0:
-            raise BenchError(f"sample.eta={eta} is outside [0, 1]: 0 is deterministic DDIM, 1 is DDPM-like")
-        given = dict(options or {})
-        if SAMPLERS.meta(sampler).get("eta_shortcut"):
-            given.setdefault("eta", float(eta))
-        kwargs = check_options(sampler, given)
+        if isinstance(request, str):  # d.sample(model, shape, "ddim", ...): the sampler's name
+            settings = {"sampler": request, **settings}
+            request = None
+        req = SampleRequest.from_settings(settings, request)
+        kwargs = check_request(req)
+        fn = SAMPLERS.get(req.sampler)
         shape = tuple(int(v) for v in shape)
         device = torch.device(device) if device is not None else (
             x_T.device if x_T is not None else _model_device(model))
-        guided_by_model = bool(GUIDANCE.meta(GUIDANCE.check(guidance_method, "sample.guidance_method")).get("guide"))
-        if guidance_batch not in GUIDANCE_BATCH:
-            raise BenchError(f"sample.guidance_batch = {guidance_batch!r} is not one of {', '.join(GUIDANCE_BATCH)}")
-        y = self._check_labels(model, y, shape[0], 0.0 if guided_by_model else guidance, device)
-        cond = self.conditioning(model, y, float(guidance), guidance_method, guidance_options, guide=guide,
-                                 clip_denoised=clip_denoised, guidance_channels=guidance_channels)
+        guided_by_model = bool(GUIDANCE.meta(req.guidance_method).get("guide"))
+        y = self._check_labels(model, y, shape[0], 0.0 if guided_by_model else req.guidance, device)
+        cond = self.conditioning(model, y, float(req.guidance), req.guidance_method, req.guidance_options,
+                                 guide=guide, clip_denoised=req.clip_denoised,
+                                 guidance_channels=req.guidance_channels)
         if self.continuous:
-            t, abar = process_levels(self.process, spacing, steps, rho, self.u_top)
+            t, abar = process_levels(self.process, req.spacing, req.steps, req.rho, self.u_top)
         else:
-            t, abar = make_levels(spacing, self.alphas_cumprod, steps, rho)
+            t, abar = make_levels(req.spacing, self.alphas_cumprod, req.steps, req.rho)
         if not self.continuous and t.is_floating_point() and getattr(model, "discrete_time", False):
             t = torch.from_numpy(sigma_to_t(((1 - abar) / abar).sqrt().numpy(), self.alphas_cumprod, quantize=True))
         chain = Chain.from_levels(t, abar)
@@ -315,7 +318,7 @@ class Diffusion(ProcessMath, VariationalBound):
             raise BenchError(f"x_T has shape {tuple(x.shape)} but shape={shape}")
         den = Denoiser(self, model, chain, cond, shape[0], device)
         with torch.no_grad():
-            den.cond = self._choose_batching(den, x, guidance_batch)
+            den.cond = self._choose_batching(den, x, req.guidance_batch)
             out = fn(den, x, noise, progress=progress, **kwargs)
         if info is not None:
             info.update(nfe=den.calls + den.guide_calls, guided_calls=den.guided_calls, visited_steps=len(chain))

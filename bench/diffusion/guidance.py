@@ -27,7 +27,8 @@ from bench.core.errors import BenchError
 from bench.core.registry import Registry, did_you_mean
 from bench.diffusion.samplers.registry import Option
 
-__all__ = ["GUIDANCE", "Guided", "WEIGHT_SCHEDULES", "register_guidance", "check_guidance", "guidance_weight"]
+__all__ = ["GUIDANCE", "Guided", "OptionOrder", "WEIGHT_SCHEDULES", "register_guidance", "check_guidance",
+           "guidance_weight", "guided_by_model"]
 
 GuidanceFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 GUIDANCE: Registry[GuidanceFn] = Registry("guidance method")
@@ -64,13 +65,47 @@ def always_active(sigma: float, options: Mapping[str, Any]) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class OptionOrder:
+    """A joint constraint of two options of one method: ``low`` <= ``high`` (cfg-interval's
+    sigma_lo <= sigma_hi). Checked on a run's options (:func:`check_guidance`) and on a search's
+    ranges (``bench.study.search_spec``: the ranges may not overlap, so no trial draws them reversed);
+    ``why`` ends the run-time message."""
+
+    low: str
+    high: str
+    why: str = ""
+
+    def check(self, options: Mapping[str, Any], where: str) -> None:
+        if options[self.low] > options[self.high]:
+            raise BenchError(f"{where}: {self.low} = {options[self.low]} is above {self.high} = "
+                             f"{options[self.high]}" + (f"; {self.why}" if self.why else ""))
+
+    def check_ranges(self, ranges: Mapping[str, tuple[float, float]], where: str, prefix: str = "") -> None:
+        """``ranges``: option -> (low, high) searched; both searched and overlapping is refused."""
+        lo, hi = ranges.get(self.low), ranges.get(self.high)
+        if lo is not None and hi is not None and lo[1] > hi[0]:
+            raise BenchError(f"{where}: {prefix}{self.low}'s range [{lo[0]}, {lo[1]}] overlaps {self.high}'s "
+                             f"[{hi[0]}, {hi[1]}], so a trial could draw {self.low} above {self.high}; make "
+                             f"{self.low}'s `high` at most {self.high}'s `low`")
+
+
 def register_guidance(name: str, *, options: tuple[Option, ...] = (), paper: str,
                       active: Callable[[float, Mapping[str, Any]], bool] = always_active,
+                      constraints: tuple[OptionOrder, ...] = (), guide: bool = False,
                       **meta: Any) -> Callable[[GuidanceFn], GuidanceFn]:
     """Decorator: a guidance method, its options (``schedule`` is added to every method), its paper,
-    and ``active(sigma, options)``: whether a call at that noise level needs the unconditional branch."""
+    ``active(sigma, options)``: whether a call at that noise level needs the unconditional branch,
+    ``constraints``: joint rules of its options, and ``guide``: whether its second branch is a
+    second, weaker model (``sample.guide``, a TRAIN node of the plan) instead of the unconditional one."""
     declared = {o.name: o for o in (*options, _SCHEDULE)}
-    return GUIDANCE.register(name, options=declared, paper=paper, active=active, **meta)
+    return GUIDANCE.register(name, options=declared, paper=paper, active=active, constraints=tuple(constraints),
+                             guide=guide, **meta)
+
+
+def guided_by_model(method: str) -> bool:
+    """Whether ``method`` takes a guide model (``guide=True``: autoguidance)."""
+    return bool(GUIDANCE.meta(method)["guide"])
 
 
 def check_guidance(method: str, options: Mapping[str, Any] | None,
@@ -83,9 +118,8 @@ def check_guidance(method: str, options: Mapping[str, Any] | None,
             raise BenchError(f"{where}.{name}: guidance method {method!r} has no option {name!r}."
                              f"{did_you_mean(name, declared)} Its options: {', '.join(declared)}.")
         out[name] = declared[name].check(value, f"{where}.{name}")
-    rule = GUIDANCE.meta(method).get("check")
-    if rule is not None:
-        rule(out, where)
+    for rule in GUIDANCE.meta(method)["constraints"]:
+        rule.check(out, where)
     return out
 
 
@@ -106,14 +140,10 @@ def _in_interval(sigma: float, options: Mapping[str, Any]) -> bool:
     return options["sigma_lo"] < sigma <= options["sigma_hi"]  # the paper's (sigma_lo, sigma_hi]
 
 
-def _check_interval(options: Mapping[str, Any], where: str) -> None:
-    if options["sigma_lo"] > options["sigma_hi"]:
-        raise BenchError(f"{where}: sigma_lo = {options['sigma_lo']} is above sigma_hi = {options['sigma_hi']}; "
-                         "the interval is [sigma_lo, sigma_hi] (EDM sigma = sqrt((1 - abar) / abar))")
-
-
 @register_guidance(
-    "cfg-interval", active=_in_interval, check=_check_interval,
+    "cfg-interval", active=_in_interval,
+    constraints=(OptionOrder("sigma_lo", "sigma_hi",
+                             "the interval is [sigma_lo, sigma_hi] (EDM sigma = sqrt((1 - abar) / abar))"),),
     paper="Kynkäänniemi et al. 2024, Applying Guidance in a Limited Interval Improves Sample and "
           "Distribution Quality in Diffusion Models (sigma in (sigma_lo, sigma_hi]; EDM2 ImageNet-512 uses (0.28, 5.42])",
     options=(Option("sigma_lo", float, 0.0, 0.0, None, "the interval's lower noise level (EDM sigma)"),
@@ -129,6 +159,7 @@ def cfg_interval(g: Guided, w: float, state: dict[str, Any], sigma_lo: float, si
 @register_guidance(
     "cfg++", paper="Chung et al. 2024, CFG++: Manifold-constrained Classifier Free Guidance, Alg. 1 (DDIM)",
     own_eps=True,  # its eps (the unconditional one) is not x0's: clipping x0 keeps it
+    weight_range=(0.0, 1.0),  # the paper's lambda (sample.guidance), checked by bench.rules.check_guidance_weight
 )
 def cfg_pp(g: Guided, w: float, state: dict[str, Any], **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's lambda is the study's w (its range [0, 1]; about 0.2-0.8 in the paper):

@@ -148,8 +148,7 @@ def make_levels(spacing: str, alphas_cumprod: torch.Tensor, steps: int, rho: flo
         t = make_timesteps(spacing, T, steps)
         return t, alphas_cumprod[t].double()
     _check_steps(steps, T)
-    if not rho > 0:
-        raise BenchError(f"sample.rho = {rho} must be > 0 (Karras et al. use 7)")
+    check_rho(rho)
     sig = trained_sigmas(alphas_cumprod)
     levels = np.asarray(SPACINGS.get(spacing)(float(sig[0]), float(sig[-1]), int(steps), float(rho)))[::-1].copy()
     if len(levels) != steps or (np.diff(levels) <= 0).any():
@@ -182,8 +181,7 @@ def process_levels(process, spacing: str, steps: int, rho: float = 7.0, u_top: f
         u = k * k if spacing == "quadratic" else k
         t = process.from_unit(torch.from_numpy(u * u_top)).double()
         return t, process.abar(t).double()
-    if not rho > 0:
-        raise BenchError(f"sample.rho = {rho} must be > 0 (Karras et al. use 7)")
+    check_rho(rho)
     lo, hi = process.ve_range()
     if u_top < 1.0:
         hi = min(hi, float(process.ve(process.from_unit(u_top))))
@@ -193,6 +191,12 @@ def process_levels(process, spacing: str, steps: int, rho: float = 7.0, u_top: f
                          "distinct increasing ones")
     t = process.t_of_ve(torch.from_numpy(levels)).double()
     return t, torch.from_numpy(1.0 / (1.0 + levels**2))
+
+
+def check_rho(rho: float, where: str = "sample.rho") -> None:
+    """The karras schedule's rho (EDM eq. 5) is a finite number > 0; study validation calls this too."""
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0 < rho < float("inf"):
+        raise BenchError(f"{where} = {rho!r} must be a finite number > 0 (Karras et al. use 7). Fix the value")
 
 
 def level_count(spacing: str, T: int, steps: int) -> int:

@@ -25,10 +25,11 @@ class VariationalBound:
         chain = self.full_chain
         a, s = self.coefs(t, x_t)
         _, x0_hat = self.objective.to_eps_x0(pred, x_t, a, s,
-                                             self.rates(t.cpu().double(), x_t) if self._needs_rates else None)
-        model_mean, model_logvar = self.p_mean_logvar(chain, t.cpu(), x_t, Prediction(pred, x0_hat, var_out))
-        true_mean = gather(chain.coef_x0, t.cpu(), x_t) * x0 + gather(chain.coef_xt, t.cpu(), x_t) * x_t
-        true_logvar = gather(chain.posterior_log_variance, t.cpu(), x_t)
+                                             self.rates(t.double(), x_t) if self._needs_rates else None)
+        # gather reads device copies of the chain's tables: no host sync in a GPU training step (hybrid, vlb)
+        model_mean, model_logvar = self.p_mean_logvar(chain, t, x_t, Prediction(pred, x0_hat, var_out))
+        true_mean = gather(chain.coef_x0, t, x_t) * x0 + gather(chain.coef_xt, t, x_t) * x_t
+        true_logvar = gather(chain.posterior_log_variance, t, x_t)
         kl = normal_kl(true_mean, true_logvar, model_mean, model_logvar).flatten(1).mean(1)
         nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar).flatten(1).mean(1)
         return torch.where(t == 0, nll, kl) / math.log(2.0)

@@ -191,9 +191,14 @@ class LocalPool:
         return [w["proc"].pid for w in self.workers]
 
     def close(self) -> None:
+        """Idle workers exit; busy ones (the driver is stopping mid-job) are terminated at once:
+        their runs are marked KILLED and redone from their checkpoints."""
         for w in self.workers:
             if w["proc"].is_alive():
-                w["tasks"].put(None)
+                if w["job"] is None:
+                    w["tasks"].put(None)
+                else:
+                    w["proc"].terminate()
         for w in self.workers:
             w["proc"].join(timeout=5)
             if w["proc"].is_alive():
@@ -217,6 +222,9 @@ class Where:
 
 
 def _entry(where: Where, *args: Any) -> None:
+    from bench.execute.stop import ignore_interrupts
+
+    ignore_interrupts()  # Ctrl-C reaches the whole process group: the driver stops its workers
     where.enter()
     from bench.execute.worker import worker_main
 
@@ -227,4 +235,5 @@ def _make_local(devices: str, progress: bool) -> LocalPool:
     return LocalPool(parse_devices(devices), progress=progress)
 
 
-EXECUTORS.register("local", _make_local, options=(), help="one worker process per device on this machine")
+EXECUTORS.register("local", _make_local, options=(), help="one worker process per device on this machine",
+                   devices=parse_devices, warm=start_fork_server)  # the driver checks and warms these devices

@@ -28,7 +28,7 @@ from typing import Any
 
 from bench.core.errors import BenchError
 from bench.core.network import connect_timeout
-from bench.execute.registry import EXECUTORS, pool_options
+from bench.execute.registry import Flag, pool_options, register_executor
 from bench.execute.remote import check_shared_dir, require
 from bench.execute.scheduler import Outcome
 from bench.plan import Job
@@ -214,5 +214,13 @@ def _make_ray(devices: str, progress: bool, **options: Any) -> RayPool:
     return RayPool(devices=devices, **options)
 
 
-EXECUTORS.register("ray", _make_ray, options=pool_options(RayPool, ("devices",)),
-                   help="Ray tasks on a local or remote cluster")
+register_executor(
+    "ray", _make_ray, options=pool_options(RayPool, ("devices",)), package="ray", extra="ray",
+    flags=(Flag("address", str, "Ray cluster address (auto or HOST:PORT)"),
+           Flag("max_retries", int, "Ray: times a task whose worker died is retried by Ray (default 2)"),
+           Flag("cpus_per_job", float, "Ray: CPUs a job reserves (default 1)"),
+           Flag("slots", int, "Ray: jobs running at once (default: the cluster's GPUs, else CPUs / cpus per job)"),
+           Flag("connect_timeout", float, "Ray: seconds to wait for --address to answer "
+                                          "(default $BENCH_CONNECT_TIMEOUT)")),
+    test_env={"RAY_TMPDIR": "/tmp"},  # a short socket path: Ray's default under $TMPDIR can be too long
+    help="Ray tasks on a local or remote cluster")

@@ -18,12 +18,13 @@ from typing import Any
 
 from bench.core.errors import BenchError
 
-EXTRAS = {"ray": "ray", "submitit": "slurm"}  # module -> pip extra of diffusion-ablation-bench
-
 
 def require(module: str, executor: str) -> ModuleType:
-    """Import an optional dependency, or raise one BenchError naming the extra that installs it."""
-    extra = EXTRAS.get(module, module)
+    """Import an optional dependency, or raise one BenchError naming the extra that installs it (as
+    the executor that needs it declares: ``register_executor(..., package=, extra=)``)."""
+    from bench.execute.registry import extra_of
+
+    extra = extra_of(module)
     try:
         return importlib.import_module(module)
     except ImportError as e:

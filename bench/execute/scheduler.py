@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import bench.execute.stop as stop
 from bench.plan import KINDS, Frontier, Job, Plan
 
 
@@ -128,12 +129,18 @@ def run_plan(plan: Plan, pool: Pool, tracker: Any, done: set[str], retries: int 
     bar = tqdm(total=len(frontier.pending), desc="grid", unit="job", disable=not progress)
     try:
         while True:
+            stop.check()  # a SIGINT/SIGTERM seen by the CLI's handler: stop between writes
             while len(frontier.running) < pool.slots and (job := frontier.take()) is not None:
                 record.start(job)
                 pool.submit(job)
             if not frontier.running:
                 break
-            for out in pool.wait(timeout=1.0):
+            outcomes = pool.wait(timeout=1.0)
+            if stop.requested():  # keep what finished; a worker the same signal killed is no crash
+                for out in (o for o in outcomes if o.result is not None):
+                    record.finished(out.key, out.result)
+                stop.check()
+            for out in outcomes:
                 if out.result is None and out.crashed is not None and tries.again(out.key):
                     record.retried(out.key, tries.tries(out.key))
                     pool.submit(plan[out.key])  # resumes from its checkpoint
@@ -148,7 +155,10 @@ def run_plan(plan: Plan, pool: Pool, tracker: Any, done: set[str], retries: int 
                     bar.update(len(dropped))
                 bar.update(1)
     except BaseException as e:
+        cut = len(record.runs)
         record.killed(f"driver stopped: {type(e).__name__}")
+        if isinstance(e, stop.Stopped):
+            e.counts.update(finished=len(summary.finished), cut=cut, left=len(frontier.pending))
         raise
     finally:
         bar.close()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.core.errors import BenchError
-from bench.execute.registry import EXECUTORS, pool_options
+from bench.execute.registry import Flag, pool_options, register_executor
 from bench.execute.remote import check_shared_dir, require
 from bench.execute.scheduler import Outcome
 from bench.plan import Job
@@ -168,5 +168,10 @@ def _make_slurm(devices: str, progress: bool, **options: Any) -> SlurmPool:
     return SlurmPool(**options)
 
 
-EXECUTORS.register("slurm", _make_slurm, options=pool_options(SlurmPool),
-                   help="Slurm jobs through submitit (executor='local' runs them as local processes)")
+register_executor(
+    "slurm", _make_slurm, options=pool_options(SlurmPool), package="submitit", extra="slurm",
+    flags=(Flag("partition", str, "Slurm partition"), Flag("gpus_per_node", int, "Slurm GPUs per node"),
+           Flag("time_limit", int, "Slurm time limit in minutes"),
+           Flag("array_parallelism", int, "Slurm jobs running at once")),
+    test_options={"executor": "local", "time_limit": 30},  # submitit's local executor: no cluster needed
+    help="Slurm jobs through submitit (executor='local' runs them as local processes)")

@@ -55,6 +55,9 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
     autocast = torch.autocast(torch.device(device).type, dtype=torch.bfloat16,
                               enabled=sampling_precision(cfg, device) == "bf16")
     net = compiled(model) if s.compile else model
+    from bench.diffusion import SampleRequest
+
+    request = SampleRequest.of(s, clip_denoised=s.clip_denoised and codec is None)  # every setting, once
     out, calls = [], {}
     _sync(device)
     t0 = time.perf_counter()
@@ -62,13 +65,8 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
         hi = min(n, lo + bs)
         y = labels[lo:hi].to(device) if labels is not None else None
         with autocast:
-            x = diffusion.sample(net, (hi - lo, *shape), sampler=s.sampler, steps=s.steps, eta=s.eta,
-                                 spacing=s.spacing, guidance=s.guidance, y=y, seeds=seeds[lo:hi],
-                                 clip_denoised=s.clip_denoised and codec is None, device=device,
-                                 options=s.options.as_dict(), info=calls, guidance_channels=s.guidance_channels,
-                                 rho=s.rho, guidance_method=s.guidance_method,
-                                 guidance_options=s.guidance_options.as_dict(), guide=guide,
-                                 guidance_batch=s.guidance_batch)
+            x = diffusion.sample(net, (hi - lo, *shape), request, y=y, seeds=seeds[lo:hi], device=device,
+                                 info=calls, guide=guide)
             if codec is not None:
                 x = codec.decode(x.float())
         out.append(x.float().cpu())

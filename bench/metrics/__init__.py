@@ -43,6 +43,7 @@ from bench.metrics.registry import (
     metric_outputs,
     register_metric,
     register_output,
+    value_key,
 )
 from bench.metrics.validate import validate_eval
 
@@ -81,4 +82,5 @@ __all__ = [
     "resolve_name",
     "save_random_inception_weights",
     "validate_eval",
+    "value_key",
 ]

@@ -23,7 +23,7 @@ from torch import nn
 
 from bench.core.config import DataSpec
 from bench.core.errors import BenchError
-from bench.core.paths import atomic_torch_save, cache_dir
+from bench.core.paths import atomic_torch_save, build_lock, built, cache_dir
 
 ARCH_VERSION = 1  # bump when DomainNet or its training changes: old checkpoints are not reused
 FEATURE_DIM = 64
@@ -99,8 +99,11 @@ def get_classifier(
     """
     path = checkpoint_path(dataset, image_size, seed, data)
     if not path.exists():
-        ckpt = train_classifier(dataset, image_size, seed, data, progress=progress)
-        atomic_torch_save(ckpt, path)
+        with build_lock(path):  # concurrent workers on a fresh cache train it once
+            if not path.exists():
+                ckpt = train_classifier(dataset, image_size, seed, data, progress=progress)
+                atomic_torch_save(ckpt, path)
+                built("domain_classifier")
     if check:
         ckpt = load_checkpoint(path)
         need = MIN_ACCURACY.get(dataset)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from bench.core.paths import atomic_torch_save, cache_dir
+from bench.core.paths import atomic_torch_save, build_lock, built, cache_dir
 
 # Generated images whose features were read from the store instead of extracted, and extracted,
 # in this process (tests and the rescore summary read them).
@@ -154,10 +154,15 @@ class FeatureExtractors:
         return feats
 
     def reference(self, ext: Any, images: torch.Tensor, tag: str, layers: list[str]) -> dict[str, torch.Tensor]:
-        """Features of the reference images, through torch-fidelity's cache."""
+        """Features of the reference images, through torch-fidelity's cache (built under a lock, so
+        workers on a fresh cache extract them once; torch-fidelity writes its cache file atomically)."""
         from torch_fidelity.utils import extract_featuresdict_from_input_id_cached
 
-        return extract_featuresdict_from_input_id_cached(
-            2, self.module(ext, layers), input2=UInt8Images(images), input2_cache_name=reference_cache_name(tag, ext),
-            cache=True, cache_root=str(reference_cache_root()), batch_size=self.batch_size, cuda=self.cuda,
-            save_cpu_ram=True, verbose=False)
+        paths = [reference_features_path(tag, ext, la) for la in layers]
+        with build_lock(reference_cache_root() / reference_cache_name(tag, ext)):
+            if not all(p.exists() for p in paths):
+                built("reference_features")
+            return extract_featuresdict_from_input_id_cached(
+                2, self.module(ext, layers), input2=UInt8Images(images),
+                input2_cache_name=reference_cache_name(tag, ext), cache=True, cache_root=str(reference_cache_root()),
+                batch_size=self.batch_size, cuda=self.cuda, save_cpu_ram=True, verbose=False)

@@ -272,38 +272,25 @@ def _check_metric_names(metrics: Sequence[str], who: str, labels: torch.Tensor |
 
 def _check_counts(wanted: list[str], ext: Extractor, images: torch.Tensor, ref: torch.Tensor | None, who: str,
                   proto: dict[str, Any], kid_subset_size: int, isc_splits: int) -> None:
+    """Each metric's declared floor (``min_samples`` of the feature dimension) on each side it reads,
+    its settings' checks, and the protocol tags it declares for these counts."""
     n, m = len(images), (len(ref) if ref is not None else None)
-    if "fid" in wanted:
-        need = ext.feature_dim + 1
-        for count, what in ((n, "generated images"), (m, "reference images")):
+    settings = {"kid_subset_size": kid_subset_size, "isc_splits": isc_splits}
+    for name in wanted:
+        metric = METRICS.get(name)
+        for s in metric.settings:
+            if s.key in settings:
+                s.check(settings[s.key], f"{who}: {s.key}")
+        need = metric.min_samples(ext.feature_dim)
+        why = f" ({metric.min_samples_why.format(dim=ext.feature_dim)})" if metric.min_samples_why else ""
+        hint = f" or use {metric.few_samples_hint}, which works with few samples" if metric.few_samples_hint else ""
+        sides = ((n, "generated images"), (m, "reference images")) if metric.needs_reference else ((n, "generated images"),)
+        for count, what in sides:
             if count is not None and count < need:
-                raise BenchError(
-                    f"{who}: FID with extractor {ext.name!r} needs at least {need} {what} (feature dimension "
-                    f"{ext.feature_dim} + 1, for a nonsingular covariance), got {count}; raise eval.num_samples "
-                    "or use KID, which works with few samples")
-        if min(n, m or n) < FID_UNBIASED_SAMPLES:
-            # no run name in the text: Python then shows it once per process, not once per run
-            warnings.warn(f"FID from {min(n, m or n)} samples (< {FID_UNBIASED_SAMPLES}) is biased upwards "
-                          "by the sample count; compare only numbers with equal counts", FIDSampleSizeWarning,
-                          stacklevel=3)
-    if "kid" in wanted:
-        proto["kid_subset_size"] = min(kid_subset_size, n, m or n)
-        proto["kid_subsets"] = KID_SUBSETS
-        if proto["kid_subset_size"] < 2:
-            raise BenchError(f"{who}: KID needs at least 2 images on each side, got {n} and {m}")
-    if "is" in wanted:
-        proto["isc_splits"] = min(isc_splits, n)
-        if n < 2:
-            raise BenchError(f"{who}: IS needs at least 2 images, got {n}")
-    for name in wanted:  # every other metric's own floor (density / coverage: k + 1 neighbours, cmmd: 2)
-        if name not in ("fid", "kid", "is") and METRICS.get(name).needs_reference:
-            need = METRICS.get(name).min_samples(ext.feature_dim)
-            if min(n, m or n) < need:
-                raise BenchError(f"{who}: {name} needs at least {need} images on each side, got {n} and {m}")
-    if {"precision", "recall"} & set(wanted):
-        proto["prc_neighborhood"] = PRC_NEIGHBORHOOD
-        if min(n, m or n) <= PRC_NEIGHBORHOOD:
-            raise BenchError(f"{who}: precision/recall need more than {PRC_NEIGHBORHOOD} images on each side")
+                raise BenchError(f"{who}: {metric.outputs[0].label} with extractor {ext.name!r} needs at least "
+                                 f"{need} {what}{why}, got {count}; raise eval.num_samples{hint}")
+        if metric.protocol is not None:
+            proto.update(metric.protocol(n, m, settings))
 
 
 def _reference(reference: Any, size: int, data: DataSpec | None, who: str) -> tuple[torch.Tensor, str, str]:

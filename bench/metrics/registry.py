@@ -31,13 +31,30 @@ class Output:
 
 
 @dataclass(frozen=True)
+class Setting:
+    """An ``eval.<key>`` field a metric owns (``kid_subset_size``, ``fid_backend``): ``check(value,
+    where)`` raises one BenchError for a value that cannot work. Study validation checks every
+    registered metric's settings (they are fields of the section, requested or not);
+    ``compute_metrics`` checks those of the metrics it computes."""
+
+    key: str
+    check: Callable[[Any, str], None]
+
+
+@dataclass(frozen=True)
 class MetricDef:
     """A requestable metric.
 
     ``compute(ctx) -> {output key: value}``: ``ctx`` is a :class:`bench.metrics.fidelity.ImageContext`
     (images, reference, extractor: what ``compute_metrics`` holds) or, for ``needs_model`` metrics,
     the eval job's model context (model, diffusion, test images). ``min_samples(feature_dim)``:
-    the fewest generated (and reference) images the metric is defined for.
+    the fewest generated (and, with ``needs_reference``, reference) images the metric is defined
+    for; ``min_samples_why`` says why (``{dim}``: the feature dimension), ``few_samples_hint`` what
+    else to use. ``settings``: the ``eval.*`` fields it owns, with their checks; ``check(eval_spec,
+    data_spec, where)``: its own study-time check when requested (after the shared ones);
+    ``protocol(n, m, settings)``: the protocol tags it adds for n generated and m reference images
+    under ``settings`` (``{"kid_subset_size": 1000, "isc_splits": 10}``), warnings included.
+    ``needs_classifier``: it asks the dataset's own domain classifier (trained by the bench).
     """
 
     name: str
@@ -50,6 +67,12 @@ class MetricDef:
     needs_space: str | None = None  # "pixel" | "latent": only models in that space (None: any)
     torch_fidelity_flag: str | None = None  # calculate_metrics(<flag>=True), shared by one call
     min_samples: Callable[[int], int] = field(default=lambda dim: 1)
+    min_samples_why: str = ""
+    few_samples_hint: str = ""
+    needs_classifier: bool = False
+    settings: tuple[Setting, ...] = ()
+    check: Callable[[Any, Any, str], None] | None = None
+    protocol: Callable[[int, int | None, dict[str, Any]], dict[str, Any]] | None = None
     cite: str = ""
     feature_space: str | None = None  # "dinov2" | "clip": its own extractor (eval.dinov2_model / clip_model)
     # (gen features, ref features, ctx) -> {first output: value}: a metric of two feature sets, which
@@ -63,6 +86,11 @@ class MetricDef:
     def kind(self) -> str:
         """``likelihood`` (needs the model), ``labels`` (needs labels) or ``fidelity``."""
         return "likelihood" if self.needs_model else "labels" if self.needs_labels else "fidelity"
+
+    @property
+    def value_key(self) -> str:
+        """The output a table's ``values: <name>`` means: the first (``is`` -> ``is_mean``)."""
+        return self.outputs[0].key
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -109,6 +137,12 @@ def in_feature_space(name: str) -> Callable[[Any], dict[str, float]]:
         return metric.on_features(gen[ext.feature_layer], ref[ext.feature_layer], ctx)
 
     return compute
+
+
+def value_key(name: str) -> str:
+    """The output a table's ``values: <name>`` shows: a metric's first output (``is`` -> ``is_mean``);
+    output keys and unknown names are returned unchanged."""
+    return METRICS.get(name).value_key if name in METRICS else name
 
 
 def higher_is_better(key: str) -> bool | None:

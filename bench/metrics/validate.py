@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from bench.core.config import DataSpec, EvalSpec
 from bench.core.errors import BenchError
@@ -15,70 +16,77 @@ from bench.metrics.extractors import (
     local_inception_weights,
     resolve_name,
 )
-from bench.metrics.registry import METRICS
+from bench.metrics.registry import METRICS, MetricDef
 
 
 def validate_eval(eval_spec: EvalSpec, data_spec: DataSpec, where: str = "eval") -> None:
     """Raise one BenchError for an ``eval`` section that cannot work, before any work starts.
 
-    Checks metric names, the extractor (name, dataset, channels, data available), the FID
-    backend, sample counts against the feature dimension for FID (generated and reference), the
-    reference split, the Inception weights offline, and ``nll_samples`` when ``nll`` is asked for.
+    Checks metric names, every metric's settings (``fid_backend``, ``kid_subset_size``), the
+    extractor (name, dataset, channels, data available), sample counts against each metric's
+    declared ``min_samples`` of the feature dimension (generated, and reference for metrics that
+    read one), the reference split, the Inception weights offline, what metrics need (test images,
+    labels, a domain classifier, feature spaces), then each requested metric's own ``check``.
     """
     from bench.data import check_available, dataset_info
-    from bench.metrics.fidelity import FID_BACKENDS
 
     metrics = tuple(eval_spec.metrics or ())
     if not metrics:
         raise BenchError(f"{where}.metrics: name at least one metric ({', '.join(METRICS.names())})")
-    for m in metrics:
-        METRICS.check(m, f"{where}.metrics")
-    FID_BACKENDS.check(eval_spec.fid_backend, f"{where}.fid_backend")
+    defs = [METRICS.get(METRICS.check(m, f"{where}.metrics")) for m in metrics]
+    for _, metric in METRICS.items():  # settings are fields of the section: checked requested or not
+        for s in metric.settings:
+            s.check(getattr(eval_spec, s.key), f"{where}.{s.key}")
     base, arg = resolve_name(eval_spec.extractor, f"{where}.extractor")
     data = dataset_info(data_spec.dataset, "data.dataset")
     feature_dim = int(extractor_meta(eval_spec.extractor)["feature_dim"])
-    fidelity = [m for m in metrics if METRICS.get(m).kind == "fidelity"]
+    fidelity = [m for m in defs if m.kind == "fidelity"]
     if fidelity and eval_spec.num_samples < 2:
         raise BenchError(f"{where}.num_samples: need at least 2 samples, got {eval_spec.num_samples}")
-    for m in metrics:
-        need = METRICS.get(m).min_samples(feature_dim)
-        if m != "fid" and eval_spec.num_samples < need:
-            raise BenchError(f"{where}.num_samples: {m} needs at least {need} samples, got {eval_spec.num_samples}")
-    if any(METRICS.get(m).needs_reference for m in metrics):
+    if any(m.needs_reference for m in defs):
         if eval_spec.reference_split not in data.splits:
             raise BenchError(f"{where}.reference_split: dataset {data.name!r} has no split "
                              f"{eval_spec.reference_split!r}; its splits are {', '.join(data.splits)}")
         check_available(data_spec, "data")
-    if "fid" in metrics:
-        need = METRICS.get("fid").min_samples(feature_dim)
-        if eval_spec.num_samples < need:
-            raise BenchError(
-                f"{where}.num_samples: FID with extractor {eval_spec.extractor!r} needs at least {need} samples "
-                f"(feature dimension {feature_dim} + 1), got {eval_spec.num_samples}; raise it, or use kid")
-        ref_n = data.num_images(eval_spec.reference_split)
-        if ref_n is not None and ref_n < need:
-            raise BenchError(
-                f"{where}.extractor: FID with {eval_spec.extractor!r} needs at least {need} reference images, but "
-                f"{data.name}:{eval_spec.reference_split} has {ref_n}; use 'domain:{data.name}' "
-                f"({extractor_meta('domain:' + data.name)['feature_dim']}-d features) or kid")
-    if eval_spec.kid_subset_size < 2:
-        raise BenchError(f"{where}.kid_subset_size must be at least 2, got {eval_spec.kid_subset_size}")
-    for m in metrics:
-        if METRICS.get(m).needs_model and eval_spec.nll_samples <= 0:
-            raise BenchError(f"{where}.nll_samples: metric {m!r} needs test images, set it > 0 (e.g. 1000)")
-        if METRICS.get(m).needs_labels and not data.has_labels:
-            raise BenchError(f"{where}.metrics: {m} needs a labelled dataset; {data.name!r} has no labels")
+    for metric in defs:
+        _check_count(metric, eval_spec, data, feature_dim, where)
+    for metric in defs:
+        if metric.needs_model and eval_spec.nll_samples <= 0:
+            raise BenchError(f"{where}.nll_samples: metric {metric.name!r} needs test images, set it > 0 (e.g. 1000)")
+        if metric.needs_labels and not data.has_labels:
+            raise BenchError(f"{where}.metrics: {metric.name} needs a labelled dataset; {data.name!r} has no labels")
     if base == "inception" and fidelity:
         _check_inception(eval_spec, where)
-        if "fid" in metrics and eval_spec.fid_backend == "clean-fid":
-            from bench.metrics.clean_fid import check_inception
-
-            check_inception(f"{where}.fid_backend")
+    for metric in defs:
+        if metric.check is not None:
+            metric.check(eval_spec, data_spec, where)
     if arg is not None:
         _check_domain(arg, data_spec, where)
     _check_feature_spaces(eval_spec, metrics, base, where)
-    if "class_accuracy" in metrics and arg is None:
+    if any(m.needs_classifier for m in defs) and arg is None:
         _check_domain(data_spec.dataset, data_spec, where)
+
+
+def _check_count(metric: MetricDef, eval_spec: EvalSpec, data: Any, feature_dim: int, where: str) -> None:
+    """``metric``'s declared floor on the generated images and, when it reads a reference, on the
+    reference split; a domain extractor is suggested when its smaller features would do."""
+    need = metric.min_samples(feature_dim)
+    label, n = metric.outputs[0].label, eval_spec.num_samples
+    why = f" ({metric.min_samples_why.format(dim=feature_dim)})" if metric.min_samples_why else ""
+    hint = f", or use {metric.few_samples_hint}" if metric.few_samples_hint else ""
+    if n < need:
+        raise BenchError(f"{where}.num_samples: {label} with extractor {eval_spec.extractor!r} needs at least "
+                         f"{need} samples{why}, got {n}; raise it{hint}")
+    ref_n = data.num_images(eval_spec.reference_split) if metric.needs_reference else None
+    if ref_n is not None and ref_n < need:
+        domain = f"domain:{data.name}"
+        alt = metric.min_samples(int(extractor_meta(domain)["feature_dim"])) if data.has_labels else None
+        use = [f"{domain!r} ({extractor_meta(domain)['feature_dim']}-d features)"] if alt is not None and alt <= ref_n \
+            else []
+        use += [metric.few_samples_hint] if metric.few_samples_hint else []
+        raise BenchError(
+            f"{where}.extractor: {label} with {eval_spec.extractor!r} needs at least {need} reference images, but "
+            f"{data.name}:{eval_spec.reference_split} has {ref_n}" + (f"; use {' or '.join(use)}" if use else ""))
 
 
 def _check_inception(eval_spec: EvalSpec, where: str) -> None:

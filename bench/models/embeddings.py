@@ -38,9 +38,13 @@ class TimestepEmbedder(nn.Module):
         super().__init__()
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        # a continuous process's float time in [0, 1] (or EDM's c_noise) is embedded as t x scale, the
+        # range of the integer timesteps the embedding was written for (diffusers' flow schedulers
+        # pass t x 1000 the same way); 1 for integer timesteps (set by build_model's time_scale)
+        self.scale = 1.0
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.mlp(timestep_embedding(t, self.freq_dim))
+        return self.mlp(timestep_embedding(t if self.scale == 1.0 else t.float() * self.scale, self.freq_dim))
 
 
 class ClassEmbedder(nn.Module):

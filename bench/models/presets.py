@@ -102,6 +102,7 @@ def build_model(
     num_classes: int | None = None,
     learned_variance: bool = False,
     dropout: float | None = None,
+    time_scale: float = 1.0,
 ) -> nn.Module:
     """Build the preset ``backbone`` for ``in_channels`` x ``image_size``^2 images.
 
@@ -109,7 +110,8 @@ def build_model(
     timestep indices, ``y`` int64 [B] labels or None. With ``num_classes`` it has an int attribute
     ``num_classes`` and label ``num_classes`` is the null label (``y=None`` = all null); otherwise
     ``num_classes`` is None. Output [B, C, H, W], or [B, 2C, H, W] with ``learned_variance``.
-    ``dropout=None`` keeps the preset's.
+    ``dropout=None`` keeps the preset's. ``time_scale``: a continuous process's float time ``t`` is
+    embedded as ``t * time_scale`` (``Process.time_scale``: 1000 for t in [0, 1]; 1 for timestep indices).
     """
     validate_model(backbone, in_channels, image_size, where="build_model(backbone)")
     if num_classes is not None and (isinstance(num_classes, bool) or num_classes < 1):
@@ -118,4 +120,11 @@ def build_model(
     model.backbone = backbone
     model.image_size = image_size
     model.learned_variance = learned_variance
+    if time_scale != 1.0:
+        from bench.models.embeddings import TimestepEmbedder
+
+        for m in model.modules():
+            if isinstance(m, TimestepEmbedder):
+                m.scale = float(time_scale)
+    model.time_scale = float(time_scale)
     return model

@@ -194,7 +194,7 @@ def _resolve_folder(source: str, where: str) -> Path:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or _offline()
     if offline:
         raise BenchError(f"{where}: {source!r} is a hub id and this machine is offline; on a machine online run "
-                         f"`huggingface-cli download {source} --local-dir DIR`, copy DIR here and set "
+                         f"`hf download {source} --local-dir DIR` (huggingface_hub's CLI), copy DIR here and set "
                          "model.pretrained: DIR (with HF_HUB_OFFLINE=1 the hub is never asked)")
     from huggingface_hub import snapshot_download
 

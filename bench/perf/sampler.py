@@ -1,6 +1,8 @@
 """Sampler overhead: time of sampling / (counted NFE x one bare forward), and guided sampling's
 two ways (one 2B call, two B calls; ``sample.guidance_batch``) against each other and against the
-way ``measure`` picks on this device (bench.diffusion.batching; ``auto`` is always the joint call).
+way ``measure`` picks on this device (bench.diffusion.batching; ``auto`` is always the joint call);
+and a rectified-flow model (a float time in [0, 1], the pure-noise start) under Euler and
+DPM-Solver++, against bare forwards of it.
 
 Targets: overhead ratio <= 1.05 for every sampler; guided ``measure`` never slower than the faster way.
 """
@@ -29,6 +31,8 @@ class SmallConvNet(torch.nn.Module):
         self.yemb = torch.nn.Embedding(num_classes + 1, width)
 
     def forward(self, x, t, y=None):
+        if t.is_floating_point():  # a continuous process's time in [0, 1]: the table's row of t x 999
+            t = (t * 999).long()
         y = torch.full_like(t, self.num_classes) if y is None else y
         h = self.inp(x) + (self.temb(t) + self.yemb(y))[:, :, None, None]
         return self.out(self.mid(h))
@@ -66,10 +70,19 @@ def main(device: str = "cpu", batch: int = 64, steps: int = 20, size: int = 16) 
                 net(xx, tt, yy)
 
     nfe: dict[str, int] = {}
+    # fixed-step samplers: an adaptive one (dopri5) takes its own steps on this net's field, piecewise
+    # constant in t (an embedding table), so its calls measure the field, not the sampler's overhead
+    fixed = [s for s in SAMPLERS.names() if not SAMPLERS.meta(s).get("adaptive")]
     cases = {f"{s}, batch {batch}": (lambda s=s: d.sample(net, shape, sampler=s, steps=steps, eta=1.0, y=y,
                                                              generator=gen(), info=nfe.setdefault(s, {})))
-             for s in SAMPLERS.names()}
+             for s in fixed}
     cases["bare forward x steps"] = lambda: forwards(steps, x, t, y)
+    flow = Diffusion(process="rectified-flow", objective="velocity", shift=3.0)
+    flow_samplers = ("euler", "dpm-solver++")
+    for s in flow_samplers:
+        cases[f"rectified-flow {s}"] = (lambda s=s: flow.sample(net, shape, sampler=s, steps=steps, y=y, generator=gen(),
+                                                                info=nfe.setdefault(f"flow {s}", {})))
+    cases["bare forward x steps, float t"] = lambda: forwards(steps, x, torch.full((batch,), 0.5, device=device), y)
     cases["bare 2B forward x steps"] = lambda: forwards(steps, x2, t2, y2)
     for mode in ("joint", "split", "measure"):
         cases[f"guided ddim, {mode}"] = (lambda m=mode: d.sample(net, shape, sampler="ddim", steps=steps, guidance=2.0,
@@ -78,11 +91,16 @@ def main(device: str = "cpu", batch: int = 64, steps: int = 20, size: int = 16) 
                                                                 steps=steps, y=y, generator=gen())
     best = best_times(cases, device, rounds=ROUNDS)
     rows = []
-    for s in SAMPLERS.names():
+    for s in fixed:
         name = f"{s}, batch {batch}"
         bare = best["bare forward x steps"] * nfe[s]["nfe"] / steps  # Heun: 2 steps - 1 calls
         rows.append({"case": name, "nfe": nfe[s]["nfe"], "seconds": best[name], "bare forwards": bare,
                      "ratio": best[name] / bare, "target": "<= 1.05"})
+    for s in flow_samplers:
+        bare = best["bare forward x steps, float t"] * nfe[f"flow {s}"]["nfe"] / steps
+        rows.append({"case": f"rectified-flow {s} (shift 3), batch {batch}", "nfe": nfe[f"flow {s}"]["nfe"],
+                     "seconds": best[f"rectified-flow {s}"], "bare forwards": bare,
+                     "ratio": best[f"rectified-flow {s}"] / bare, "target": "<= 1.05"})
     joint, split, measured = (best[f"guided ddim, {m}"] for m in ("joint", "split", "measure"))
     picked = {}
     d.sample(net, shape, sampler="ddim", steps=1, guidance=2.0, y=y, generator=gen(), info=picked,

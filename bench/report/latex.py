@@ -26,13 +26,15 @@ def table_latex(table: Any, footnote: str = "") -> str:
 _TEX = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_", "{": "\\{",
         "}": "\\}", "~": "\\textasciitilde{}", "^": "\\textasciicircum{}", "±": "$\\pm$", "↓": "$\\downarrow$",
         "↑": "$\\uparrow$", "—": "---", "×": "$\\times$", "σ": "$\\sigma$", "̂": "", "·": "$\\cdot$",
-        "≥": "$\\geq$", "≤": "$\\leq$", "→": "$\\to$", "†": "$^\\dagger$"}  # fmt: skip
+        "≥": "$\\geq$", "≤": "$\\leq$", "→": "$\\to$", "†": "$^\\dagger$", "≡": "$\\equiv$", "η": "$\\eta$",
+        "β": "$\\beta$", "−": "$-$"}  # fmt: skip
 
 
 def tex(text: Any) -> str:
     """``text`` safe in LaTeX text mode (special characters escaped, the report's symbols as math)."""
-    out = str(text)
-    return "".join(_TEX.get(ch, ch if ord(ch) < 128 else "?") for ch in out)
+    out = str(text).replace("β̃", "\x00")  # beta-tilde, a letter and a combining mark: one symbol
+    return "".join(_TEX.get(ch, ch if ord(ch) < 128 else "?") for ch in out).replace(
+        "\x00", "$\\tilde\\beta$")
 
 
 def _tex_index(index: pd.Index) -> pd.Index:

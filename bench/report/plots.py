@@ -19,12 +19,12 @@ from typing import Any
 import pandas as pd
 
 from bench.report.grids import PNG_MAGIC, sample_grids
+from bench.report.loss_plot import loss_caption, loss_facets, loss_frame, plot_loss
 from bench.report.pooling import figure_caption, show_every_axis
 from bench.report.runs import StudyRuns
 from bench.report.tables import _filter as filter_jobs
 from bench.report.tables import default_format, direction, metric_label
-from bench.study.report_specs import TRAIN_SECTIONS, PlotSpec, TableSpec
-from bench.tracking import metric_history
+from bench.study.report_specs import PlotSpec, TableSpec
 
 __all__ = ["Figure", "default_plots", "render_plot", "PNG_MAGIC"]
 
@@ -55,16 +55,18 @@ def render_plot(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], na
         fig.images, fig.notes = sample_grids(spec, data, order, names)
         return fig
     if spec.kind == "loss":
-        frame, rest = _loss_frame(spec, data), []
-        fig.caption = _loss_caption(spec, frame)
+        frame, rest = loss_frame(spec, data), []
+        spec = loss_facets(spec, frame)
+        fig.caption = loss_caption(spec, frame, names)
     else:
         frame = _eval_frame(spec, data)
         spec, rest, split = show_every_axis(spec, frame, names)
         fig.caption = figure_caption(spec, frame, names, split, rest)
+        fig.notes += coinciding(frame, spec, names) if spec.kind == "line" else []
     if frame.empty:
         fig.notes.append("Nothing to plot yet: no finished runs match this plot.")
         return fig
-    draw = {"line": _line, "tradeoff": _tradeoff, "heatmap": _heatmap, "bars": _bars, "loss": _loss}[spec.kind]
+    draw = {"line": _line, "tradeoff": _tradeoff, "heatmap": _heatmap, "bars": _bars, "loss": plot_loss}[spec.kind]
     if spec.kind == "heatmap":  # one colour scale for every facet and image
         cells = frame.groupby([spec.row, spec.x, *([spec.col] if spec.col else []), *rest])[spec.y].mean()
         draw = functools.partial(_heatmap, vrange=(float(cells.min()), float(cells.max())))
@@ -78,21 +80,33 @@ def render_plot(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], na
     return fig
 
 
+def coinciding(frame: pd.DataFrame, spec: PlotSpec, names: dict[str, str]) -> list[str]:
+    """Lines of one panel that lie on each other at every x (≡ rows of a table): one hides the other."""
+    from bench.report.captions import SAME
+
+    series, facets = [a for a in (spec.hue, spec.style) if a], [a for a in (spec.col, spec.row) if a]
+    if not series or not spec.x or spec.y not in frame:
+        return []
+    found: dict[str, None] = {}
+    panels = frame.groupby([frame[a].map(str) for a in facets]) if facets else [((), frame)]
+    for _, part in panels:
+        curves = {k if isinstance(k, tuple) else (k,): g.groupby(g[spec.x].map(str))[spec.y].mean()
+                  for k, g in part.groupby([part[a].map(str) for a in series])}  # fmt: skip
+        keys = list(curves)
+        for i, a in enumerate(keys):
+            for b in keys[i + 1:]:
+                ca, cb = curves[a], curves[b]
+                if len(ca) >= 2 and ca.index.equals(cb.index) and all(
+                        abs(u - v) <= SAME * max(abs(u), abs(v)) for u, v in zip(ca, cb)):
+                    name = [", ".join(f"{names.get(s, s)} = {v}" for s, v in zip(series, k)) for k in (a, b)]
+                    found[f"The lines {name[0]} and {name[1]} coincide at every {names.get(spec.x, spec.x)} "
+                          f"(to {SAME:g} relative): one hides the other (≡ in the tables)."] = None
+    return list(found)
+
+
 def _rank(axes: list[str], row: Any, order: dict[str, list[Any]]) -> tuple[int, ...]:
     ranks = {a: {str(v): i for i, v in enumerate(order.get(a, []))} for a in axes}
     return tuple(ranks[a].get(str(row[a]), 10**6) for a in axes)
-
-
-def _loss_caption(spec: PlotSpec, frame: pd.DataFrame) -> str:
-    if frame.empty:
-        return ""
-    return (f"One line per TRAIN run ({frame['run'].nunique()}), labelled by the training axes that differ "
-            "between them. Thin: train_loss as logged (the mean over each log_every window); thick: its "
-            f"exponential moving average over {_ema_span(spec)} logged points.")  # fmt: skip
-
-
-def _ema_span(spec: PlotSpec) -> int:
-    return int(spec.options.get("smooth", 5))
 
 
 def default_plots(tables: list[TableSpec], data: StudyRuns, axes: tuple[str, ...] | list[str]) -> list[PlotSpec]:
@@ -163,35 +177,6 @@ def _eval_frame(spec: PlotSpec, data: StudyRuns) -> pd.DataFrame:
     return jobs.dropna(subset=need).copy()
 
 
-def _loss_frame(spec: PlotSpec, data: StudyRuns) -> pd.DataFrame:
-    """``train_loss`` history of every TRAIN run of the study (one ``run`` each), with the axis values
-    of its config, its EMA and a ``_label`` naming the training axes that differ between the runs."""
-    train = data.runs_of_kind("train")
-    by_train_key = data.jobs.drop_duplicates("_train_key").set_index("_train_key")
-    by_train_key = filter_jobs(by_train_key, spec.where)
-    mine = by_train_key[by_train_key.index.isin(set(train.get("tags.bench.key", [])))]
-    differ = [a for a in mine.columns if not a.startswith("_") and (a == "seed" or a.split(".")[0] in TRAIN_SECTIONS)
-              and mine[a].map(repr).nunique() > 1]  # fmt: skip
-    parts = []
-    latest = {r.get("tags.bench.key"): r for r in train.to_dict("records")[::-1]}  # newest run per key
-    for key in mine.index:  # study order: the legend reads as the grid does
-        run = latest.get(key)
-        if run is None:
-            continue
-        history = metric_history(data.tracking_uri, run["run_id"], "train_loss")
-        if not history:
-            continue
-        part = pd.DataFrame(history, columns=["step", "train_loss"]).sort_values("step")
-        part["train_loss_ema"] = part["train_loss"].ewm(span=_ema_span(spec), adjust=True).mean()
-        config = mine.loc[key]
-        for axis in {*differ, *(a for a in (spec.hue, spec.style, spec.col) if a)}:
-            part[axis] = config[axis]
-        part["_label"] = ", ".join(f"{a.split('.')[-1]}={config[a]}" for a in differ) or "training"
-        part["run"] = run["run_id"]
-        parts.append(part)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-
-
 # --- drawing -----------------------------------------------------------------------------------
 
 
@@ -222,7 +207,7 @@ def _draw(spec: PlotSpec, frame: pd.DataFrame, order: dict[str, list[Any]], name
     with sns.axes_style("whitegrid"), sns.plotting_context("notebook", font_scale=0.9):
         fig = MplFigure(figsize=(_FACET_W * ncols, _FACET_H * nrows), dpi=_DPI, layout="constrained")
         FigureCanvasAgg(fig)
-        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=spec.kind not in ("heatmap",))
+        axes = fig.subplots(nrows, ncols, squeeze=False, sharey=spec.kind not in ("heatmap", "loss"))
         for i, (label, sub) in enumerate(facets):
             ax = axes[i // ncols][i % ncols]
             if sub.empty:
@@ -351,32 +336,3 @@ def _bars(ax: Any, sub: pd.DataFrame, spec: PlotSpec, order: dict[str, list[Any]
     ax.set_xlabel(names.get(spec.x, spec.x))
     ax.set_ylabel(metric_label(spec.y or ""))
     _legend_title(ax, spec, names)
-
-
-def _loss(ax: Any, sub: pd.DataFrame, spec: PlotSpec, order: dict[str, list[Any]], names: dict[str, str]) -> None:
-    """One line per TRAIN run: the logged value thin, its EMA thick, coloured by ``hue`` (else by run)."""
-    import seaborn as sns
-
-    hue = spec.hue or "_label"
-    colours = list(dict.fromkeys(sub[hue].map(str)))
-    palette = dict(zip(colours, sns.color_palette(n_colors=max(1, len(colours)))))
-    dashes = dict(zip(dict.fromkeys(sub[spec.style].map(str)), ("-", "--", ":", "-."))) if spec.style else {}
-    for _, part in sub.groupby("run", sort=False):
-        first = part.iloc[0]
-        colour = palette[str(first[hue])]
-        ax.plot(part["step"], part["train_loss"], color=colour, alpha=0.3, lw=0.8)
-        label = str(first[spec.hue]) if spec.hue and not spec.style else str(first["_label"])
-        ax.plot(part["step"], part["train_loss_ema"], color=colour, lw=1.8, label=label,
-                ls=dashes.get(str(first[spec.style]), "-") if spec.style else "-")  # fmt: skip
-    positive = sub["train_loss"][sub["train_loss"] > 0]
-    logy = spec.options.get("logy")
-    if logy is None:  # log when the loss falls by 10x or more
-        logy = len(positive) > 1 and positive.max() / positive.min() >= 10
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("training loss ↓" + (" (log scale)" if logy else ""))
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
-    if len(unique) > 1 or spec.hue:
-        ax.legend(unique.values(), unique.keys(), title=names.get(spec.hue, spec.hue) if spec.hue else None)

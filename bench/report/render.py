@@ -15,6 +15,7 @@ import pandas as pd
 
 from bench.core.paths import atomic_write_bytes
 from bench.metrics import OUTPUTS
+from bench.report.captions import common_formats
 from bench.report.plots import Figure, default_plots, render_plot
 from bench.report.runs import MISSING, StudyRuns, axis_order, collect_runs, short_names
 from bench.report.tables import Table, make_table
@@ -45,8 +46,11 @@ class _Report:
 
     def summary(self) -> str:
         counts = self.data.jobs["_status"].value_counts()
-        parts = [f"{int(n)} {s.lower()}" for s, n in counts.items()]
-        return f"{len(self.data.jobs)} expected evaluations: {', '.join(parts)}; {len(self.data.runs)} MLflow runs."
+        parts = [f"{int(n)} {'not run' if s == MISSING else s.lower()}" for s, n in counts.items()]
+        n = len(self.data.jobs)
+        search = " (the search's trials among them)" if self.study.search else ""
+        return (f"{n} grid evaluation{'' if n == 1 else 's'} expected: {', '.join(parts)}; "
+                f"{len(self.data.runs)} MLflow runs in the experiment{search}.")
 
     def failures(self) -> pd.DataFrame:
         jobs = self.data.jobs
@@ -56,6 +60,11 @@ class _Report:
         out = bad[[*axes, "_status", "_kind", "_reason", "_run_id"]].copy()
         out.columns = [*(names[a] for a in axes), "status", "job", "reason", "run"]
         return out.astype(str)
+
+    def badges(self) -> set[str]:
+        """The cell styles that occur in the tables (the legend shows only these)."""
+        found = {str(v) for t in self.tables for v in t.state.to_numpy().ravel()}
+        return found | ({"best"} if any(bool(t.best.to_numpy().any()) for t in self.tables) else set())
 
     def protocol(self) -> pd.DataFrame:
         p = self.data.protocol
@@ -113,6 +122,10 @@ def _gather(study: Study, tracking_uri: str | None, baselines_dir: str | Path | 
     )
     order, names = axis_order(study), short_names(list(study.axes))
     tables = [make_table(s, data, order, names, _baseline(baselines, s.baseline)) for s in table_specs]
+    formats = common_formats(tables)  # one format per metric across the report: rebuild the tables that differ
+    tables = [t if all(formats.get(m, f) == f for m, f in t.formats.items())
+              else make_table(t.spec, data, order, names, _baseline(baselines, t.spec.baseline), formats)
+              for t in tables]  # fmt: skip
     if "plots" not in study.raw:  # no `plots:` at all (an empty list asks for none): the default figures
         plot_specs = default_plots(table_specs, data, study.axes)
     return uri, runs, data, tables, plot_specs, order, names
@@ -241,16 +254,19 @@ table.bench-table caption { caption-side: top; text-align: left; font-weight: 60
 .legend span { display: inline-block; padding: 0 .4rem; margin-right: .5rem; border: 1px solid #d0d7de; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 .grids { display: flex; flex-wrap: wrap; gap: 1rem; }
-.grids figure { width: 240px; } .grids img { width: 240px; image-rendering: pixelated; }
+.grids figure { width: 340px; } .grids img { width: 340px; image-rendering: pixelated; }
 figcaption { font-size: .85rem; color: #57606a; }
 </style></head><body>
 <h1>{{ study.name }}</h1>
 {% if study.question %}<p class="question">{{ study.question }}</p>{% endif %}
 <p class="meta">Generated {{ r.generated }} from <code>{{ r.data.tracking_uri }}</code>{% if study.path %};
 study file <code>{{ study.path }}</code>{% endif %}.<br><strong>Runs:</strong> {{ r.summary() }}</p>
-<p class="legend note"><span style="font-weight:700;background:#dff3e4">best in column</span>
-<span style="color:#b3261e;font-style:italic">failed</span><span style="color:#9e9e9e">— not run</span>
-<span style="background:#f4f6f8;color:#455a64">published</span></p>
+{% set badges = r.badges() %}{% if badges | reject("equalto", "ok") | list %}<p class="legend note">
+{% if "best" in badges %}<span style="font-weight:700;background:#dff3e4">best in column</span>{% endif %}
+{% if "failed" in badges %}<span style="color:#b3261e;font-style:italic">failed</span>{% endif %}
+{% if "missing" in badges %}<span style="color:#9e9e9e">— not run</span>{% endif %}
+{% if "running" in badges %}<span style="color:#8a6d00;font-style:italic">running</span>{% endif %}
+{% if "paper" in badges %}<span style="background:#f4f6f8;color:#455a64">published</span>{% endif %}</p>{% endif %}
 {% if tables %}<h2>Tables</h2>{% endif %}
 {% for t, html in tables %}<section class="table">{{ html | safe }}
 {% for n in t.notes %}<p class="note">{{ n }}</p>{% endfor %}</section>{% endfor %}

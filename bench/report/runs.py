@@ -91,6 +91,8 @@ def _protocol(study: Study, runs: pd.DataFrame, jobs: pd.DataFrame) -> dict[str,
     """Distinct protocol values of the study's finished eval runs (tags first, then the configs)."""
     ids = set(jobs.loc[jobs["_status"] == FINISHED, "_run_id"])
     mine = runs[runs["run_id"].isin(ids)] if ids else runs.iloc[0:0]
+    if mine.empty and "status" in runs:  # no grid evaluation finished (a search-only study): its trials' runs
+        mine = runs[runs["status"] == FINISHED]
     out: dict[str, list[str]] = {}
     for name in ("num_samples", "extractor", "reference", "backend", "weights_sha256"):
         col = f"tags.protocol.{name}"

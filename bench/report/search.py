@@ -22,7 +22,7 @@ import pandas as pd
 from bench.core.errors import BenchError
 from bench.study.search_spec import Param, SearchSpec, optuna_study_name, parse_search
 
-SHOWN_METRICS = ("fid", "is_mean", "kid_mean", "class_accuracy", "seconds_per_image")
+ALWAYS_SHOWN = ("seconds_per_image",)  # beside the objectives, the budget and the base run's metrics
 OBJECTIVE_PNG = "search_objective.png"
 PARETO_PNG = "search_pareto.png"
 
@@ -46,7 +46,10 @@ def search_section(study: Any, tracking_uri: str | None = None, storage: str | N
     spec = parse_search(study.search, base, f"{study.path or study.name}: search")
     name = optuna_study_name(study.name, base, spec)
     tracker = Tracker(study.name, tracking_uri)
-    trials = trials_frame(tracker, name, spec)
+    from bench.metrics import value_key
+
+    shown = (*(value_key(m) for m in base.eval.metrics), *ALWAYS_SHOWN)
+    trials = trials_frame(tracker, name, spec, shown)
     best = best_trials(trials, spec)
     images = _images(trials, best, spec)
     optuna_info = {"study_name": name, **_optuna_counts(storage, study.name, name)}
@@ -59,11 +62,12 @@ def search_section(study: Any, tracking_uri: str | None = None, storage: str | N
 # --- data ------------------------------------------------------------------------------------
 
 
-def trials_frame(tracker: Any, name: str, spec: SearchSpec) -> pd.DataFrame:
-    """One row per MLflow trial run: trial, state, searched values (typed), metrics, feasible."""
+def trials_frame(tracker: Any, name: str, spec: SearchSpec, shown: tuple[str, ...] = ALWAYS_SHOWN) -> pd.DataFrame:
+    """One row per MLflow trial run: trial, state, searched values (typed), metrics (the objectives,
+    the budget's and ``shown``), feasible."""
     from bench.search.store import trial_runs
 
-    metrics = list(dict.fromkeys([*(o.metric for o in spec.objectives), *spec.budget, *SHOWN_METRICS]))
+    metrics = list(dict.fromkeys([*(o.metric for o in spec.objectives), *spec.budget, *shown]))
     rows = []
     for r in trial_runs(tracker, name):
         tags, m = r.data.tags, r.data.metrics
@@ -115,10 +119,12 @@ def best_trials(trials: pd.DataFrame, spec: SearchSpec) -> list[dict[str, Any]]:
     front.sort(key=lambda i: (score[i], ok.iloc[i]["trial"]))
     if len(objs) == 1:
         front = front[:1]
+    not_metrics = {"trial", "state", "feasible", "error", "run_id", *spec.keys}
+    metric_cols = [c for c in ok.columns if c not in not_metrics]
     return [{"trial": int(ok.iloc[i]["trial"]), "run_id": ok.iloc[i]["run_id"],
              "params": {k: _plain(ok.iloc[i][k]) for k in spec.keys},
-             "metrics": {k: float(ok.iloc[i][k]) for k in SHOWN_METRICS + tuple(sign)
-                         if k in ok.columns and not pd.isna(ok.iloc[i][k])}} for i in front]
+             "metrics": {k: float(ok.iloc[i][k]) for k in dict.fromkeys([*sign, *metric_cols])
+                         if not pd.isna(ok.iloc[i][k])}} for i in front]
 
 
 def _plain(v: Any) -> Any:
@@ -191,8 +197,24 @@ def _objective_plot(plt: Any, done: pd.DataFrame, best: list[dict[str, Any]], sp
         handles, labels = handles + h2, labels + l2
     ax.legend(handles, labels, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4,
               frameon=False)
-    ax.set_title(f"{y} vs {p.key} ({len(done)} trials)")
+    notes = [n for n in (_honest_range(ax, done[y], y), _honest_range(ax2, done[second], second) if second else "")
+             if n]  # fmt: skip
+    ax.set_title(f"{y} vs {p.key} ({len(done)} trials)" + (f"\n{'; '.join(notes)}" if notes else ""), fontsize=9)
     return _png(plt, fig)
+
+
+def _honest_range(ax: Any, values: pd.Series, name: str, least: float = 0.05) -> str:
+    """Widen a y axis whose values span less than ``least`` of their magnitude to that span, so a
+    change of 0.1 % does not fill the plot; returns a note naming the values' true range (or "")."""
+    v = pd.to_numeric(values, errors="coerce").dropna()
+    if len(v) < 2:
+        return ""
+    lo, hi, size = float(v.min()), float(v.max()), float(v.abs().max())
+    if size == 0 or hi - lo >= least * size:
+        return ""
+    mid = (lo + hi) / 2
+    ax.set_ylim(mid - least * size / 2, mid + least * size / 2)
+    return f"{name} spans {lo:.4g}..{hi:.4g} (axis widened to {100 * least:g} % of its value)"
 
 
 def _pareto_plot(plt: Any, done: pd.DataFrame, best: list[dict[str, Any]], spec: SearchSpec) -> bytes:
@@ -233,8 +255,9 @@ def _summary_line(spec: SearchSpec, trials: pd.DataFrame, info: dict[str, Any]) 
     objs = " and ".join(f"{o.direction} {o.metric}" for o in spec.objectives)
     budget = "".join(f"; budget {k} <= {v:g}" for k, v in spec.budget.items())
     counts = ", ".join(f"{v} {k}" for k, v in info.get("counts", {}).items())
+    ran = len(trials)
     return (f"Optuna study `{info['study_name']}` ({spec.sampler}, seed {spec.seed}): {objs}{budget}. "
-            f"{n_done} of {spec.n_trials} trials finished, {n_failed} failed or cut off"
+            f"{ran} trial{'' if ran == 1 else 's'} ran: {n_done} finished, {n_failed} failed or cut off"
             + (f" (Optuna: {counts})" if counts else "") + ".")
 
 

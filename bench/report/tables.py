@@ -5,7 +5,8 @@ happened to finish: a cell whose runs all failed reads "failed", one not run yet
 one missing some seeds shows how many it has ("(n=2/3)"). The best cell of each column is marked
 (bold in Markdown, styled in HTML) in the direction of the metric's ``higher_is_better``, and the
 headers carry arrows (FID ↓, IS ↑). Markdown goes through ``DataFrame.to_markdown`` and HTML
-through pandas' Styler; no table is assembled by hand.
+through pandas' Styler; no table is assembled by hand. The notes under a table are
+:mod:`bench.report.table_notes`; how an output reads (label, arrow, format) is :mod:`bench.report.outputs`.
 """
 
 from __future__ import annotations
@@ -18,18 +19,24 @@ from typing import Any
 import pandas as pd
 from pandas.io.formats.style import Styler
 
-from bench.metrics import OUTPUTS, higher_is_better
-from bench.report.pooling import pool_caption, pooled_axes
+import bench.report.captions as captions
+from bench.report.outputs import (
+    default_format,
+    direction,
+    format_value,
+    metric_label,
+    output_name,
+    spread_of,
+)
+from bench.report.pooling import pooled_axes
 from bench.report.runs import FAILED, FINISHED, KILLED, RUNNING, StudyRuns
+from bench.report.table_notes import ALL_TEXT, table_notes
 from bench.study.baselines import Baseline, values_equal
 from bench.study.report_specs import TableSpec
 
 __all__ = ["Table", "make_table", "metric_label", "direction", "format_value", "default_format", "output_name"]
 
 MISSING_TEXT, FAILED_TEXT, RUNNING_TEXT = "—", "failed", "running"
-# keys whose values change what a metric means: a table across them compares unlike numbers
-PROTOCOL_AXES = ("eval.num_samples", "eval.reference_split", "eval.extractor", "eval.fid_backend",
-                 "eval.inception_weights", "data.image_size")
 CSS = {
     "best": "font-weight: 700; background-color: #dff3e4;",
     "failed": "color: #b3261e; font-style: italic;",
@@ -38,36 +45,6 @@ CSS = {
     "paper": "color: #455a64; background-color: #f4f6f8;",
     "ok": "",
 }
-
-
-def direction(metric: str) -> bool | None:
-    """True if higher is better, False if lower is, None if neither (the output's registry entry)."""
-    return higher_is_better(metric)
-
-
-def output_name(key: str) -> str:
-    """The display label of an output (``nll_bpd`` -> ``NLL (bits/dim)``); unknown keys as they are."""
-    return OUTPUTS.get(key).label if key in OUTPUTS else key
-
-
-def default_format(key: str, fallback: str = ".4g") -> str:
-    """The output's display format (papers print FID with one decimal, IS as 9.46, KID as .4g)."""
-    return OUTPUTS.get(key).fmt if key in OUTPUTS else fallback
-
-
-def spread_of(key: str) -> str | None:
-    """The output logged beside ``key`` with its own spread (``is_mean`` -> ``is_std``)."""
-    return OUTPUTS.get(key).spread if key in OUTPUTS else None
-
-
-def metric_label(metric: str) -> str:
-    """``fid`` -> ``FID ↓``, ``is_mean`` -> ``IS ↑``."""
-    arrow = {True: " ↑", False: " ↓", None: ""}[direction(metric)]
-    return output_name(metric) + arrow
-
-
-def format_value(x: float, spec: str) -> str:
-    return format(x, spec)
 
 
 @dataclass
@@ -95,8 +72,9 @@ class Cell:
         if self.mean is None:
             return {"failed": FAILED_TEXT, "running": RUNNING_TEXT}.get(self.state(), MISSING_TEXT)
         out = format_value(self.mean, fmt)
-        if self.lo is not None and self.hi is not None:
-            out += f" [{format_value(self.lo, fmt)}, {format_value(self.hi, fmt)}]"
+        if self.lo is not None and self.hi is not None:  # the basic interval is centred on the bias-corrected value
+            bc = (self.lo + self.hi) / 2
+            out += f" (bc {format_value(bc, fmt)} [{format_value(self.lo, fmt)}, {format_value(self.hi, fmt)}])"
         elif self.std is not None:
             out += " ± " + format_value(self.std, fmt)
         if self.tie:
@@ -118,6 +96,7 @@ class Table:
     best: pd.DataFrame  # bool
     stats: pd.DataFrame  # long form: row keys, column, metric, source, mean, std, n, expected, failed
     notes: list[str] = field(default_factory=list)
+    formats: dict[str, str] = field(default_factory=dict)  # metric -> the format its cells print with
 
     def markdown(self) -> str:
         shown = self.text.where(~self.best, "**" + self.text + "**")
@@ -153,8 +132,11 @@ def make_table(
     order: dict[str, list[Any]],
     names: dict[str, str],
     baseline: Baseline | None = None,
+    formats: dict[str, str] | None = None,
 ) -> Table:
-    """Build one table of ``spec`` from the study's jobs (see the module docstring)."""
+    """Build one table of ``spec`` from the study's jobs (see the module docstring). ``formats``
+    (metric -> format) overrides the spec's and the registry's, so one metric prints alike in
+    every table of a report (:func:`bench.report.captions.common_formats`)."""
     jobs = _filter(data.jobs, spec.where)
     shown = [*spec.rows, *([spec.columns] if spec.columns else [])]
     split = [a for a in pooled_axes(jobs, shown, names) if a not in spec.pool]
@@ -163,18 +145,28 @@ def make_table(
     row_vals = _combos(jobs, rows, order)
     col_vals = _combos(jobs, [spec.columns], order) if spec.columns else [()]
     sources: tuple[str, ...] = ("ours", "paper") if baseline else ()
-    index = pd.MultiIndex.from_tuples(
-        [tuple(_label(v, spec.labels) for v in r) for r in row_vals], names=[names.get(k, k) for k in rows]
-    )
-    blocks, stats, once, untested = [], [], [], []
+    grids = {m: [[_cell(jobs, dict(zip(keys, (*r, *c))), m, spec) for c in col_vals] for r in row_vals]
+             for m in spec.values}
+    same = captions.identical_rows(list(grids.values()))
+    row_labels = [captions.row_label(r, rows, spec.labels) for r in row_vals]
+    if len(set(row_labels)) < len(row_labels):  # '—' would merge two rows: show the values
+        row_labels = [tuple(_label(v, spec.labels) for v in r) for r in row_vals]
+    named = [" · ".join(map(str, label)) for label in row_labels]  # before the marks
+    for group in same:
+        for i in group:
+            row_labels[i] = (*row_labels[i][:-1], f"{row_labels[i][-1]} ≡")
+    index = pd.MultiIndex.from_tuples(row_labels, names=[names.get(k, k) for k in rows])
+    blocks, stats, once, untested, used = [], [], [], [], {}
     for m in spec.values:
-        grid = [[_cell(jobs, dict(zip(keys, (*r, *c))), m, spec) for c in col_vals] for r in row_vals]
+        grid = grids[m]
         cols = list(col_vals)
         if _invariant(grid):  # e.g. NLL under every step count: the same number, shown once
             first = [next((x for x in row if x.n), row[0]) for row in grid]
             grid, cols = [[x] for x in first], [(ALL_TEXT,)]
             once.append(m)
-        fmt = legible_format(spec.format.get(m, default_format(m)), grid)
+        unique = [row for i, row in enumerate(grid) if not any(i in g[1:] for g in same)]  # a copy needs no digits
+        fmt = (formats or {}).get(m) or legible_format(spec.format.get(m, default_format(m)), unique)
+        used[m] = fmt
         for j, c in enumerate(cols):
             column = [row[j] for row in grid]
             marks = _best_marks(column, fmt, direction(m))
@@ -202,11 +194,10 @@ def make_table(
     for col, r, shown_text, cell_state, bold in blocks:
         text.loc[position[r], col], state.loc[position[r], col], best.loc[position[r], col] = shown_text, cell_state, bold
     title = spec.title or _default_title(spec, names)
-    notes = _notes(spec, jobs, names, data, baseline, split, once, sorted(set(untested)))
-    return Table(title, spec, text, state, best, pd.DataFrame(stats), notes)
-
-
-ALL_TEXT = "all"
+    cells = [c for grid in grids.values() for row in grid for c in row]
+    notes = table_notes(spec, jobs, names, data, baseline, split, once, sorted(set(untested)), cells, best)
+    notes += [captions.identical_note([named[i] for i in g]) for g in same]
+    return Table(title, spec, text, state, best, pd.DataFrame(stats), notes, used)
 
 
 def _invariant(grid: list[list[Cell]]) -> bool:
@@ -329,57 +320,3 @@ def _default_title(spec: TableSpec, names: dict[str, str]) -> str:
     what = ", ".join(output_name(m) for m in spec.values)
     by = " × ".join(names.get(k, k) for k in spec.rows)
     return f"{what} by {by}" + (f" (rows) × {names.get(spec.columns, spec.columns)} (columns)" if spec.columns else "")
-
-
-def _notes(spec: TableSpec, jobs: pd.DataFrame, names: dict[str, str], data: StudyRuns,
-           baseline: Baseline | None, split: list[str], once: list[str], untested: list[str]) -> list[str]:  # fmt: skip
-    value = ("Minimum over seeds (EDM's protocol: the best of the seed sets; maximum for higher-is-better "
-             "metrics)" if spec.aggregate == "min" else "Mean ± sample std (ddof=1) over seeds; with one seed "
-             "IS / KID show their own spread (over splits / subsets)")
-    notes = [f"{value}. (n=k/N): k of N expected runs finished. "
-             "'failed': every run of the cell failed; '—': not run (yet). Bold: the best value as printed "
-             "(none where a column prints one value)."]  # fmt: skip
-    if spec.interval == "ci":
-        notes.append("[lo, hi]: the 95 % basic bootstrap interval over the generated images (eval.bootstrap "
-                     "resamples of the stored features; mean over seeds of each run's bounds). It estimates the "
-                     "population value, so it corrects FID's upward small-sample bias and can lie below the "
-                     "number shown.")
-    if spec.significance:
-        notes.append(f"†: not significantly different from the best cell of its column at alpha = "
-                     f"{spec.significance:g} (paired bootstrap, {spec.resamples} resamples of the images, which "
-                     "share their per-sample seeds across cells; runs paired by seed)."
-                     + (f" Not tested where {'; '.join(untested)}." if untested else ""))
-    if split:
-        notes.append(f"Rows also split by {', '.join(names.get(a, a) for a in split)}: it varies in these runs "
-                     "and the spec does not show it; add `where:` to pick one value or `pool:` to average over it.")
-    mixed = [(k, sorted(map(str, jobs[k].dropna().unique()))) for k in PROTOCOL_AXES
-             if k in jobs and jobs[k].map(repr).nunique() > 1]  # fmt: skip
-    if mixed and any(direction(m) is not None for m in spec.values):
-        what = "; ".join(f"{names.get(k, k)} {', '.join(v)}" for k, v in mixed)
-        notes.append(f"Warning: these cells were measured under different protocols ({what}); FID, KID and IS "
-                     "are comparable only at equal sample counts, references and feature extractors.")
-    if spec.pool:
-        notes.append(pool_caption(jobs, spec.pool, [*spec.rows, *([spec.columns] if spec.columns else [])], names,
-                                  unit="cell"))  # fmt: skip
-    for m in once:
-        col = names.get(spec.columns or "", spec.columns)
-        notes.append(f"{output_name(m)} does not vary with {col} in these runs: shown once (column '{ALL_TEXT}').")
-    if baseline:
-        notes.append(protocol_note(baseline, data))
-    return notes
-
-
-def protocol_note(baseline: Baseline, data: StudyRuns) -> str:
-    """One sentence naming where our protocol differs from the paper's (numbers compare only if none)."""
-    p = baseline.protocol
-    ours = {k: ", ".join(v) or "?" for k, v in data.protocol.items()}
-    pairs = [("dataset", ours["dataset"], p.dataset), ("image size", ours["image_size"], p.image_size),
-             ("samples", ours["num_samples"], p.samples), ("reference set", ours["reference"], p.reference),
-             ("extractor", ours["extractor"], p.extractor)]  # fmt: skip
-    diff = [f"{name}: ours {a} vs paper {b}" for name, a, b in pairs if b is not None and not values_equal(a, b)]
-    setting = ", ".join(f"{k}={v}" for k, v in baseline.setting.items())
-    head = f"Paper: {baseline.citation()}." + (f" Paper setting: {setting}." if setting else "")
-    if not diff:
-        return f"{head} Same protocol (dataset, samples, reference set, extractor)."
-    extra = f" {p.notes}" if p.notes else ""
-    return f"{head} Protocol differs — {'; '.join(diff)}; the numbers are not directly comparable.{extra}"

@@ -40,6 +40,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+import bench.execute.stop as stop
 from bench.core.errors import BenchError
 from bench.plan import Plan
 from bench.search.store import open_storage, parent_runs, trial_runs
@@ -134,6 +135,9 @@ def run_search(study: Any, *, tracking_uri: str | None = None, storage: str | No
             if run.failed >= limit:
                 raise BenchError(f"search {name}: {run.failed} trials failed in this process; stopping. "
                                  f"Last error: {run.last_error}")
+    except stop.Stopped as e:  # SIGINT/SIGTERM: the trial in flight is FAIL / KILLED, the parent closed
+        n = len(ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        raise e.counted("trial", n, run.cut, want - n - run.cut) from None
     finally:
         summary = _summarize(ostudy, spec, name, shown, parent, run.failed)
         _close_parent(tracker, parent, summary, want)
@@ -186,7 +190,7 @@ class _Runner:
         self.ostudy, self.store, self.tracker, self.spec = ostudy, store, tracker, spec
         self.base, self.name, self.parent, self.device, self.progress = base, name, parent, device, progress
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        self.failed = 0
+        self.failed = self.cut = 0  # cut: trials cut off by a stop
         self.last_error = ""
 
     def step(self, want: int) -> bool:
@@ -226,7 +230,7 @@ class _Runner:
                                     cfg.flat(), tags, parent_run_id=self.parent)
         self.tracker.log_config(run_id, cfg.to_dict())
         try:
-            with _Heartbeat(self.store, trial._trial_id):
+            with _Heartbeat(self.store, trial._trial_id), stop.interruptible():  # writes to no store
                 result = jobs.run_eval(cfg, cfg.key(), self.device, progress=self.progress)
             raw = [_metric(result, o.metric) for o in self.spec.objectives]
             values, feasible = self._constrain(trial, result, raw)
@@ -238,7 +242,8 @@ class _Runner:
             self.ostudy.tell(trial, state=TrialState.FAIL)
             print(f"trial {trial.number} ({shown}) FAILED: {self.last_error}")
             return
-        except BaseException as e:  # Ctrl-C: nothing stays RUNNING
+        except BaseException as e:  # Ctrl-C, SIGTERM (bench.execute.stop): nothing stays RUNNING
+            self.cut += 1
             self.tracker.fail(run_id, f"search stopped: {type(e).__name__}", status="KILLED")
             self.ostudy.tell(trial, state=TrialState.FAIL)
             raise

@@ -98,7 +98,31 @@ def _check_report_specs(raw: dict[str, Any], axes: tuple[str, ...], configs: lis
 
     produced, _ = checks.produced_outputs(configs)
     known = set(load_baselines(baselines_dir_for(path)))
-    validate_report_specs(raw.get("tables"), raw.get("plots"), set(axes), produced, where="", baselines=known)
+    tables, plots = validate_report_specs(raw.get("tables"), raw.get("plots"), set(axes), produced, where="",
+                                          baselines=known)
+    for kind, specs in (("tables", tables), ("plots", plots)):
+        for i, spec in enumerate(specs):
+            _check_where_selects(spec.where, configs, f"{kind}[{i}].where")
+
+
+def _check_where_selects(where: dict[str, tuple[Any, ...]], configs: list[RunConfig], at: str) -> None:
+    """A ``where:`` value must select runs of the grid (else the table is silently empty)."""
+    from bench.study.baselines import values_equal
+
+    for key, allowed in where.items():
+        present: list[Any] = []
+        for cfg in configs:
+            v = cfg.value(key)
+            if not any(values_equal(v, p) for p in present):
+                present.append(v)
+        for a in allowed:
+            if not any(values_equal(a, p) for p in present):
+                raise BenchError(f"{at}.{key}: {a!r} selects no run of the grid; {key} takes "
+                                 f"{', '.join(repr(p) for p in present)}. Use one of those")
+    if where and not any(all(any(values_equal(cfg.value(k), a) for a in allowed) for k, allowed in where.items())
+                         for cfg in configs):
+        raise BenchError(f"{at}: {where} together select no run of the grid (an excluded combination); "
+                         "change a value")
 
 
 @dataclass

@@ -11,6 +11,7 @@ point grid runs each distinct check once, not 100,000 times.
 from __future__ import annotations
 
 import importlib
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -144,10 +145,12 @@ _REGISTRIES = {
     "data.dataset": ("bench.data", "DATASETS"),
     "model.backbone": ("bench.models", "MODELS"),
     "diffusion.schedule": ("bench.diffusion", "SCHEDULES"),
-    "diffusion.objective": ("bench.diffusion", "OBJECTIVES"),
+    "diffusion.objective": ("bench.diffusion", "ALL_OBJECTIVES"),
+    "diffusion.process": ("bench.diffusion", "PROCESSES"),
     "diffusion.variance": ("bench.diffusion", "VARIANCES"),
     "diffusion.loss": ("bench.diffusion", "LOSSES"),
     "sample.sampler": ("bench.diffusion", "SAMPLERS"),
+    "train.t_sampling": ("bench.diffusion", "TIME_SAMPLING"),
     "sample.spacing": ("bench.diffusion", "SPACINGS"),
     "sample.variance": ("bench.diffusion", "VARIANCES"),
     "eval.metrics": ("bench.metrics", "METRICS"),  # each entry
@@ -163,7 +166,7 @@ _POSITIVE = (
     "data.image_size", "diffusion.timesteps", "train.steps", "train.batch_size", "train.grad_accum",
     "train.checkpoint_every", "train.log_every", "sample.steps", "sample.batch_size", "eval.num_samples",
     "eval.kid_subset_size", "vae.factor", "vae.latent_channels", "vae.base_channels", "vae.steps",
-    "vae.batch_size", "train.lr", "vae.lr", "sample.guidance_channels",
+    "vae.batch_size", "train.lr", "vae.lr", "sample.guidance_channels", "diffusion.shift",
 )  # fmt: skip
 _NON_NEGATIVE = ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "eval.nll_samples",
                  "diffusion.hybrid_weight", "vae.kl_weight")  # fmt: skip
@@ -180,6 +183,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+# keys whose value the math layer checks when a job runs: the study calls the same function first
+_MATH_CHECKS = {"sample.rho": ("bench.diffusion.spacing", "check_rho")}
+
+
 def registry(key: str) -> Any:
     module, attr = _REGISTRIES[key]
     return getattr(importlib.import_module(module), attr)
@@ -189,6 +196,11 @@ def check_value(key: str, value: Any, where: str) -> None:
     """Registry names ("did you mean"), fixed choices and ranges of a single value."""
     if value is None:
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise BenchError(f"{where}: {key} = {value!r} is not a finite number. Fix the value")
+    if key in _MATH_CHECKS:
+        module, attr = _MATH_CHECKS[key]
+        getattr(importlib.import_module(module), attr)(value, where)
     if key in _REGISTRIES:
         reg = registry(key)
         if isinstance(value, tuple):

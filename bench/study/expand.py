@@ -56,7 +56,8 @@ class Expander:
             if secs["model"].space != "latent":
                 secs["vae"] = None  # unused by pixel runs: keep it out of their keys
             if secs["sample"].nfe is not None:
-                secs["sample"] = self._meet_nfe(idx, secs["sample"], secs["diffusion"].timesteps)
+                secs["sample"] = self._meet_nfe(idx, secs["sample"], secs["diffusion"].timesteps,
+                                                secs["diffusion"].process != "vp")
             self._check(idx, secs)
             cfg = RunConfig(**secs, seed=seeds[idx[-1]])
             if cfg.sample.guide and self._once("guide", id(secs["model"]), id(secs["train"]), id(secs["sample"])):
@@ -109,18 +110,27 @@ class Expander:
             origin = self._origin(idx)
             if model.pretrained is not None:
                 self._check_pretrained_guidance(idx, sample)
-            elif sample.guidance_method == "autoguidance":  # a weaker model guides: no label dropout needed
+            elif guided_by_model(sample.guidance_method):  # a weaker model guides: no label dropout needed
                 pass
             else:
                 rules.check_guidance(sample.guidance, model.class_cond, train.p_uncond,
                                      self._at(idx, "sample.guidance", "model.class_cond", "train.p_uncond"), origin)
             self.later.setdefault((id(model), id(train)), (idx, model, train))
-        if self._once("steps", id(diffusion), id(sample)):
+        if self._once("steps", id(diffusion), id(sample)) and diffusion.process == "vp":  # continuous: any steps
             rules.check_steps(sample.steps, diffusion.timesteps,
                               self._at(idx, "sample.steps", "diffusion.timesteps", "sample.spacing"),
                               self._origin(idx), sample.spacing)
         if self._once("sampler", id(sample)):
             self._check_sampler(idx, sample)
+        if self._once("t_sampling", id(diffusion), id(train)):
+            from bench.diffusion import check_t_sampling
+
+            opts = train.t_sampling_options.as_dict()
+            check_t_sampling(train.t_sampling, opts, self._at(idx, "train.t_sampling_options", "train.t_sampling")
+                             if {"train.t_sampling_options", "train.t_sampling"} & set(self.b.axis_at)
+                             else "train.t_sampling_options")
+            rules.check_t_sampling(train.t_sampling, opts, diffusion.loss,
+                                   self._at(idx, "train.t_sampling", "diffusion.loss"), self._origin(idx))
         if sample.variance is not None and self._once("variance", id(diffusion), id(sample)):
             rules.check_sampling_variance(sample.variance, diffusion.variance, variance_is_trained(diffusion),
                                           self._at(idx, "sample.variance", "diffusion.loss"), self._origin(idx))
@@ -153,37 +163,47 @@ class Expander:
                              "diffusion.timesteps or another schedule (cosine clips its betas)") from None
         rules.check_learned_variance(diffusion.variance, diffusion.loss,
                                      self._at(idx, "diffusion.variance", "diffusion.loss"), self._origin(idx))
+        rules.check_process(diffusion, self._at(idx, "diffusion.process", "diffusion.shift", "diffusion.objective",
+                                                "diffusion.loss"))
 
     def _check_sampler(self, idx: tuple[int, ...], sample: Any) -> None:
         """``sample.options`` against the options the sampler declares."""
-        from bench.diffusion import check_options
+        from bench.diffusion import GUIDANCE, SAMPLERS, SampleRequest, check_request
 
         options = sample.options.as_dict()
         where = self._at(idx, "sample.options", "sample.sampler")
-        check_options(sample.sampler, options, where if "sample.options" in self.b.axis_at else "sample.options")
-        from bench.diffusion import check_guidance
-
+        where = where if "sample.options" in self.b.axis_at else "sample.options"
         gwhere = self._at(idx, "sample.guidance_options", "sample.guidance_method")
-        check_guidance(sample.guidance_method, sample.guidance_options.as_dict(),
-                       gwhere if "sample.guidance_options" in self.b.axis_at or "sample.guidance_method" in self.b.axis_at
-                       else "sample.guidance_options")  # fmt: skip
+        gwhere = (gwhere if "sample.guidance_options" in self.b.axis_at or "sample.guidance_method" in self.b.axis_at
+                  else "sample.guidance_options")  # fmt: skip
+        # the rules Diffusion.sample applies on the run, by the same function, before any work
+        check_request(SampleRequest.of(sample), where, gwhere)
+        rules.check_finite_options(SAMPLERS.meta(sample.sampler)["options"], options, where)
+        rules.check_finite_options(GUIDANCE.meta(sample.guidance_method)["options"],
+                                   sample.guidance_options.as_dict(), gwhere)
+        rules.check_guidance_weight(sample.guidance, sample.guidance_method,
+                                    self._at(idx, "sample.guidance", "sample.guidance_method"), self._origin(idx))
         self._check_guide(idx, sample)
         if "eta" in options and sample.eta not in (0.0, options["eta"]):
             raise BenchError(f"{self._at(idx, 'sample.eta', 'sample.options')}: sample.eta = {sample.eta} and "
                              f"sample.options.eta = {options['eta']} disagree; give eta once")
 
     def _check_guide(self, idx: tuple[int, ...], sample: Any) -> None:
-        """``sample.guide`` names autoguidance's guiding model as model.* / train.* overrides."""
+        """``sample.guide`` names the guiding model of a method that takes one (``guide=True``:
+        autoguidance) as model.* / train.* overrides."""
         from bench.core.config import coerce_value
+        from bench.diffusion.guidance import GUIDANCE
         from bench.study.checks import check_value
 
         where = self._at(idx, "sample.guide", "sample.guidance_method")
-        auto = sample.guidance_method == "autoguidance"
+        method = sample.guidance_method
+        auto = guided_by_model(method)
         if sample.guide and not auto:
-            raise BenchError(f"{where}: sample.guide is the guiding model of guidance_method: autoguidance, but "
-                             f"the method is {sample.guidance_method!r}; drop sample.guide or use autoguidance")
+            takes = " or ".join(m for m in GUIDANCE.names() if guided_by_model(m))
+            raise BenchError(f"{where}: sample.guide is the guiding model of guidance_method: {takes}, but "
+                             f"the method is {method!r}; drop sample.guide or use {takes}")
         if auto and not sample.guide:
-            raise BenchError(f"{where}: autoguidance needs sample.guide, the weaker model that guides: this run's "
+            raise BenchError(f"{where}: {method} needs sample.guide, the weaker model that guides: this run's "
                              "model with model.* / train.* overrides, e.g. sample.guide: {train.steps: 100}")
         for key in sample.guide.as_dict():
             if key.partition(".")[0] not in ("model", "train"):
@@ -209,13 +229,13 @@ class Expander:
             raise BenchError(f"{where}: {dict(cfg.sample.guide.as_dict())} leaves the guide equal to the model "
                              "itself (autoguidance then is no guidance); make it weaker, e.g. fewer train.steps")
 
-    def _meet_nfe(self, idx: tuple[int, ...], sample: Any, timesteps: int) -> Any:
+    def _meet_nfe(self, idx: tuple[int, ...], sample: Any, timesteps: int, continuous: bool = False) -> Any:
         """The sample section with ``steps`` set so that its sampler meets ``sample.nfe`` exactly."""
-        key = ("nfe", id(sample), timesteps)
+        key = ("nfe", id(sample), timesteps, continuous)
         if key not in self.nfe_memo:
             self._check_sampler(idx, sample)
             steps = rules.check_nfe(sample.nfe, sample.sampler, sample.spacing, timesteps, sample.options.as_dict(),
-                                    self._at(idx, "sample.nfe", "sample.sampler", "sample.spacing"))
+                                    self._at(idx, "sample.nfe", "sample.sampler", "sample.spacing"), continuous)
             inst = dataclasses.replace(sample, steps=steps)
             self.nfe_memo[key] = self.interned.setdefault(inst, inst)
         return self.nfe_memo[key]
@@ -275,12 +295,13 @@ class Expander:
                 raise BenchError(
                     f"{self._at(idx, 'eval.metrics', 'model.space')}: {name} is measured on {space}-space models, "
                     f"but model.space is {model.space!r}; use {' or '.join(other) or 'another metric'} there")
-        if "class_accuracy" in ev.metrics and not model.class_cond:
-            raise BenchError(
-                f"{self._at(idx, 'eval.metrics', 'model.class_cond')}: class_accuracy compares generated images "
-                "with the labels they were asked for, so it needs model.class_cond: true; drop it or "
-                "make the model class-conditional"
-            )
+        for name in ev.metrics:
+            if metrics.METRICS.get(name).needs_labels and not model.class_cond:
+                raise BenchError(
+                    f"{self._at(idx, 'eval.metrics', 'model.class_cond')}: {name} compares generated images "
+                    "with the labels they were asked for, so it needs model.class_cond: true; drop it or "
+                    "make the model class-conditional"
+                )
         validate = getattr(metrics, "validate_eval", None)
         if validate is not None:
             self._external(idx, ("eval", "data"), lambda w: validate(ev, data, w), "eval")
@@ -299,6 +320,15 @@ class Expander:
             check(where if varying else f"base.{where}")
         except BenchError as e:
             raise BenchError(f"{', '.join(varying)}: {e}" if varying else str(e)) from None
+
+
+def guided_by_model(method: str) -> bool:
+    """Whether guidance method ``method`` takes a guide model, as its entry declares (an unknown
+    name: no; its own check names it)."""
+    from bench.diffusion.guidance import GUIDANCE
+    from bench.diffusion.guidance import guided_by_model as declared
+
+    return method in GUIDANCE and declared(method)
 
 
 def _data_module() -> Any:

@@ -33,6 +33,7 @@ import bench.rules as rules
 from bench.core.config import FIELD_TYPES, RunConfig, coerce_value, resolve_key
 from bench.core.errors import BenchError
 from bench.core.registry import Registry, did_you_mean
+from bench.study.search_objectives import Objective, read_budget, read_objectives
 
 SEARCH_KEYS = ("params", "objectives", "budget", "n_trials", "sampler", "seed")
 PARAM_TYPES = ("float", "int", "categorical")
@@ -61,12 +62,6 @@ class Param:
     log: bool = False
     step: float | int | None = None
     choices: tuple[Any, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Objective:
-    metric: str  # an MLflow metric name the evaluation produces (fid, is_mean, ...)
-    direction: str  # minimize | maximize
 
 
 @dataclass(frozen=True)
@@ -105,8 +100,8 @@ def parse_search(section: Any, base: RunConfig, where: str = "search") -> Search
             raise BenchError(f"{where}.{k}: unknown key.{did_you_mean(str(k), SEARCH_KEYS)} "
                              f"Keys: {', '.join(SEARCH_KEYS)}.")
     params = _read_params(section.get("params"), base, f"{where}.params")
-    objectives = _read_objectives(section.get("objectives"), base, f"{where}.objectives")
-    budget = _read_budget(section.get("budget"), base, f"{where}.budget")
+    objectives = read_objectives(section.get("objectives"), base, f"{where}.objectives")
+    budget = read_budget(section.get("budget"), base, f"{where}.budget")
     n_trials = positive_int(section.get("n_trials", DEFAULT_N_TRIALS), f"{where}.n_trials")
     seed = section.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
@@ -138,7 +133,7 @@ def _read_params(value: Any, base: RunConfig, where: str) -> tuple[Param, ...]:
     methods = next((p.choices for p in plain if p.key == "sample.guidance_method"), (base.sample.guidance_method,))
     options = tuple(_read_guidance_option(str(k), v, methods, f"{where}.{k}") for k, v in value.items()
                     if str(k).startswith(GUIDANCE_OPTION))
-    _check_interval_ranges(options, where)
+    _check_option_constraints(options, methods, where)
     params = (*plain, *options)
     _check_guidance(params, base, where)
     return params
@@ -179,14 +174,15 @@ def _read_guidance_option(key: str, spec: Any, methods: tuple[Any, ...], where: 
     return Param(key, kind, low=spec["low"], high=spec["high"], log=bool(spec.get("log", False)), step=spec.get("step"))
 
 
-def _check_interval_ranges(options: tuple[Param, ...], where: str) -> None:
-    """cfg-interval's sigma_lo must stay below sigma_hi in every trial: their ranges may not overlap."""
-    ranges = {p.key[len(GUIDANCE_OPTION):]: p for p in options}
-    lo, hi = ranges.get("sigma_lo"), ranges.get("sigma_hi")
-    if lo is not None and hi is not None and lo.high > hi.low:
-        raise BenchError(f"{where}: {GUIDANCE_OPTION}sigma_lo's range [{lo.low}, {lo.high}] overlaps sigma_hi's "
-                         f"[{hi.low}, {hi.high}], so a trial could draw an empty interval; make sigma_lo's `high` "
-                         "at most sigma_hi's `low`")
+def _check_option_constraints(options: tuple[Param, ...], methods: tuple[Any, ...], where: str) -> None:
+    """Each searched method's joint option constraints hold in every trial (cfg-interval's sigma_lo
+    <= sigma_hi: their ranges may not overlap), as the method declares them."""
+    from bench.diffusion import GUIDANCE
+
+    ranges = {p.key[len(GUIDANCE_OPTION):]: (p.low, p.high) for p in options}
+    for method in methods:
+        for rule in GUIDANCE.meta(method)["constraints"]:
+            rule.check_ranges(ranges, where, GUIDANCE_OPTION)
 
 
 def guidance_overrides(params: dict[str, Any], base: RunConfig) -> dict[str, Any]:
@@ -311,74 +307,3 @@ def _check_guidance(params: tuple[Param, ...], base: RunConfig, where: str) -> N
         if p.key == "sample.guidance" and not (p.choices is not None and all(c == 0 for c in p.choices)):
             rules.check_guidance(None, base.model.class_cond, base.train.p_uncond, f"{where}.sample.guidance",
                                  lambda k: f"base.{k}")
-
-
-# --- objectives and budget -------------------------------------------------------------------
-
-
-def _produced(base: RunConfig) -> tuple[set[str], dict[str, str]]:
-    from bench.study.checks import produced_outputs
-
-    return produced_outputs([base])
-
-
-def _check_metric(metric: Any, base: RunConfig, where: str) -> str:
-    produced, maker = _produced(base)
-    produced -= {"train_loss", "train_seconds"}  # not per trial: one number for the checkpoint
-    if isinstance(metric, str) and metric in produced:
-        return metric
-    if isinstance(metric, str) and metric in maker:
-        raise BenchError(f"{where}: {metric!r} is not measured by the base run; add {maker[metric]!r} to "
-                         f"base.eval.metrics (measured: {', '.join(sorted(produced))})")
-    raise BenchError(f"{where}: unknown metric {metric!r}.{did_you_mean(str(metric), sorted(produced))} "
-                     f"Measured: {', '.join(sorted(produced))}.")
-
-
-def default_direction(metric: str) -> str:
-    """``minimize`` for FID, KID, NLL and times; ``maximize`` for IS, precision, recall, accuracy."""
-    from bench.metrics import higher_is_better
-
-    return "maximize" if higher_is_better(metric) else "minimize"
-
-
-def _read_objectives(value: Any, base: RunConfig, where: str) -> tuple[Objective, ...]:
-    if value is None:
-        value = [{"metric": "fid"}]
-    if isinstance(value, (str, dict)):
-        value = [value]
-    if not isinstance(value, list) or not 1 <= len(value) <= 2:
-        raise BenchError(f"{where}: give one objective, or two for a Pareto front, e.g. "
-                         "[{metric: fid, direction: minimize}, {metric: is_mean, direction: maximize}]")
-    out: list[Objective] = []
-    for i, item in enumerate(value):
-        at = f"{where}[{i}]"
-        item = {"metric": item} if isinstance(item, str) else item
-        if not isinstance(item, dict) or set(item) - {"metric", "direction"}:
-            raise BenchError(f"{at}: must be a metric name or {{metric: NAME, direction: minimize|maximize}}, "
-                             f"got {item!r}")
-        metric = _check_metric(item.get("metric"), base, f"{at}.metric")
-        direction = item.get("direction", default_direction(metric))
-        if direction not in ("minimize", "maximize"):
-            raise BenchError(f"{at}.direction: must be minimize or maximize, got {direction!r}")
-        if any(o.metric == metric for o in out):
-            raise BenchError(f"{at}.metric: {metric} is already an objective; list each metric once")
-        out.append(Objective(metric, direction))
-    return tuple(out)
-
-
-def _read_budget(value: Any, base: RunConfig, where: str) -> dict[str, float]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or not value:
-        raise BenchError(f"{where}: must map a metric to its largest allowed value, e.g. "
-                         f"budget: {{seconds_per_image: 0.05}}; got {value!r}")
-    out = {}
-    for metric, bound in value.items():
-        _check_metric(metric, base, f"{where}.{metric}")
-        if not isinstance(bound, (int, float)) or isinstance(bound, bool) or not bound > 0:
-            raise BenchError(f"{where}.{metric}: the bound must be a positive number, got {bound!r}")
-        out[str(metric)] = float(bound)
-    return out
-
-
-

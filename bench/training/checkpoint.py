@@ -38,7 +38,8 @@ def build_diffusion(spec: DiffusionSpec) -> Any:
     """The :class:`~bench.diffusion.Diffusion` of a config section."""
     from bench.diffusion import Diffusion
 
-    return Diffusion(spec.schedule, spec.timesteps, spec.objective, spec.variance, spec.loss, spec.hybrid_weight)
+    return Diffusion(spec.schedule, spec.timesteps, spec.objective, spec.variance, spec.loss, spec.hybrid_weight,
+                     process=spec.process, shift=spec.shift)
 
 
 def write_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -93,6 +94,17 @@ def set_global_rng_state(state: dict[str, Any], device: torch.device) -> None:
 # --- evaluation -----------------------------------------------------------------------------------
 
 
+def model_args(cfg: RunConfig, diffusion: Any, channels: int, size: int, num_classes: int | None) -> dict[str, Any]:
+    """What :func:`build_from_args` builds the run's network from (kept in its checkpoint): a continuous
+    process's ``time_scale`` only where it is not 1, so a vp run's arguments are what they were."""
+    args = {"backbone": cfg.model.backbone, "in_channels": channels, "image_size": size,
+            "num_classes": num_classes if cfg.model.class_cond else None,
+            "learned_variance": diffusion.learned_variance, "dropout": cfg.model.dropout}
+    if diffusion.process.time_scale != 1.0:
+        args["time_scale"] = diffusion.process.time_scale
+    return args
+
+
 def build_from_args(model_args: dict[str, Any]) -> nn.Module:
     """The (untrained) network described by a checkpoint's ``model_args``."""
     from bench.models import build_model
@@ -132,5 +144,5 @@ def load_trained(
 
 __all__ = [
     "FORMAT", "FILENAME", "CheckpointError", "build_diffusion", "write_checkpoint", "read_checkpoint",
-    "quarantine", "global_rng_state", "set_global_rng_state", "build_from_args", "load_trained",
+    "quarantine", "global_rng_state", "set_global_rng_state", "build_from_args", "load_trained", "model_args",
 ]

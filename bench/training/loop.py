@@ -38,6 +38,7 @@ from bench.training.checkpoint import (
     build_from_args,
     global_rng_state,
     load_trained,
+    model_args,
     quarantine,
     read_checkpoint,
     set_global_rng_state,
@@ -162,12 +163,11 @@ class Trainer:
         self.device = self.accelerator.device
         self.data = data if data is not None else load_train_data(cfg, self.device, codec)
         self.diffusion = build_diffusion(cfg.diffusion)
+        from bench.diffusion import TimeSampler  # train.t_sampling: where the loss looks, and its weighting
+
+        TimeSampler(t.t_sampling, t.t_sampling_options.as_dict()).install(self.diffusion)
         c, h, _ = self.data.shape
-        self.model_args = {
-            "backbone": cfg.model.backbone, "in_channels": c, "image_size": h,
-            "num_classes": self.data.num_classes if cfg.model.class_cond else None,
-            "learned_variance": self.diffusion.learned_variance, "dropout": cfg.model.dropout,
-        }
+        self.model_args = model_args(cfg, self.diffusion, c, h, self.data.num_classes)
         seed_everything(derive_seed(cfg.seed, "global"))  # dropout draws from the global stream
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive_seed(cfg.seed, "init"))

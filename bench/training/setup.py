@@ -75,6 +75,7 @@ def check_config(cfg: RunConfig, device: torch.device, codec: Any = None) -> tup
         raise BenchError(f"train.p_uncond must lie in [0, 1), got {t.p_uncond}")
     rules.check_label_dropout(t.p_uncond, m.class_cond, "train.p_uncond")
     build_diffusion(cfg.diffusion)  # unknown schedule / objective / variance / loss, impossible pairs
+    rules.check_t_sampling(t.t_sampling, t.t_sampling_options.as_dict(), cfg.diffusion.loss, "train.t_sampling")
     info = dataset_info(cfg.data.dataset)
     rules.check_class_labels(m.class_cond, cfg.data.dataset, info.has_labels, "model.class_cond")
     size = cfg.data.image_size or info.image_size

@@ -231,18 +231,33 @@ class Denoiser:
         v1 = k1.d_alpha * p1.x0 + k1.d_sigma * p1.eps
         return (x_t + dt * 0.5 * (v0 + v1)) / k1.alpha
 
+    def at_time(self, x: torch.Tensor, t: float) -> Prediction:
+        """(eps, x0) for the VP state ``x`` (the process state x_t / sqrt(alpha^2 + sigma^2)) at any
+        process time ``t`` in the trained range: the adaptive solvers' call (the discrete chain: the
+        interpolated timestep, or the nearest one for a ``discrete_time`` model, at t's own level)."""
+        process = self.diffusion.process
+        abar = float(process.abar(torch.tensor(float(t), dtype=torch.float64)))
+        if not process.continuous and self._quantize:
+            t = int(sigma_to_t(((1 - abar) / abar) ** 0.5, self.diffusion.alphas_cumprod, quantize=True))
+        return self._eval(x, self.diffusion.level(t, self._like, self.cond, abar))
+
 
 def steps_for_nfe(sampler: str, nfe: int, spacing: str, timesteps: int,
-                  options: Mapping[str, Any] | None = None) -> int:
+                  options: Mapping[str, Any] | None = None, continuous: bool = False) -> int:
     """The fewest ``steps`` whose chain makes ``sampler`` call the network exactly ``nfe`` times
-    (on a deduplicating spacing the chain may have fewer levels than steps), or one BenchError."""
+    (on a deduplicating spacing the chain may have fewer levels than steps; a continuous process's
+    levels are never deduplicated), or one BenchError."""
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise BenchError(f"sample.nfe = {nfe!r} must be a positive int (network calls per image)")
     opts = check_options(sampler, options)
+    if SAMPLERS.meta(sampler).get("adaptive"):
+        raise BenchError(f"sampler {sampler!r} is adaptive: its network calls follow its error tolerances "
+                         f"(sample.options), not a budget; drop sample.nfe for it (its counted nfe is logged) "
+                         "or choose a fixed-step sampler")
     count = SAMPLERS.meta(SAMPLERS.check(sampler, "sample.sampler"))["nfe"]
     reachable = []
     for steps in range(1, timesteps + 1):
-        got = count(level_count(spacing, timesteps, steps), opts)
+        got = count(steps if continuous else level_count(spacing, timesteps, steps), opts)
         if got == nfe:
             return steps
         if got < nfe + 3:

@@ -16,4 +16,4 @@ def compute(ctx: Any) -> dict[str, float]:
 
 register_metric(MetricDef(
     "class_accuracy", (Output("class_accuracy", "Class acc.", ".3f", True),), compute, higher_is_better=True,
-    needs_labels=True, cite="agreement of a domain classifier with the requested class labels"))
+    needs_labels=True, needs_classifier=True, cite="agreement of a domain classifier with the requested class labels"))

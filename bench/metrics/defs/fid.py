@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.metrics.registry import MetricDef, Output, register_metric
+from bench.metrics.registry import MetricDef, Output, Setting, register_metric
 
 
 def compute(ctx: Any) -> dict[str, float]:
@@ -46,8 +46,39 @@ def resampled(gen: Any, ref: Any, ctx: Any, idx: Any) -> Any:
     return torch.cat(out).numpy()
 
 
+def check_backend(backend: Any, where: str) -> None:
+    from bench.metrics.fidelity import FID_BACKENDS
+
+    FID_BACKENDS.check(backend, where)
+
+
+def check(ev: Any, data: Any, where: str) -> None:
+    """clean-fid's Inception is another weights file than torch-fidelity's: found offline?"""
+    from bench.metrics.extractors import resolve_name
+
+    if ev.fid_backend == "clean-fid" and resolve_name(ev.extractor, f"{where}.extractor")[0] == "inception":
+        from bench.metrics.clean_fid import check_inception
+
+        check_inception(f"{where}.fid_backend")
+
+
+def protocol(n: int, m: int | None, settings: dict[str, Any]) -> dict[str, Any]:
+    import warnings
+
+    from bench.metrics.fidelity import FID_UNBIASED_SAMPLES, FIDSampleSizeWarning
+
+    if min(n, m or n) < FID_UNBIASED_SAMPLES:
+        # no run name in the text: Python then shows it once per process, not once per run
+        warnings.warn(f"FID from {min(n, m or n)} samples (< {FID_UNBIASED_SAMPLES}) is biased upwards "
+                      "by the sample count; compare only numbers with equal counts", FIDSampleSizeWarning,
+                      stacklevel=4)  # the caller of compute_metrics
+    return {}
+
+
 register_metric(MetricDef(
     "fid", (Output("fid", "FID", ".1f", False),), compute, higher_is_better=False, needs_reference=True,
     on_features=on_features, resampled=resampled,
-    torch_fidelity_flag="fid", min_samples=lambda dim: dim + 1,  # a nonsingular covariance
+    torch_fidelity_flag="fid", min_samples=lambda dim: dim + 1,
+    min_samples_why="feature dimension {dim} + 1, for a nonsingular covariance", few_samples_hint="kid",
+    settings=(Setting("fid_backend", check_backend),), check=check, protocol=protocol,
     cite="Heusel et al. 2017, GANs trained by a two time-scale update rule (FID)"))

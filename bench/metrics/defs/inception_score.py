@@ -12,7 +12,11 @@ def compute(ctx: Any) -> dict[str, float]:
     return {"is_mean": tf["is_mean"], "is_std": tf["is_std"]}
 
 
+def protocol(n: int, m: int | None, settings: dict[str, Any]) -> dict[str, Any]:
+    return {"isc_splits": min(settings["isc_splits"], n)}
+
+
 register_metric(MetricDef(
-    "is", (Output("is_mean", "IS", ".2f", True, spread="is_std"), Output("is_std", "IS std", ".2f")), compute,
-    higher_is_better=True, torch_fidelity_flag="isc", min_samples=lambda dim: 2,
+    "is", (Output("is_mean", "IS", ".2f", True, spread="is_std"), Output("is_std", "IS std over splits", ".2f")), compute,
+    higher_is_better=True, torch_fidelity_flag="isc", min_samples=lambda dim: 2, protocol=protocol,
     cite="Salimans et al. 2016, Improved techniques for training GANs (Inception Score)"))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.metrics.registry import MetricDef, Output, register_metric
+from bench.core.errors import BenchError
+from bench.metrics.registry import MetricDef, Output, Setting, register_metric
 
 
 def compute(ctx: Any) -> dict[str, float]:
@@ -68,7 +69,19 @@ def resampled(gen: Any, ref: Any, ctx: Any, idx: Any) -> Any:
     return torch.cat(out).numpy()
 
 
+def check_subset_size(size: Any, where: str) -> None:
+    if size < 2:
+        raise BenchError(f"{where} must be at least 2, got {size}")
+
+
+def protocol(n: int, m: int | None, settings: dict[str, Any]) -> dict[str, Any]:
+    from bench.metrics.fidelity import KID_SUBSETS
+
+    return {"kid_subset_size": min(settings["kid_subset_size"], n, m or n), "kid_subsets": KID_SUBSETS}
+
+
 register_metric(MetricDef(
-    "kid", (Output("kid_mean", "KID", ".4g", False, spread="kid_std"), Output("kid_std", "KID std", ".4g")),
+    "kid", (Output("kid_mean", "KID", ".4g", False, spread="kid_std"), Output("kid_std", "KID std over subsets", ".4g")),
     compute, higher_is_better=False, needs_reference=True, torch_fidelity_flag="kid", on_features=on_features, resampled=resampled, min_samples=lambda dim: 2,
+    settings=(Setting("kid_subset_size", check_subset_size),), protocol=protocol,
     cite="Binkowski et al. 2018, Demystifying MMD GANs (KID)"))

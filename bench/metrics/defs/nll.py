@@ -4,22 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.metrics.nll import model_nll_bpd
+from bench.metrics.nll import model_likelihood
 from bench.metrics.registry import MetricDef, Output, register_metric
 
 
 def compute(ctx: Any) -> dict[str, float]:
-    mean, se = model_nll_bpd(ctx)
+    mean, se = model_likelihood(ctx)
     return {"nll_bpd": mean, "nll_bpd_se": se}
 
 
 def compute_latent(ctx: Any) -> dict[str, float]:
-    mean, se = model_nll_bpd(ctx)
+    mean, se = model_likelihood(ctx)
     return {"latent_nll_bpd": mean, "latent_nll_bpd_se": se}
 
 
 BOUND = ("Ho et al. 2020 / Nichol & Dhariwal 2021: variational bound in bits per dimension, over all T terms "
-         "or, with eval.nll_timesteps = K, its unbiased stratified estimate from K terms per image; "
+         "or, with eval.nll_timesteps = K, its unbiased stratified estimate from K terms per image; a continuous "
+         "process (no bound): the probability-flow ODE's NLL, uniformly dequantized (Song et al. 2021, see nll_ode); "
          "*_se: the standard error over the test images")
 register_metric(MetricDef(
     "nll", (Output("nll_bpd", "NLL (bits/dim)", ".2f", False, spread="nll_bpd_se"),

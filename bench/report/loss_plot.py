@@ -1,0 +1,109 @@
+"""The ``loss`` plot kind: the training-loss curves of a study's TRAIN runs (MLflow's metric history),
+raw and smoothed by a bias-corrected exponential moving average, one panel per value of a training
+axis that changes what the loss regresses (eps vs v targets do not share a scale)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from bench.report.runs import StudyRuns
+from bench.report.tables import _filter as filter_jobs
+from bench.study.report_specs import TRAIN_SECTIONS, PlotSpec
+from bench.tracking import metric_history
+
+
+def loss_caption(spec: PlotSpec, frame: pd.DataFrame, names: dict[str, str]) -> str:
+    if frame.empty:
+        return ""
+    spans = sorted({int(s) for s in frame["_span"]})
+    facets = (f" One panel per {names.get(spec.col, spec.col)}, each on its own y axis: the losses regress "
+              "different targets, so their scales do not compare." if spec.col else "")  # fmt: skip
+    return (f"One line per TRAIN run ({frame['run'].nunique()}), labelled by the training axes that differ "
+            "between them. Thin: train_loss as logged (the mean over each log_every window); thick: its "
+            f"exponential moving average over a span of {'/'.join(map(str, spans))} logged points, bias-corrected "
+            "(weights renormalised over the points seen so far, so it starts at the first value, not at 0)."
+            + facets)  # fmt: skip
+
+
+def _ema_span(spec: PlotSpec, points: int) -> int:
+    """``smooth:`` as given; by default a span of about a tenth of the curve (2..5 points), short
+    enough that the smoothed line does not lag a fast-falling loss by much."""
+    return int(spec.options.get("smooth", min(5, max(2, points // 10))))
+
+
+# Training axes that change what the loss regresses (its target, weighting or process): curves that
+# differ in one of them are drawn on separate axes.
+_TARGET_AXES = ("diffusion.objective", "diffusion.loss", "diffusion.process", "diffusion.variance")
+
+
+def loss_facets(spec: PlotSpec, frame: pd.DataFrame) -> PlotSpec:
+    """With no ``col:``, one facet per value of the first training axis that changes the loss's target."""
+    if spec.col or frame.empty:
+        return spec
+    import dataclasses
+
+    for axis in _TARGET_AXES:
+        if axis in frame and frame[axis].map(str).nunique() > 1:
+            return dataclasses.replace(spec, col=axis)
+    return spec
+
+
+def loss_frame(spec: PlotSpec, data: StudyRuns) -> pd.DataFrame:
+    """``train_loss`` history of every TRAIN run of the study (one ``run`` each), with the axis values
+    of its config, its EMA and a ``_label`` naming the training axes that differ between the runs."""
+    train = data.runs_of_kind("train")
+    by_train_key = data.jobs.drop_duplicates("_train_key").set_index("_train_key")
+    by_train_key = filter_jobs(by_train_key, spec.where)
+    mine = by_train_key[by_train_key.index.isin(set(train.get("tags.bench.key", [])))]
+    differ = [a for a in mine.columns if not a.startswith("_") and (a == "seed" or a.split(".")[0] in TRAIN_SECTIONS)
+              and mine[a].map(repr).nunique() > 1]  # fmt: skip
+    parts = []
+    latest = {r.get("tags.bench.key"): r for r in train.to_dict("records")[::-1]}  # newest run per key
+    for key in mine.index:  # study order: the legend reads as the grid does
+        run = latest.get(key)
+        if run is None:
+            continue
+        history = metric_history(data.tracking_uri, run["run_id"], "train_loss")
+        if not history:
+            continue
+        part = pd.DataFrame(history, columns=["step", "train_loss"]).sort_values("step")
+        part["_span"] = _ema_span(spec, len(part))
+        part["train_loss_ema"] = part["train_loss"].ewm(span=part["_span"].iloc[0], adjust=True).mean()
+        config = mine.loc[key]
+        for axis in {*differ, *(a for a in (spec.hue, spec.style, spec.col, *_TARGET_AXES) if a and a in config)}:
+            part[axis] = config[axis]
+        part["_label"] = ", ".join(f"{a.split('.')[-1]}={config[a]}" for a in differ) or "training"
+        part["run"] = run["run_id"]
+        parts.append(part)
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def plot_loss(ax: Any, sub: pd.DataFrame, spec: PlotSpec, order: dict[str, list[Any]], names: dict[str, str]) -> None:
+    """One line per TRAIN run: the logged value thin, its EMA thick, coloured by ``hue`` (else by run)."""
+    import seaborn as sns
+
+    hue = spec.hue or "_label"
+    colours = list(dict.fromkeys(sub[hue].map(str)))
+    palette = dict(zip(colours, sns.color_palette(n_colors=max(1, len(colours)))))
+    dashes = dict(zip(dict.fromkeys(sub[spec.style].map(str)), ("-", "--", ":", "-."))) if spec.style else {}
+    for _, part in sub.groupby("run", sort=False):
+        first = part.iloc[0]
+        colour = palette[str(first[hue])]
+        ax.plot(part["step"], part["train_loss"], color=colour, alpha=0.3, lw=0.8)
+        label = str(first[spec.hue]) if spec.hue and not spec.style else str(first["_label"])
+        ax.plot(part["step"], part["train_loss_ema"], color=colour, lw=1.8, label=label,
+                ls=dashes.get(str(first[spec.style]), "-") if spec.style else "-")  # fmt: skip
+    positive = sub["train_loss"][sub["train_loss"] > 0]
+    logy = spec.options.get("logy")
+    if logy is None:  # log when the loss falls by 10x or more
+        logy = len(positive) > 1 and positive.max() / positive.min() >= 10
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss ↓" + (" (log scale)" if logy else ""))
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    if len(unique) > 1 or spec.hue:
+        ax.legend(unique.values(), unique.keys(), title=names.get(spec.hue, spec.hue) if spec.hue else None)
