@@ -20,16 +20,10 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = [
-    ("euler", {}),
-    ("dpm-solver++", {}),
-    ("ipndm", {}),
-    ("ipndm", {"variable": True}),
-    ("ipndm", {"denoise_to_zero": False}),
-    ("ipndm", {"variable": True, "denoise_to_zero": False}),
-    ("ipndm", {"order": 2}),
-    ("ipndm", {"order": 2, "denoise_to_zero": False}),
-]
+VARIANTS = [("euler", {}), ("dpm-solver++", {})] + [("ipndm", o) for o in (
+    {}, {"variable": True}, {"denoise_to_zero": False}, {"variable": True, "denoise_to_zero": False},
+    {"order": 2}, {"order": 2, "denoise_to_zero": False})]
+METRIC = "fid"
 
 
 def trained(out: Path, steps: int, device: str):
@@ -82,8 +76,8 @@ def main(device: str = "cpu", argv: list[str] | None = None) -> None:
                                      options=opts, info=info, device=args.device)
                 imgs.append(((x.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
             assert info["nfe"] == nfe, (name, opts, info)
-            fid = compute_metrics(torch.cat(imgs), "digits:test", "domain:digits", ("fid",), device=args.device,
-                                  progress=False)["fid"]
+            fid = compute_metrics(torch.cat(imgs), "digits:test", "domain:digits", (METRIC,), device=args.device,
+                                  progress=False)[METRIC]
             rows.append((nfe, label(name, opts), steps, fid))
             print(f"NFE {nfe:3d}  levels {steps:3d}  FID {fid:8.3f}  {label(name, opts)}", flush=True)
     print(f"\n| NFE | sampler | levels ({args.spacing}) | FID ({args.samples} samples, domain:digits) |\n|---|---|---|---|")
