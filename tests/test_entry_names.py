@@ -74,6 +74,10 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("bench/perf/plan.py", "fid"): (2, _PERF),
     ("bench/perf/plan.py", "kid"): (1, _PERF),
     ("bench/perf/train.py", "precision"): (1, _PERF),
+    ("bench/perf/ipndm.py", "euler"): (1, _PERF),
+    ("bench/perf/ipndm.py", "dpm-solver++"): (1, _PERF),
+    ("bench/perf/ipndm.py", "ipndm"): (1, _PERF),
+    ("bench/perf/ipndm.py", "fid"): (1, _PERF),
 }
 
 
