@@ -20,7 +20,8 @@ from bench.core.registry import Registry
 @dataclass(frozen=True)
 class Output:
     """One logged number: MLflow name, table label, format, direction (None: neither way is better),
-    and ``spread``: the output holding its own spread (IS over splits, KID over subsets)."""
+    ``spread``: the output holding its own spread (IS over splits, KID over subsets), and ``how``:
+    how it is measured, where a caption must say so (a timing's clock)."""
 
     key: str
     label: str
@@ -28,6 +29,7 @@ class Output:
     higher_is_better: bool | None = None
     spread: str | None = None
     unit: str = ""
+    how: str = ""
 
 
 @dataclass(frozen=True)
