@@ -267,3 +267,31 @@ def test_a_table_across_sample_counts_warns_that_its_numbers_are_not_comparable(
                for n in table.notes)
     plain = _table(store, rows="sample.eta", columns="sample.steps", values="fid")
     assert not any(n.startswith("Warning") for n in plain.notes)
+
+
+def test_a_flat_metric_axis_is_widened_and_the_caption_states_the_rule_and_the_range(store) -> None:
+    """NLL of the eps model: 3.25 and 3.26 (0.3 %) over every step count. The axis rule widens the
+    y axis to 5 % of the value and the caption says so with the true range; FID (10.5 .. 30+) is
+    left as drawn, but its caption states the rule too."""
+    flat = _plot(store, kind="line", x="sample.steps", y="nll_bpd", hue="sample.eta",
+                 where={"diffusion.objective": "eps"})
+    assert "at least 5 % of the metric's magnitude" in flat.caption
+    assert "NLL (bits/dim) ↓ spans 3.25..3.26 (axis widened to 5 % of its value)" in flat.caption
+    wide = _plot(store, kind="line", x="sample.steps", y="fid", hue="sample.eta")
+    assert "at least 5 % of the metric's magnitude" in wide.caption and "spans" not in wide.caption
+    heat = _plot(store, kind="heatmap", x="sample.steps", row="sample.eta", y="nll_bpd",
+                 where={"diffusion.objective": "eps"})
+    # its colours are cell means over the two seeds: 3.255 in every cell
+    assert "NLL (bits/dim) ↓ is 3.255 throughout (colour scale widened to 5 % of its value)" in heat.caption
+
+
+def test_the_default_figure_shows_the_metric_its_registry_entry_marks_as_the_headline(store) -> None:
+    from bench.metrics import METRICS
+    from bench.report.plots import headline
+
+    study, uri, _ = store
+    data, _, _ = _data(study, uri)
+    assert [m for m in METRICS.names() if METRICS.get(m).headline] == ["fid"]
+    assert headline("fid") and not headline("nll_bpd") and not headline("nfe")
+    specs = default_plots([], data, study.axes)  # no tables: the registry's headline metric
+    assert specs[0].y == "fid" and specs[0].x == "diffusion.objective"

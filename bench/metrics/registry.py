@@ -76,6 +76,7 @@ class MetricDef:
     check: Callable[[Any, Any, str], None] | None = None
     protocol: Callable[[int, int | None, dict[str, Any]], dict[str, Any]] | None = None
     cite: str = ""
+    headline: bool = False  # the number a default figure shows when a study has no tables (FID)
     feature_space: str | None = None  # "dinov2" | "clip": its own extractor (eval.dinov2_model / clip_model)
     # (gen features, ref features, ctx) -> {first output: value}: a metric of two feature sets, which
     # bootstrap intervals and paired tests recompute on resampled features (bench.metrics.uncertainty)
