@@ -13,6 +13,7 @@ import os
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -164,10 +165,11 @@ def test_loss_plot_draws_one_line_per_training(store) -> None:
     from bench.study.report_specs import PlotSpec
 
     frame = loss_frame(PlotSpec(kind="loss"), data)
-    for _, part in frame.groupby("run"):  # the bias-corrected EMA starts at the first value, not near 0,
-        raw, ema = part["train_loss"].to_numpy(), part["train_loss_ema"].to_numpy()  # and averages what came so far
-        assert ema[0] == pytest.approx(raw[0])
-        assert all(raw[: i + 1].min() - 1e-12 <= e <= raw[: i + 1].max() + 1e-12 for i, e in enumerate(ema))
+    assert "centred local-linear smoother over windows of 3 logged points" in fig.caption  # 20 points: 3
+    for _, part in frame.groupby("run"):  # a smoothed value for every logged point, in the curve's range
+        raw, smooth = part["train_loss"].to_numpy(), part["train_loss_smooth"].to_numpy()
+        assert len(smooth) == len(raw) == 20 and np.isfinite(smooth).all()
+        assert raw.min() - 0.1 * np.ptp(raw) <= smooth.min() and smooth.max() <= raw.max() + 0.1 * np.ptp(raw)
     labels = frame.groupby("run")["_label"].first()
     assert len(labels) == 4 and labels.nunique() == 4  # each training named by what differs
     assert set(labels) == {f"objective={o}, seed={s}" for o in ("eps", "v") for s in (0, 1)}
@@ -295,3 +297,30 @@ def test_the_default_figure_shows_the_metric_its_registry_entry_marks_as_the_hea
     assert headline("fid") and not headline("nll_bpd") and not headline("nfe")
     specs = default_plots([], data, study.axes)  # no tables: the registry's headline metric
     assert specs[0].y == "fid" and specs[0].x == "diffusion.objective"
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 21])
+def test_loss_smoother_has_no_lag_on_a_line_and_keeps_a_constant_from_the_first_point(window) -> None:
+    """On a noiseless linear curve (unevenly logged steps) the smoother returns the curve itself at
+    every point, ends included: no lag (a causal EMA of a falling line reads above it); a constant
+    curve comes back as that constant from its first point on (no start-up bias towards 0)."""
+    from bench.report.loss_plot import smooth_linear
+
+    steps = np.array([0, 10, 20, 40, 50, 70, 100, 110, 150, 200, 210, 260], dtype=float)
+    line = 0.9 - 0.003 * steps
+    np.testing.assert_allclose(smooth_linear(steps, line, window), line, rtol=0, atol=1e-12)
+    const = np.full(len(steps), 0.25)
+    np.testing.assert_allclose(smooth_linear(steps, const, window), const, rtol=0, atol=1e-15)
+    ema = pd.Series(line).ewm(span=5, adjust=True).mean().to_numpy()
+    assert (ema[1:] > line[1:] + 1e-3).all()  # what it replaces: the EMA trails the falling line
+
+
+def test_loss_smoother_averages_noise_around_a_line() -> None:
+    """Alternating +-0.1 noise on a line: a 5-point window's fit is much closer to the line than the
+    raw points are (the smoother smooths; it is not the identity)."""
+    from bench.report.loss_plot import smooth_linear
+
+    steps = np.arange(40, dtype=float)
+    line = 2.0 - 0.01 * steps
+    noisy = line + 0.1 * (-1.0) ** np.arange(40)
+    assert np.abs(smooth_linear(steps, noisy, 5) - line).max() < 0.05
