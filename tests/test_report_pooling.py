@@ -161,15 +161,21 @@ def test_loss_plot_draws_one_line_per_training(store) -> None:
     assert len(fig.images) == 1 and "One line per TRAIN run (4)" in fig.caption
     # eps and v losses regress different targets (v's is 10x here): one panel each, its own y axis
     assert "One panel per objective, each on its own y axis" in fig.caption
-    from bench.report.loss_plot import loss_frame
+    from bench.report.loss_plot import loss_frame, smoothed
     from bench.study.report_specs import PlotSpec
 
     frame = loss_frame(PlotSpec(kind="loss"), data)
     assert "centred local-linear smoother over windows of 3 logged points" in fig.caption  # 20 points: 3
     for _, part in frame.groupby("run"):  # a smoothed value for every logged point, in the curve's range
-        raw, smooth = part["train_loss"].to_numpy(), part["train_loss_smooth"].to_numpy()
-        assert len(smooth) == len(raw) == 20 and np.isfinite(smooth).all()
-        assert raw.min() - 0.1 * np.ptp(raw) <= smooth.min() and smooth.max() <= raw.max() + 0.1 * np.ptp(raw)
+        raw = part["train_loss"].to_numpy()
+        for logy in (False, True):
+            smooth = smoothed(part, logy)
+            assert len(smooth) == len(raw) == 20 and np.isfinite(smooth).all()
+            assert raw.min() - 0.1 * np.ptp(raw) <= smooth.min() and smooth.max() <= raw.max() + 0.1 * np.ptp(raw)
+    # on a log axis the fit is to log(loss): an exponential decay (a line as drawn) comes back unchanged
+    decay = pd.DataFrame({"step": np.arange(0.0, 100.0, 10.0), "_window": 5})
+    decay["train_loss"] = 2.0 * np.exp(-0.03 * decay["step"])
+    np.testing.assert_allclose(smoothed(decay, True), decay["train_loss"], rtol=1e-12)
     labels = frame.groupby("run")["_label"].first()
     assert len(labels) == 4 and labels.nunique() == 4  # each training named by what differs
     assert set(labels) == {f"objective={o}, seed={s}" for o in ("eps", "v") for s in (0, 1)}

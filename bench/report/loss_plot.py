@@ -25,7 +25,8 @@ def loss_caption(spec: PlotSpec, frame: pd.DataFrame, names: dict[str, str]) -> 
             "between them. Thin: train_loss as logged (the mean over each log_every window); thick: a centred "
             f"local-linear smoother over windows of {'/'.join(map(str, windows))} logged points (at each point, the "
             "least-squares line through the window around it, evaluated there; at the ends the window is "
-            "shifted inwards): it does not lag the raw loss as a moving average does, returns a straight or "
+            "shifted inwards; fitted to log(loss) on a log axis, so a straight line as drawn comes back "
+            "unchanged): it does not lag the raw loss as a moving average does, returns a straight or "
             "flat stretch unchanged, and starts at the curve's own level." + facets)  # fmt: skip
 
 
@@ -73,7 +74,7 @@ def loss_facets(spec: PlotSpec, frame: pd.DataFrame) -> PlotSpec:
 
 def loss_frame(spec: PlotSpec, data: StudyRuns) -> pd.DataFrame:
     """``train_loss`` history of every TRAIN run of the study (one ``run`` each), with the axis values
-    of its config, its smoothed curve and a ``_label`` naming the training axes that differ between the runs."""
+    of its config, its smoother's window and a ``_label`` naming the training axes that differ between the runs."""
     train = data.runs_of_kind("train")
     by_train_key = data.jobs.drop_duplicates("_train_key").set_index("_train_key")
     by_train_key = filter_jobs(by_train_key, spec.where)
@@ -91,7 +92,6 @@ def loss_frame(spec: PlotSpec, data: StudyRuns) -> pd.DataFrame:
             continue
         part = pd.DataFrame(history, columns=["step", "train_loss"]).sort_values("step")
         part["_window"] = _window(spec, len(part))
-        part["train_loss_smooth"] = smooth_linear(part["step"], part["train_loss"], int(part["_window"].iloc[0]))
         config = mine.loc[key]
         for axis in {*differ, *(a for a in (spec.hue, spec.style, spec.col, *_TARGET_AXES) if a and a in config)}:
             part[axis] = config[axis]
@@ -99,6 +99,15 @@ def loss_frame(spec: PlotSpec, data: StudyRuns) -> pd.DataFrame:
         part["run"] = run["run_id"]
         parts.append(part)
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+
+def smoothed(part: pd.DataFrame, logy: bool) -> np.ndarray:
+    """A run's smoothed loss in the space it is drawn in: on a log axis the fit is to log(loss) (a
+    straight line as drawn comes back unchanged there too); in linear space where a value is <= 0."""
+    y, w = part["train_loss"].to_numpy(dtype=float), int(part["_window"].iloc[0])
+    if logy and (y > 0).all():
+        return np.exp(smooth_linear(part["step"], np.log(y), w))
+    return smooth_linear(part["step"], y, w)
 
 
 def plot_loss(ax: Any, sub: pd.DataFrame, spec: PlotSpec, order: dict[str, list[Any]], names: dict[str, str]) -> None:
@@ -109,17 +118,17 @@ def plot_loss(ax: Any, sub: pd.DataFrame, spec: PlotSpec, order: dict[str, list[
     colours = list(dict.fromkeys(sub[hue].map(str)))
     palette = dict(zip(colours, sns.color_palette(n_colors=max(1, len(colours)))))
     dashes = dict(zip(dict.fromkeys(sub[spec.style].map(str)), ("-", "--", ":", "-."))) if spec.style else {}
+    positive = sub["train_loss"][sub["train_loss"] > 0]
+    logy = spec.options.get("logy")
+    if logy is None:  # log when the loss falls by 10x or more
+        logy = len(positive) > 1 and positive.max() / positive.min() >= 10
     for _, part in sub.groupby("run", sort=False):
         first = part.iloc[0]
         colour = palette[str(first[hue])]
         ax.plot(part["step"], part["train_loss"], color=colour, alpha=0.3, lw=0.8)
         label = str(first[spec.hue]) if spec.hue and not spec.style else str(first["_label"])
-        ax.plot(part["step"], part["train_loss_smooth"], color=colour, lw=1.8, label=label,
+        ax.plot(part["step"], smoothed(part, bool(logy)), color=colour, lw=1.8, label=label,
                 ls=dashes.get(str(first[spec.style]), "-") if spec.style else "-")  # fmt: skip
-    positive = sub["train_loss"][sub["train_loss"] > 0]
-    logy = spec.options.get("logy")
-    if logy is None:  # log when the loss falls by 10x or more
-        logy = len(positive) > 1 and positive.max() / positive.min() >= 10
     if logy:
         ax.set_yscale("log")
     ax.set_xlabel("training step")
