@@ -57,7 +57,6 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("bench/metrics/defs/fid.py", "kid"): (1, "FID's advice names the metric that works with few samples"),
     ("bench/rescore.py", "fid"): (4, "audit recomputes FID through both FID backends: FID by purpose"),
     ("bench/search/run.py", "local"): (1, "a search trains its one base model on this machine"),
-    ("bench/report/plots.py", "fid"): (1, "the default plot prefers FID as its metric (a preference order)"),
     # benchmarks
     ("bench/perf/grid.py", "ddim"): (1, _PERF),
     ("bench/perf/grid.py", "nll"): (1, _PERF),

@@ -13,6 +13,7 @@ import os
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -160,14 +161,21 @@ def test_loss_plot_draws_one_line_per_training(store) -> None:
     assert len(fig.images) == 1 and "One line per TRAIN run (4)" in fig.caption
     # eps and v losses regress different targets (v's is 10x here): one panel each, its own y axis
     assert "One panel per objective, each on its own y axis" in fig.caption
-    from bench.report.loss_plot import loss_frame
+    from bench.report.loss_plot import loss_frame, smoothed
     from bench.study.report_specs import PlotSpec
 
     frame = loss_frame(PlotSpec(kind="loss"), data)
-    for _, part in frame.groupby("run"):  # the bias-corrected EMA starts at the first value, not near 0,
-        raw, ema = part["train_loss"].to_numpy(), part["train_loss_ema"].to_numpy()  # and averages what came so far
-        assert ema[0] == pytest.approx(raw[0])
-        assert all(raw[: i + 1].min() - 1e-12 <= e <= raw[: i + 1].max() + 1e-12 for i, e in enumerate(ema))
+    assert "centred local-linear smoother over windows of 3 logged points" in fig.caption  # 20 points: 3
+    for _, part in frame.groupby("run"):  # a smoothed value for every logged point, in the curve's range
+        raw = part["train_loss"].to_numpy()
+        for logy in (False, True):
+            smooth = smoothed(part, logy)
+            assert len(smooth) == len(raw) == 20 and np.isfinite(smooth).all()
+            assert raw.min() - 0.1 * np.ptp(raw) <= smooth.min() and smooth.max() <= raw.max() + 0.1 * np.ptp(raw)
+    # on a log axis the fit is to log(loss): an exponential decay (a line as drawn) comes back unchanged
+    decay = pd.DataFrame({"step": np.arange(0.0, 100.0, 10.0), "_window": 5})
+    decay["train_loss"] = 2.0 * np.exp(-0.03 * decay["step"])
+    np.testing.assert_allclose(smoothed(decay, True), decay["train_loss"], rtol=1e-12)
     labels = frame.groupby("run")["_label"].first()
     assert len(labels) == 4 and labels.nunique() == 4  # each training named by what differs
     assert set(labels) == {f"objective={o}, seed={s}" for o in ("eps", "v") for s in (0, 1)}
@@ -267,3 +275,58 @@ def test_a_table_across_sample_counts_warns_that_its_numbers_are_not_comparable(
                for n in table.notes)
     plain = _table(store, rows="sample.eta", columns="sample.steps", values="fid")
     assert not any(n.startswith("Warning") for n in plain.notes)
+
+
+def test_a_flat_metric_axis_is_widened_and_the_caption_states_the_rule_and_the_range(store) -> None:
+    """NLL of the eps model: 3.25 and 3.26 (0.3 %) over every step count. The axis rule widens the
+    y axis to 5 % of the value and the caption says so with the true range; FID (10.5 .. 30+) is
+    left as drawn, but its caption states the rule too."""
+    flat = _plot(store, kind="line", x="sample.steps", y="nll_bpd", hue="sample.eta",
+                 where={"diffusion.objective": "eps"})
+    assert "at least 5 % of the metric's magnitude" in flat.caption
+    assert "NLL (bits/dim) ↓ spans 3.25..3.26 (axis widened to 5 % of its value)" in flat.caption
+    wide = _plot(store, kind="line", x="sample.steps", y="fid", hue="sample.eta")
+    assert "at least 5 % of the metric's magnitude" in wide.caption and "spans" not in wide.caption
+    heat = _plot(store, kind="heatmap", x="sample.steps", row="sample.eta", y="nll_bpd",
+                 where={"diffusion.objective": "eps"})
+    # its colours are cell means over the two seeds: 3.255 in every cell
+    assert "NLL (bits/dim) ↓ is 3.255 throughout (colour scale widened to 5 % of its value)" in heat.caption
+
+
+def test_the_default_figure_shows_the_metric_its_registry_entry_marks_as_the_headline(store) -> None:
+    from bench.metrics import METRICS
+    from bench.report.plots import headline
+
+    study, uri, _ = store
+    data, _, _ = _data(study, uri)
+    assert [m for m in METRICS.names() if METRICS.get(m).headline] == ["fid"]
+    assert headline("fid") and not headline("nll_bpd") and not headline("nfe")
+    specs = default_plots([], data, study.axes)  # no tables: the registry's headline metric
+    assert specs[0].y == "fid" and specs[0].x == "diffusion.objective"
+
+
+@pytest.mark.parametrize("window", [1, 3, 5, 21])
+def test_loss_smoother_has_no_lag_on_a_line_and_keeps_a_constant_from_the_first_point(window) -> None:
+    """On a noiseless linear curve (unevenly logged steps) the smoother returns the curve itself at
+    every point, ends included: no lag (a causal EMA of a falling line reads above it); a constant
+    curve comes back as that constant from its first point on (no start-up bias towards 0)."""
+    from bench.report.loss_plot import smooth_linear
+
+    steps = np.array([0, 10, 20, 40, 50, 70, 100, 110, 150, 200, 210, 260], dtype=float)
+    line = 0.9 - 0.003 * steps
+    np.testing.assert_allclose(smooth_linear(steps, line, window), line, rtol=0, atol=1e-12)
+    const = np.full(len(steps), 0.25)
+    np.testing.assert_allclose(smooth_linear(steps, const, window), const, rtol=0, atol=1e-15)
+    ema = pd.Series(line).ewm(span=5, adjust=True).mean().to_numpy()
+    assert (ema[1:] > line[1:] + 1e-3).all()  # what it replaces: the EMA trails the falling line
+
+
+def test_loss_smoother_averages_noise_around_a_line() -> None:
+    """Alternating +-0.1 noise on a line: a 5-point window's fit is much closer to the line than the
+    raw points are (the smoother smooths; it is not the identity)."""
+    from bench.report.loss_plot import smooth_linear
+
+    steps = np.arange(40, dtype=float)
+    line = 2.0 - 0.01 * steps
+    noisy = line + 0.1 * (-1.0) ** np.arange(40)
+    assert np.abs(smooth_linear(steps, noisy, 5) - line).max() < 0.05

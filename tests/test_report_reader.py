@@ -159,6 +159,31 @@ def test_a_flat_search_axis_is_widened_and_its_range_stated():
     assert _honest_range(ax2, pd.Series([3.0, 6.0]), "fid") == ""  # a real change: untouched
 
 
+def test_the_axis_rule_widens_a_flat_axis_and_never_narrows_one():
+    """bench.report.axes.widen: a flat linear axis grows to 5 % of the value around the values; an
+    axis already wider (error bars beyond the values) is kept; a log axis is left alone."""
+    from matplotlib.figure import Figure
+
+    from bench.report.axes import widen
+
+    ax = Figure().subplots()
+    ax.plot([0, 1], [100.0, 100.5])
+    assert widen(ax, [100.0, 100.5]) == pytest.approx((100.0, 100.5, 100.25 - 2.5125, 100.25 + 2.5125))
+    assert ax.get_ylim() == pytest.approx((100.25 - 2.5125, 100.25 + 2.5125))  # 5 % of 100.5
+    bars = Figure().subplots()
+    bars.errorbar([0, 1], [100.0, 100.5], yerr=[10.0, 10.0])
+    before = bars.get_ylim()
+    widen(bars, [100.0, 100.5])
+    assert bars.get_ylim() == before  # the error bars' span is wider than the window: kept
+    xs = Figure().subplots()
+    xs.plot([8.0, 8.01], [0, 1])
+    assert widen(xs, [8.0, 8.01], "x") is not None and xs.get_xlim()[1] - xs.get_xlim()[0] >= 0.05 * 8.01 - 1e-12
+    log = Figure().subplots()
+    log.plot([0, 1], [100.0, 100.5])
+    log.set_yscale("log")
+    assert widen(log, [100.0, 100.5]) is None
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,62 @@ def sample_seeds(cfg: RunConfig, n: int) -> list[int]:
     return [cfg.seed * SEED_STRIDE + i for i in range(n)]
 
 
+@dataclass
+class Timing:
+    """Sampling wall-clock of a run: (images, seconds) per timed batch, each read after a device
+    sync; the warm-up network call before the clock (:func:`_warm_up`) is in none of them."""
+
+    batches: list[tuple[int, float]]
+
+    @property
+    def seconds(self) -> float:
+        return sum(s for _, s in self.batches)
+
+    @property
+    def images(self) -> int:
+        return sum(n for n, _ in self.batches)
+
+    def per_image(self) -> list[float]:
+        return [s / n for n, s in self.batches if n]
+
+    def outputs(self, n: int) -> dict[str, float]:
+        """``sample_seconds`` (the timed seconds per image times ``n``), ``seconds_per_image`` (the
+        median over batches of a batch's seconds per image: one slow batch moves it little) and, from
+        two batches on, ``seconds_per_image_iqr`` (their interquartile range; one batch has none)."""
+        per = self.per_image()
+        if not per:
+            return {}
+        out = {"sample_seconds": self.seconds / self.images * n, "seconds_per_image": statistics.median(per)}
+        if len(per) >= 2:
+            q1, _, q3 = statistics.quantiles(per, n=4, method="inclusive")
+            out["seconds_per_image_iqr"] = q3 - q1
+        return out
+
+
+def _timed(batches: Any, device: str, times: list[float]) -> Any:
+    """Yield ``batches``; append each one's seconds (the loop body's, between two device syncs)."""
+    for b in batches:
+        _sync(device)
+        t0 = time.perf_counter()
+        yield b
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+
+
+def _warm_up(diffusion: Any, net: Any, shape: tuple[int, ...], y: torch.Tensor | None, device: str,
+             autocast: Any) -> None:
+    """One untimed network call on the first batch's shape before the clock starts (lazy CUDA and
+    library init, the allocator, a compiled graph), through the diffusion's training loss (one call
+    at a random level of its own time input); it is counted in no NFE: the Denoiser never sees it."""
+    gen = torch.Generator(device).manual_seed(0)  # its own noise: the run's random state is untouched
+    with torch.no_grad(), autocast:
+        diffusion.training_loss(net, torch.zeros(shape, device=device), y, generator=gen)
+
+
 def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str, progress: bool = True,
-             guide: Any = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, float, dict[str, int]]:
+             guide: Any = None, start: int = 0) -> tuple[torch.Tensor, torch.Tensor | None, Timing, dict[str, int]]:
     """Images ``start`` .. ``eval.num_samples - 1`` as uint8 (decoded to pixels in latent space),
-    their labels, seconds, and the network calls the Denoiser counted per image (``nfe``,
+    their labels, their :class:`Timing`, and the network calls the Denoiser counted per image (``nfe``,
     ``guided_calls``; equal for every batch, so the first batch's count is the run's)."""
     from tqdm.auto import tqdm
 
@@ -59,9 +112,12 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
 
     request = SampleRequest.of(s, clip_denoised=s.clip_denoised and codec is None)  # every setting, once
     out, calls = [], {}
-    _sync(device)
-    t0 = time.perf_counter()
-    for lo in tqdm(range(0, n, bs), desc="sampling", disable=not progress, leave=False):
+    if n > 0:
+        first = labels[:min(n, bs)].to(device) if labels is not None else None
+        for m in (net, guide) if guide is not None else (net,):  # autoguidance's model is called too
+            _warm_up(diffusion, m, (min(n, bs), *shape), first, device, autocast)
+    times: list[float] = []
+    for lo in _timed(tqdm(range(0, n, bs), desc="sampling", disable=not progress, leave=False), device, times):
         hi = min(n, lo + bs)
         y = labels[lo:hi].to(device) if labels is not None else None
         with autocast:
@@ -70,14 +126,13 @@ def generate(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str
             if codec is not None:
                 x = codec.decode(x.float())
         out.append(x.float().cpu())
-    _sync(device)
-    seconds = time.perf_counter() - t0
+    timing = Timing([(min(n, lo + bs) - lo, t) for lo, t in zip(range(0, n, bs), times)])
     x = torch.cat(out)
     SAMPLED["images"] += len(x)
     if not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
         raise FloatingPointError(f"{bad} of {n} generated images contain NaN or inf (model {cfg.train_key()})")
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), labels, seconds, calls
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8), labels, timing, calls
 
 
 def sampling_precision(cfg: RunConfig, device: str) -> str:
@@ -135,8 +190,8 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
         guide_cfg = cfg.guide_config()
         guide, _, _ = load_trained(checkpoint_path(guide_cfg.train_key()), device=device)
         tags["bench.guide_key"] = guide_cfg.train_key()
-    images, labels, sample_seconds, calls = stored_or_generated(cfg, model, diffusion, codec, device, progress,
-                                                                guide, tags)
+    images, labels, timing, calls = stored_or_generated(cfg, model, diffusion, codec, device, progress,
+                                                        guide, tags)
     t0 = time.perf_counter()
     ev = cfg.eval
     on_images = [m for m in ev.metrics if not METRICS.get(m).needs_model]
@@ -154,8 +209,7 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
         tags["protocol.nll_samples"] = str(ev.nll_samples)
         tags["protocol.nll_timesteps"] = str(ev.nll_timesteps or "all")
     eval_seconds = time.perf_counter() - t0
-    values.update(sample_seconds=sample_seconds, eval_seconds=eval_seconds,
-                  seconds_per_image=sample_seconds / len(images), **calls)
+    values.update(eval_seconds=eval_seconds, **timing.outputs(len(images)), **calls)
     result_file = train_dir(cfg.train_key()) / "result.json"
     if result_file.exists():
         values["train_seconds"] = json.loads(result_file.read_text())["train_seconds"]
@@ -169,10 +223,10 @@ def run_eval(cfg: RunConfig, key: str, device: str, progress: bool = True) -> di
 
 
 def stored_or_generated(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, device: str, progress: bool,
-                        guide: Any, tags: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor | None, float, dict]:
+                        guide: Any, tags: dict[str, str]) -> tuple[torch.Tensor, torch.Tensor | None, Timing, dict]:
     """The run's images: the first ``eval.num_samples`` of the stored sequence of its sample key
     (drawn by a run scored differently, or by one with more samples), and the rest generated and
-    stored. ``sample_seconds`` is the measured seconds per image times the count."""
+    stored, with the timing of every batch that drew them (a stored sequence's own)."""
     n, skey = cfg.eval.num_samples, cfg.sample_key()
     tags["bench.sample_key"] = skey
     tags.update(sampling_tags(cfg, device))
@@ -180,21 +234,29 @@ def stored_or_generated(cfg: RunConfig, model: Any, diffusion: Any, codec: Any, 
     if run is not None:
         tags["bench.samples_reused"] = str(n)
         calls = {k: int(v) for k, v in run["calls"].items()}
-        return run["images"], run["labels"], float(run["seconds"]) / run["stored"] * n, calls
+        return run["images"], run["labels"], _stored_timing(run), calls
     stored = load_samples(skey)  # fewer than n: keep them, draw the rest
     have = len(stored["images"]) if stored is not None else 0
     if have:
         tags["bench.samples_reused"] = str(have)
-    images, labels, seconds, calls = generate(cfg, model, diffusion, codec, device, progress, guide, start=have)
+    images, labels, timing, calls = generate(cfg, model, diffusion, codec, device, progress, guide, start=have)
     batching = calls.pop("guidance_batch", None)  # a tag, not a count: calls are logged as metrics
     if batching is not None:
         tags["protocol.guidance_batch"] = batching
     if have:
-        seconds += float(stored["seconds"])
+        timing = Timing(_stored_timing(stored).batches + timing.batches)
         images = torch.cat([stored["images"], images])
         labels = torch.cat([stored["labels"], labels]) if labels is not None else None
-    save_samples(skey, images, labels, sample_seeds(cfg, n), seconds, calls)
-    return images, labels, seconds, calls
+    save_samples(skey, images, labels, sample_seeds(cfg, n), timing.seconds, calls, batches=timing.batches)
+    return images, labels, timing, calls
+
+
+def _stored_timing(blob: dict[str, Any]) -> Timing:
+    """The timed batches kept with stored samples (one batch of all of them where none were kept)."""
+    batches = blob.get("batches")
+    if batches is None:
+        return Timing([(len(blob["images"]) if "stored" not in blob else int(blob["stored"]), float(blob["seconds"]))])
+    return Timing([(int(k), float(s)) for k, s in batches.tolist()])
 
 
 def image_metrics(cfg: RunConfig, key: str, images: torch.Tensor, labels: torch.Tensor | None,

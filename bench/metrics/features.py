@@ -67,12 +67,16 @@ def samples_path(key: str) -> Path:
 
 
 def save_samples(key: str, images: torch.Tensor, labels: torch.Tensor | None, seeds: list[int],
-                 seconds: float, calls: dict[str, int]) -> Path:
+                 seconds: float, calls: dict[str, int], batches: list[tuple[int, float]] | None = None) -> Path:
     """Keep a run's uint8 samples, the classes and seeds they were drawn with, and their cost
-    (seconds, network calls per image) for the runs that reuse them."""
+    (seconds, network calls per image; ``batches``: (images, seconds) of each timed batch) for the
+    runs that reuse them."""
     path = samples_path(key)
-    atomic_torch_save({"images": images.contiguous(), "labels": labels, "seeds": torch.tensor(seeds),
-                       "seconds": float(seconds), "calls": {k: int(v) for k, v in calls.items()}}, path)
+    blob = {"images": images.contiguous(), "labels": labels, "seeds": torch.tensor(seeds),
+            "seconds": float(seconds), "calls": {k: int(v) for k, v in calls.items()}}
+    if batches is not None:
+        blob["batches"] = torch.tensor(batches, dtype=torch.float64).reshape(-1, 2)
+    atomic_torch_save(blob, path)
     return path
 
 

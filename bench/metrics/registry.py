@@ -20,7 +20,8 @@ from bench.core.registry import Registry
 @dataclass(frozen=True)
 class Output:
     """One logged number: MLflow name, table label, format, direction (None: neither way is better),
-    and ``spread``: the output holding its own spread (IS over splits, KID over subsets)."""
+    ``spread``: the output holding its own spread (IS over splits, KID over subsets), and ``how``:
+    how it is measured, where a caption must say so (a timing's clock)."""
 
     key: str
     label: str
@@ -28,6 +29,7 @@ class Output:
     higher_is_better: bool | None = None
     spread: str | None = None
     unit: str = ""
+    how: str = ""
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class MetricDef:
     check: Callable[[Any, Any, str], None] | None = None
     protocol: Callable[[int, int | None, dict[str, Any]], dict[str, Any]] | None = None
     cite: str = ""
+    headline: bool = False  # the number a default figure shows when a study has no tables (FID)
     feature_space: str | None = None  # "dinov2" | "clip": its own extractor (eval.dinov2_model / clip_model)
     # (gen features, ref features, ctx) -> {first output: value}: a metric of two feature sets, which
     # bootstrap intervals and paired tests recompute on resampled features (bench.metrics.uncertainty)

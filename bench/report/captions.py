@@ -121,6 +121,8 @@ def _spread_meaning(key: str) -> str:
     label = _output_name(key)
     if " std over " in label:  # the spread output's label says over what (IS: splits, KID: subsets)
         return "its std over " + label.split(" std over ", 1)[1]
+    if " IQR over " in label:  # a timing's spread: the interquartile range over batches
+        return "its interquartile range over " + label.split(" IQR over ", 1)[1]
     if label.endswith(" std"):
         return "its std over repeats"
     if "standard error" in label:
@@ -144,8 +146,9 @@ def timing_note(metric: str, jobs: pd.DataFrame) -> str:
             values = values[values > 0]
             if len(values) >= 2:
                 ratios.append(float(values.max() / values.min()))
-    what = (f"{_output_name(metric)}: one wall-clock measurement per run (the first batch included, no repetition), "
-            "on a machine that may run other jobs.")
+    how = OUTPUTS.get(metric).how if metric in OUTPUTS else ""
+    what = (f"{_output_name(metric)}: {how or 'one wall-clock measurement per run'}, on a machine that may run other "
+            "jobs.")
     if ratios:
         return what + (f" Runs doing the same work (one network, equal network calls per image) differ by up to "
                        f"{max(ratios):.2f}x here: smaller differences are noise.")

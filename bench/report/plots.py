@@ -18,6 +18,8 @@ from typing import Any
 
 import pandas as pd
 
+from bench.metrics import METRICS, maker_of
+from bench.report.axes import RULE, flat_window, range_note, widen
 from bench.report.grids import PNG_MAGIC, sample_grids
 from bench.report.loss_plot import loss_caption, loss_facets, loss_frame, plot_loss
 from bench.report.pooling import figure_caption, show_every_axis
@@ -67,9 +69,13 @@ def render_plot(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], na
         fig.notes.append("Nothing to plot yet: no finished runs match this plot.")
         return fig
     draw = {"line": _line, "tradeoff": _tradeoff, "heatmap": _heatmap, "bars": _bars, "loss": plot_loss}[spec.kind]
-    if spec.kind == "heatmap":  # one colour scale for every facet and image
+    ranges = []
+    if spec.kind == "heatmap":  # one colour scale for every facet and image, widened by the axis rule
         cells = frame.groupby([spec.row, spec.x, *([spec.col] if spec.col else []), *rest])[spec.y].mean()
-        draw = functools.partial(_heatmap, vrange=(float(cells.min()), float(cells.max())))
+        window = flat_window(cells)
+        vrange = (window[2], window[3]) if window else (float(cells.min()), float(cells.max()))
+        draw = functools.partial(_heatmap, vrange=vrange)
+        ranges.append(range_note(metric_label(spec.y or ""), window).replace("axis", "colour scale"))
     groups = frame.groupby([frame[a].map(str) for a in rest], sort=False) if rest else [((), frame)]
     parts = sorted(groups, key=lambda g: _rank(rest, g[1].iloc[0], order))
     for values, part in parts:
@@ -77,7 +83,25 @@ def render_plot(spec: PlotSpec, data: StudyRuns, order: dict[str, list[Any]], na
         label = ", ".join(f"{names.get(a, a)} = {v}" for a, v in zip(rest, values))
         part = _categorical(part.copy(), spec, order)
         fig.images.append((f"{title} — {label}" if label else title, _draw(spec, part, order, names, draw)))
+        ranges += [f"{label}: {n}" if label else n for n in _axis_ranges(spec, part)]
+    if spec.kind != "loss":
+        widened = "; ".join(r for r in ranges if r)
+        fig.caption = " ".join(c for c in (fig.caption, RULE, widened + "." if widened else "") if c)
     return fig
+
+
+def _metric_axes(spec: PlotSpec) -> list[tuple[str, str]]:
+    """(which, output) of each axis showing a metric (a heatmap's colour scale is set by render_plot)."""
+    if spec.kind == "tradeoff":
+        return [("x", spec.x or ""), ("y", spec.y or "")]
+    return [("y", spec.y or "")] if spec.kind == "line" else []  # bars start at 0: wide enough
+
+
+def _axis_ranges(spec: PlotSpec, frame: pd.DataFrame) -> list[str]:
+    """The true range of each metric axis the rule widened in an image (every facet shares it)."""
+    linear = not spec.options.get("logy")
+    return [range_note(metric_label(m), flat_window(frame[m])) for which, m in _metric_axes(spec)
+            if m in frame and (linear or which == "x")]
 
 
 def coinciding(frame: pd.DataFrame, spec: PlotSpec, names: dict[str, str]) -> list[str]:
@@ -119,7 +143,7 @@ def default_plots(tables: list[TableSpec], data: StudyRuns, axes: tuple[str, ...
         metric, x, where = t.values[0], t.columns or t.rows[-1], dict(t.where)
         hue = next((r for r in t.rows if r != x), None)
     else:
-        ranked = sorted((m for m in data.metrics if direction(m) is not None), key=lambda m: m != "fid")
+        ranked = sorted((m for m in data.metrics if direction(m) is not None), key=lambda m: not headline(m))
         metric, x, where, hue = (ranked[0] if ranked else None), (axes[0] if axes else None), {}, None
     out = []
     jobs = filter_jobs(data.finished(), where)
@@ -136,6 +160,13 @@ def default_plots(tables: list[TableSpec], data: StudyRuns, axes: tuple[str, ...
             out.append(PlotSpec(kind="samples", y=metric, where=cell,
                                 title=f"Samples of the best cell by {metric_label(metric)}"))  # fmt: skip
     return out
+
+
+def headline(key: str) -> bool:
+    """Whether ``key`` is the value of a metric its registry entry marks as the headline number
+    (the one a default figure shows when the study's tables name none)."""
+    maker = maker_of(key)
+    return maker is not None and METRICS.get(maker).headline and METRICS.get(maker).value_key == key
 
 
 def _default_title(spec: PlotSpec, names: dict[str, str]) -> str:
@@ -214,6 +245,8 @@ def _draw(spec: PlotSpec, frame: pd.DataFrame, order: dict[str, list[Any]], name
                 ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
             else:
                 draw(ax, sub, spec, order, names)
+                for which, m in _metric_axes(spec):  # the image's values: facets share the window
+                    widen(ax, frame[m], which)
             ax.set_title(_short_facet(label, names), fontsize=10)
         _legend_outside(fig, axes.ravel(), names)
         buf = io.BytesIO()

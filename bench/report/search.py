@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from bench.core.errors import BenchError
+from bench.report.axes import honest_range as _honest_range  # the rule every metric plot follows
 from bench.study.search_spec import Param, SearchSpec, optuna_study_name, parse_search
 
 ALWAYS_SHOWN = ("seconds_per_image",)  # beside the objectives, the budget and the base run's metrics
@@ -201,20 +202,6 @@ def _objective_plot(plt: Any, done: pd.DataFrame, best: list[dict[str, Any]], sp
              if n]  # fmt: skip
     ax.set_title(f"{y} vs {p.key} ({len(done)} trials)" + (f"\n{'; '.join(notes)}" if notes else ""), fontsize=9)
     return _png(plt, fig)
-
-
-def _honest_range(ax: Any, values: pd.Series, name: str, least: float = 0.05) -> str:
-    """Widen a y axis whose values span less than ``least`` of their magnitude to that span, so a
-    change of 0.1 % does not fill the plot; returns a note naming the values' true range (or "")."""
-    v = pd.to_numeric(values, errors="coerce").dropna()
-    if len(v) < 2:
-        return ""
-    lo, hi, size = float(v.min()), float(v.max()), float(v.abs().max())
-    if size == 0 or hi - lo >= least * size:
-        return ""
-    mid = (lo + hi) / 2
-    ax.set_ylim(mid - least * size / 2, mid + least * size / 2)
-    return f"{name} spans {lo:.4g}..{hi:.4g} (axis widened to {100 * least:g} % of its value)"
 
 
 def _pareto_plot(plt: Any, done: pd.DataFrame, best: list[dict[str, Any]], spec: SearchSpec) -> bytes:

@@ -81,4 +81,4 @@ register_metric(MetricDef(
     torch_fidelity_flag="fid", min_samples=lambda dim: dim + 1,
     min_samples_why="feature dimension {dim} + 1, for a nonsingular covariance", few_samples_hint="kid",
     settings=(Setting("fid_backend", check_backend),), check=check, protocol=protocol,
-    cite="Heusel et al. 2017, GANs trained by a two time-scale update rule (FID)"))
+    cite="Heusel et al. 2017, GANs trained by a two time-scale update rule (FID)", headline=True))
