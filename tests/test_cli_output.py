@@ -13,7 +13,7 @@ def test_list_aligns_every_section(capsys) -> None:
 
     cmd_list()
     sections = capsys.readouterr().out.split("\n\n")
-    assert len(sections) == 4
+    assert len(sections) == 5  # registries; sampler options; guidance options; timestep densities; metric outputs
     for section in sections:
         rows = [line for line in section.splitlines() if line and not line.endswith(":")]
         starts = {re.match(r"\s*\S+(?: \S+)*?\s{2,}", row).end() for row in rows}  # where the text column begins

@@ -59,6 +59,8 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("bench/search/run.py", "local"): (1, "a search trains its one base model on this machine"),
     # benchmarks
     ("bench/perf/grid.py", "ddim"): (1, _PERF),
+    ("bench/perf/drill.py", "ddim"): (1, _PERF),
+    ("bench/perf/drill.py", "nll"): (1, _PERF),
     ("bench/perf/grid.py", "nll"): (1, _PERF),
     ("bench/perf/gpu.py", "ddim"): (1, _PERF),
     ("bench/perf/gpu.py", "fid"): (2, _PERF),
