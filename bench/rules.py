@@ -9,12 +9,10 @@ identity when there is no study file) and raises one BenchError saying what to d
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 from bench.core.errors import BenchError
-from bench.diffusion import GUIDANCE, LOSSES, SPACINGS, VARIANCES, TimeSampler, make_timesteps
+from bench.diffusion import LOSSES, SPACINGS, VARIANCES, TimeSampler, make_timesteps
 
 Origin = Callable[[str], str]
 
@@ -139,28 +137,3 @@ def check_t_sampling(name: str, options: dict, loss: str, at: str, origin: Origi
         raise BenchError(f"{at}: train.t_sampling {name!r} with {options or 'its defaults'} reweights the loss over t, "
                          f"but diffusion.loss {loss!r} ({origin('diffusion.loss')}) estimates the variational bound "
                          "from uniform t; use diffusion.loss: simple, or train.t_sampling: uniform without weighting")
-
-
-def check_finite_options(declared: Mapping[str, Any], values: Mapping[str, Any], at: str) -> None:
-    """A declared option's value is a finite number: NaN lies in no range and inf only where the
-    option's own default is infinite (``s_tmax``: no upper bound). A declared range says nothing of
-    NaN (every comparison with it is false), so this closes what ``Option.check`` leaves open."""
-    for name, value in values.items():
-        option = declared.get(name)
-        if option is None or not isinstance(value, float) or math.isfinite(value):
-            continue
-        if value == option.default:
-            continue
-        raise BenchError(f"{at}.{name} = {value!r} is not a finite number: {option.help}. Fix the value")
-
-
-def check_guidance_weight(w: float, method: str, at: str, origin: Origin = plain) -> None:
-    """The weight ``sample.guidance`` within the range its method declares (``weight_range``: cfg++'s
-    lambda in [0, 1], Chung et al. 2024); a finite number for every method."""
-    if isinstance(w, float) and not math.isfinite(w):
-        raise BenchError(f"{at}: sample.guidance = {w!r} is not a finite number. Fix the value")
-    low, high = GUIDANCE.meta(GUIDANCE.check(method, "sample.guidance_method")).get("weight_range", (None, None))
-    if (low is not None and w < low) or (high is not None and w > high):
-        raise BenchError(f"{at}: sample.guidance = {w} is outside [{low:g}, {high:g}], the range of guidance "
-                         f"method {method!r}'s weight ({origin('sample.guidance_method')}); use a weight in "
-                         "that range or another method")

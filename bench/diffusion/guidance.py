@@ -159,7 +159,7 @@ def cfg_interval(g: Guided, w: float, state: dict[str, Any], sigma_lo: float, si
 @register_guidance(
     "cfg++", paper="Chung et al. 2024, CFG++: Manifold-constrained Classifier Free Guidance, Alg. 1 (DDIM)",
     own_eps=True,  # its eps (the unconditional one) is not x0's: clipping x0 keeps it
-    weight_range=(0.0, 1.0),  # the paper's lambda (sample.guidance), checked by bench.rules.check_guidance_weight
+    weight_range=(0.0, 1.0),  # the paper's lambda (sample.guidance), checked by bench.diffusion.request.check_weight
 )
 def cfg_pp(g: Guided, w: float, state: dict[str, Any], **_: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's lambda is the study's w (its range [0, 1]; about 0.2-0.8 in the paper):

@@ -11,6 +11,7 @@ are written once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -64,7 +65,7 @@ class SampleRequest:
 
 
 def check_request(req: SampleRequest, options_at: str = "sample.options",
-                  guidance_at: str = "sample.guidance_options") -> dict[str, Any]:
+                  guidance_at: str = "sample.guidance_options", weight_at: str = "sample.guidance") -> dict[str, Any]:
     """Every rule on the settings alone; returns the sampler's keyword arguments (its options with
     the defaults filled in, eta through the shortcut where the sampler declares one)."""
     sampler = SAMPLERS.check(req.sampler, "sample.sampler")
@@ -76,6 +77,18 @@ def check_request(req: SampleRequest, options_at: str = "sample.options",
     kwargs = check_options(sampler, given, options_at)
     GUIDANCE.check(req.guidance_method, "sample.guidance_method")
     check_guidance(req.guidance_method, req.guidance_options, guidance_at)
+    check_weight(req.guidance, req.guidance_method, weight_at)
     if req.guidance_batch not in GUIDANCE_BATCH:
         raise BenchError(f"sample.guidance_batch = {req.guidance_batch!r} is not one of {', '.join(GUIDANCE_BATCH)}")
     return kwargs
+
+
+def check_weight(w: float, method: str, at: str = "sample.guidance") -> None:
+    """The weight ``sample.guidance``: a finite number within the range its method declares
+    (``weight_range``: cfg++'s lambda in [0, 1], Chung et al. 2024)."""
+    if not math.isfinite(float(w)):
+        raise BenchError(f"{at}: sample.guidance = {w!r} is not a finite number. Fix the value")
+    low, high = GUIDANCE.meta(method).get("weight_range", (None, None))
+    if (low is not None and w < low) or (high is not None and w > high):
+        raise BenchError(f"{at}: sample.guidance = {w} is outside [{low:g}, {high:g}], the range of guidance "
+                         f"method {method!r}'s weight; use a weight in that range or another method")

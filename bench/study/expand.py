@@ -168,7 +168,7 @@ class Expander:
 
     def _check_sampler(self, idx: tuple[int, ...], sample: Any) -> None:
         """``sample.options`` against the options the sampler declares."""
-        from bench.diffusion import GUIDANCE, SAMPLERS, SampleRequest, check_request
+        from bench.diffusion import SampleRequest, check_request
 
         options = sample.options.as_dict()
         where = self._at(idx, "sample.options", "sample.sampler")
@@ -177,12 +177,8 @@ class Expander:
         gwhere = (gwhere if "sample.guidance_options" in self.b.axis_at or "sample.guidance_method" in self.b.axis_at
                   else "sample.guidance_options")  # fmt: skip
         # the rules Diffusion.sample applies on the run, by the same function, before any work
-        check_request(SampleRequest.of(sample), where, gwhere)
-        rules.check_finite_options(SAMPLERS.meta(sample.sampler)["options"], options, where)
-        rules.check_finite_options(GUIDANCE.meta(sample.guidance_method)["options"],
-                                   sample.guidance_options.as_dict(), gwhere)
-        rules.check_guidance_weight(sample.guidance, sample.guidance_method,
-                                    self._at(idx, "sample.guidance", "sample.guidance_method"), self._origin(idx))
+        check_request(SampleRequest.of(sample), where, gwhere,
+                      self._at(idx, "sample.guidance", "sample.guidance_method"))
         self._check_guide(idx, sample)
         if "eta" in options and sample.eta not in (0.0, options["eta"]):
             raise BenchError(f"{self._at(idx, 'sample.eta', 'sample.options')}: sample.eta = {sample.eta} and "

@@ -9,6 +9,7 @@ against the declaration before any work. NFE is what the Denoiser counted, never
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,9 @@ class Option:
             raise BenchError(f"{where}: must be {'true or false' if self.type is bool else 'a number'} "
                              f"({self.type.__name__}), got {value!r}")
         value = self.type(value)
+        if self.type is float and not math.isfinite(value) and value != self.default:
+            # NaN lies in no range (every comparison is false); inf only where the default is (s_tmax)
+            raise BenchError(f"{where} = {value!r} is not a finite number: {self.help}. Fix the value")
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
             raise BenchError(f"{where} = {value!r} is outside [{self.low}, {self.high}]: {self.help}. Fix the value")
         return value
