@@ -70,12 +70,29 @@ class Tracker:
         check_server(self.uri)
         if self.uri:
             mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
         self.study = study_name
-        exp = self.client.get_experiment_by_name(study_name)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-            study_name, artifact_location=_artifact_location(self.uri, study_name))
+        # Workers starting together on one fresh store (search workers, a driver beside a report) would
+        # both create MLflow's SQLite tables ("duplicate column name") or the experiment ("already
+        # exists"): the store is opened under a lock beside its file, and a lost race to create the
+        # experiment (a server's store) reads the winner's.
+        with _store_lock(self.uri or mlflow.get_tracking_uri()):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            self.experiment_id = self._experiment(study_name)
         self.driver = f"{socket.gethostname()}:{os.getpid()}"
+
+    def _experiment(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp:
+            return exp.experiment_id
+        try:
+            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri, name))
+        except MlflowException:
+            exp = self.client.get_experiment_by_name(name)  # another process created it meanwhile
+            if exp is None:
+                raise
+            return exp.experiment_id
 
     def describe(self, question: str, metrics: list[tuple[str, bool | None]] | None = None,
                  params: list[str] | None = None, names: list[str] | None = None) -> None:
@@ -278,6 +295,23 @@ def _artifact_location(uri: str | None, study: str) -> str | None:
     db = Path(uri[len("sqlite:///"):]).resolve()
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in study)
     return (db.parent / "mlartifacts" / safe).as_uri()
+
+
+def _store_lock(uri: str) -> Any:
+    """Held: an exclusive lock beside an SQLite store's file (:func:`bench.core.paths.build_lock`);
+    nothing for a server, an in-memory store, or a folder this process cannot write a lock into."""
+    from contextlib import ExitStack
+
+    from bench.core.paths import build_lock
+
+    held = ExitStack()
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    if path and not path.startswith(":memory:"):
+        try:
+            held.enter_context(build_lock(path))
+        except OSError:
+            pass
+    return held
 
 
 def _param_str(v: Any) -> str:

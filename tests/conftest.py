@@ -12,11 +12,24 @@ torch.set_num_threads(1)
 tune_allocator()  # as the bench's own workers do: activation buffers reused, not page-faulted in anew
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Tests never read or write a cache outside this test process's own temporary folder: not the
+    repository's ``.bench_cache``, not a ``$BENCH_CACHE_DIR`` of the shell (a user's real cache, shared
+    with their runs and with the other xdist worker). Set for the whole session, so module fixtures
+    (trained models, Ray clusters) see it too. Nor a tracking server or Ray cluster the shell names."""
+    cache = str(tmp_path_factory.getbasetemp() / "bench_cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BENCH_CACHE_DIR", cache)
+        for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):  # the shell's server or cluster is not the tests'
+            mp.delenv(var, raising=False)
+        yield cache
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Tests never write caches into the repository."""
-    if "BENCH_CACHE_DIR" not in os.environ:
-        monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "bench_cache"))
+def _isolated_cache(_session_cache, monkeypatch):
+    """Each test starts on the session's cache, whatever an earlier test (or code it ran) set."""
+    monkeypatch.setenv("BENCH_CACHE_DIR", _session_cache)
 
 
 # The smallest DINOv2 and CLIP architectures, with random weights in their official file formats:

@@ -42,7 +42,7 @@ def start(study: Path, db: Path, env: dict, devices: str = "cpu", *extra: str) -
                             text=True)
 
 
-def finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     out, _ = proc.communicate(timeout=timeout)
     return out
 
@@ -68,7 +68,7 @@ def runs(db: Path) -> list[dict]:
              "resumed_from": d.get("bench.resumed_from")} for r, d in by_run.items()]
 
 
-def wait_for(cond, timeout: float = 240, what: str = "") -> None:
+def wait_for(cond, timeout: float = 400, what: str = "") -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
         if cond():
@@ -116,13 +116,22 @@ def test_killed_worker_job_is_retried_and_resumes(tmp_path, env):
     wait_for(lambda: any(ckpts.glob("*/checkpoint.pt")), what="a first training checkpoint")
 
     def workers():
-        kids = psutil.Process(proc.pid).children(recursive=True)
-        return [k for k in kids if "resource_tracker" not in " ".join(k.cmdline())]
+        kids = []
+        for k in psutil.Process(proc.pid).children(recursive=True):  # the driver's own: no machine-wide scan
+            try:
+                if "resource_tracker" not in " ".join(k.cmdline()):
+                    kids.append(k)
+            except psutil.Error:  # exited meanwhile
+                pass
+        return kids
 
     victims = workers()
     assert victims, "no worker process found"
     for v in victims:
-        v.kill()
+        try:
+            v.kill()
+        except psutil.NoSuchProcess:
+            pass
     out = finish(proc)
     final = runs(db)
     train = [r for r in final if r["kind"] == "train"]

@@ -9,6 +9,8 @@ declaration (``register_executor(..., test_options=, test_env=, package=, extra=
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,13 +26,16 @@ from bench.tracking import Tracker
 
 
 @pytest.mark.parametrize("name", EXECUTORS.names())
-def test_executor_runs_a_plan_and_records_every_job(name: str, tmp_path, monkeypatch) -> None:
+def test_executor_runs_a_plan_and_records_every_job(name: str, tmp_path, monkeypatch, request) -> None:
     meta = EXECUTORS.meta(name)
     if meta.get("package"):
         pytest.importorskip(meta["package"], reason=f"--executor {name} needs an extra")
     monkeypatch.setenv("BENCH_THREADS", "1")
     monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "cache"))
     for var, value in meta.get("test_env", {}).items():
+        if var.endswith("TMPDIR"):  # a folder of this test's own inside the declared one: no other run's files
+            value = tempfile.mkdtemp(prefix=f"{name}-", dir=value)
+            request.addfinalizer(lambda folder=value: shutil.rmtree(folder, ignore_errors=True))
         monkeypatch.setenv(var, value)
     study = build_study(tiny_study(f"conform-{name}", grid={"sample.steps": [2, 3]}, train_steps=10))
     plan = study.plan()

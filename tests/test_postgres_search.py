@@ -66,16 +66,24 @@ def postgres():
             pytest.skip("running as root and there is no 'postgres' user to run the server as")
         os.chown(root, user.pw_uid, user.pw_gid)
         run_as = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", free_port()
+    data = root / "data"
 
-    def pg(*cmd: str) -> None:
-        out = subprocess.run([*run_as, *cmd], capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, f"{' '.join(cmd)}:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
+    def pg(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run([*run_as, *cmd], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 or not check, f"{' '.join(cmd)}:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
+        return out
 
     try:
         pg(initdb, "-D", str(data), "-U", "bench", "--auth=trust", "-E", "UTF8", "--no-sync")
-        pg(pg_ctl, "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "-o",
-           f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start")
+        log = root / "server.log"
+        for _ in range(3):  # a free port can be taken by another process before the server binds it
+            port = free_port()
+            started = pg(pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "180", "-o",
+                         f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start", check=False)
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if started.returncode == 0 or "already in use" not in text:
+                break
+        assert started.returncode == 0, f"pg_ctl start:\n{started.stdout}{started.stderr}{text[-2000:]}"
         try:
             yield f"postgresql://bench@127.0.0.1:{port}/postgres"
         finally:

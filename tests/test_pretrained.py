@@ -202,7 +202,7 @@ def test_a_pretrained_study_trains_nothing_and_moving_the_folder_reruns_nothing(
     assert again.finished == [] and again.skipped == 2
 
 
-def test_pretrained_studies_refuse_what_the_checkpoint_cannot_do(digits_unet, tmp_path) -> None:
+def test_pretrained_studies_refuse_what_the_checkpoint_cannot_do(digits_unet, tmp_path, monkeypatch) -> None:
     from bench.core.errors import BenchError
     from bench.study import build_study
 
@@ -215,14 +215,9 @@ def test_pretrained_studies_refuse_what_the_checkpoint_cannot_do(digits_unet, tm
         build_study({"name": "x", "base": {**base, "diffusion": {"objective": "v"}}})
     with pytest.raises(BenchError, match="no checkpoint folder"):
         build_study({"name": "x", "base": {**base, "model": {"pretrained": str(tmp_path / "none")}}})
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # undone after the test, whatever the shell had set
     with pytest.raises(BenchError, match="hub id and this machine is offline.*`hf download .*HF_HUB_OFFLINE"):
-        import os
-
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        try:
-            build_study({"name": "x", "base": {**base, "model": {"pretrained": "google/ddpm-cifar10-32"}}})
-        finally:
-            del os.environ["HF_HUB_OFFLINE"]
+        build_study({"name": "x", "base": {**base, "model": {"pretrained": "google/ddpm-cifar10-32"}}})
 
 
 def test_a_python_entry_point_plugs_in_like_a_folder() -> None:

@@ -52,7 +52,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from bench.tracking import Tracker
 
     root = tmp_path_factory.mktemp("search")
-    cache = os.environ.get("BENCH_CACHE_DIR") or str(tmp_path_factory.getbasetemp() / "bench_cache")
+    cache = os.environ["BENCH_CACHE_DIR"]  # the session's own (conftest)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BENCH_CACHE_DIR", cache)
         mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -119,7 +119,7 @@ def cli(ws: Any, path: Path, storage: str, n_trials: int, log: Path) -> subproce
     return subprocess.Popen(cmd, cwd=ws.root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
 
 
-def wait_for(cond: Any, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+def wait_for(cond: Any, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     t0 = time.monotonic()
     while not cond():
         assert proc.poll() is None, f"search exited early ({proc.returncode}):\n{log.read_text()[-3000:]}"
@@ -127,7 +127,7 @@ def wait_for(cond: Any, proc: subprocess.Popen, log: Path, timeout: float = 120)
         time.sleep(0.1)
 
 
-def kill_when(cond: Any, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+def kill_when(cond: Any, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     """SIGKILL ``proc`` at a moment ``cond`` holds. Once it holds, it is checked again with the process
     stopped (SIGSTOP), so the state cannot move on between that check and the kill."""
     def holds() -> bool:
@@ -326,20 +326,28 @@ def postgres() -> Any:
         pw = pwd.getpwnam("postgres")
         os.chown(root, pw.pw_uid, pw.pw_gid)
         as_user = ["runuser", "-u", "postgres", "--"]
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     data = root / "data"
-    subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                    "--no-sync"], check=True, capture_output=True)
-    subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-o",
-                    f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                   check=True, capture_output=True)
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                        "--no-sync"], check=True, capture_output=True)
+        for _ in range(3):  # a free port can be taken by another process before the server binds it
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            started = subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"),
+                                      "-w", "-t", "180", "-o",
+                                      f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                                     capture_output=True, text=True)
+            log = (root / "log").read_text(errors="replace") if (root / "log").exists() else ""
+            if started.returncode == 0 or "already in use" not in log:
+                break
+        assert started.returncode == 0, f"pg_ctl start:\n{started.stdout}{started.stderr}{log[-2000:]}"
+        try:
+            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+                           capture_output=True)
     finally:
-        subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -357,7 +365,7 @@ def test_two_workers_share_a_storage(ws: Any, kind: str, request: pytest.Fixture
     try:
         wait_for(lambda: len(optuna_trials(storage, study)) >= 1, proc, log)
         run_search(study, tracking_uri=ws.uri, storage=storage, devices="cpu", progress=False)
-        assert proc.wait(timeout=120) == 0, log.read_text()[-3000:]
+        assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -428,6 +436,8 @@ def test_two_objectives_and_budget_parse() -> None:
 
 
 def test_unreachable_storage_fails_fast_before_any_work(tmp_path: Path) -> None:
+    import optuna  # noqa: F401 - imported before the clock starts: a cold import is no connection's wait
+
     from bench.search import run_search
 
     study = build_study(study_dict())

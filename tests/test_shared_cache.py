@@ -39,7 +39,7 @@ def test_two_workers_on_a_fresh_cache_build_each_artefact_once(tmp_path) -> None
     while not all(r.exists() for r in ready) and time.time() - t0 < 120:
         time.sleep(0.05)
     (tmp_path / "go").touch()
-    results = [json.loads(p.communicate(timeout=300)[0].strip().splitlines()[-1]) for p in procs]
+    results = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     for artefact in ("domain_classifier", "reference_features", "digits_arrays"):
         builds = sum(r["counts"].get(artefact, 0) for r in results)

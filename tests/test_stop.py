@@ -26,8 +26,8 @@ def start(study, db, env) -> subprocess.Popen:
 def stopped(proc: subprocess.Popen, sig: int, group: bool) -> tuple[int, str, str]:
     kids = psutil.Process(proc.pid).children(recursive=True)
     os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
-    out, err = proc.communicate(timeout=120)
-    _, alive = psutil.wait_procs(kids, timeout=10)
+    out, err = proc.communicate(timeout=240)
+    _, alive = psutil.wait_procs(kids, timeout=30)
     assert not alive, f"processes left running after the stop: {alive}"
     return proc.returncode, out, err
 
@@ -68,7 +68,7 @@ def test_sigint_mid_training_and_sigterm_mid_eval_stop_cleanly_and_resume(tmp_pa
     assert cut and not any(r["status"] == "RUNNING" for r in second), second
 
     proc = start(study, db, env)
-    out, err = proc.communicate(timeout=300)
+    out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     final = runs(db)
     assert {r["status"] for r in final if r["run"] in cut} == {"KILLED"}

@@ -34,37 +34,81 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path):
-    """``mlflow server`` on 127.0.0.1:<free port>, SQLite backend, proxied artifacts; stopped after."""
-    port = free_port()
+def listening_ports(proc: subprocess.Popen) -> set[int]:
+    """The TCP ports that ``proc`` or one of its descendants listens on: this test's own server, not
+    whatever else on the machine answers on a port."""
+    import psutil
+
+    ports = set()
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.Error:
+        return ports
+    for p in family:
+        try:
+            ports |= {c.laddr.port for c in p.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN}
+        except psutil.Error:
+            pass
+    return ports
+
+
+def start_server(tmp_path: Path, port: int, log) -> tuple[subprocess.Popen, bool]:
+    """(``mlflow server`` on ``port``, whether it came up); it did not when the port was taken
+    between :func:`free_port` and the server's bind (another process on the machine got it first)."""
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
            "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
            "--artifacts-destination", str(tmp_path / "art")]
-    log = open(tmp_path / "server.log", "wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             # without MLflow's job runner: eight consumer processes the bench never uses
                             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
                                  "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180  # a cold start on a loaded 2-core machine
     try:
-        deadline = time.monotonic() + 120
         while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2).read()
-                break
-            except OSError:
-                assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "mlflow server did not come up in 120 s"
-                time.sleep(0.5)
-        yield url
-    finally:
+            if port in listening_ports(proc):  # ours, so the answer below is our server's
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5).read()
+                    return proc, True
+                except OSError:
+                    pass
+            if proc.poll() is not None:
+                text = (tmp_path / "server.log").read_text()
+                assert "address already in use" in text.lower(), text[-3000:]
+                return proc, False
+            assert time.monotonic() < deadline, "mlflow server did not come up in 180 s"
+            time.sleep(0.5)
+    except BaseException:
+        stop_server(proc)
+        raise
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn worker: the group we started
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """``mlflow server`` on 127.0.0.1:<free port>, SQLite backend, proxied artifacts; stopped after."""
+    log = open(tmp_path / "server.log", "wb")
+    try:
+        for _ in range(3):  # a port taken by another process meanwhile: another port
+            port = free_port()
+            proc, up = start_server(tmp_path, port, log)
+            if up:
+                break
+            stop_server(proc)
+        assert up, (tmp_path / "server.log").read_text()[-3000:]
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            stop_server(proc)
+    finally:
         log.close()
 
 
@@ -153,16 +197,22 @@ def test_unreachable_server_fails_fast_before_any_work(tmp_path, monkeypatch):
     monkeypatch.setenv("BENCH_CONNECT_TIMEOUT", "2")  # the silent server is given up on after 2 s, not 10
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(STUDY))
+    import mlflow  # noqa: F401 - imported before the clock starts: a cold import is no server's wait
+
+    closed = socket.socket()  # bound and never listening: refuses connections, and no one else gets the port
+    closed.bind(("127.0.0.1", 0))
     silent = socket.socket()  # accepts connections and never answers
     silent.bind(("127.0.0.1", 0))
     silent.listen(4)
     try:
-        for uri in (f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{silent.getsockname()[1]}"):
+        for sock in (closed, silent):
+            uri = f"http://127.0.0.1:{sock.getsockname()[1]}"
             t0 = time.monotonic()
             with pytest.raises(BenchError, match="tracking server .* is unreachable"):
                 run_study(path, tracking_uri=uri, devices="cpu", progress=False, report=False)
             assert time.monotonic() - t0 < 8  # the default 10 s wait would fail this
     finally:
+        closed.close()
         silent.close()
     assert not Path(tmp_path / "cache" / "train").exists()
 

@@ -24,5 +24,5 @@ def make_pool_without(package: str, call: str, cwd: Path) -> str:
         "except BenchError as e:\n"
         "    print('BenchError:', e)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=cwd)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=240, cwd=cwd)
     return out.stdout + out.stderr

@@ -222,5 +222,6 @@ register_executor(
            Flag("slots", int, "Ray: jobs running at once (default: the cluster's GPUs, else CPUs / cpus per job)"),
            Flag("connect_timeout", float, "Ray: seconds to wait for --address to answer "
                                           "(default $BENCH_CONNECT_TIMEOUT)")),
-    test_env={"RAY_TMPDIR": "/tmp"},  # a short socket path: Ray's default under $TMPDIR can be too long
+    # a short socket path (Ray's default under $TMPDIR can be too long); no $RAY_ADDRESS: a cluster of its own
+    test_env={"RAY_TMPDIR": "/tmp", "RAY_ADDRESS": ""},
     help="Ray tasks on a local or remote cluster")
