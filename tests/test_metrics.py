@@ -361,3 +361,11 @@ def test_nll_timesteps_outside_two_to_t_is_refused_before_work(k) -> None:
     with pytest.raises(BenchError, match=rf"base.eval.nll_timesteps.*nll_timesteps = {k} must be in \[2, "
                                          r"diffusion.timesteps = 100\]"):
         build_study(raw, source="k.yaml")
+
+
+def test_class_accuracy_on_a_fresh_cache_trains_its_classifier(digits, tmp_path, monkeypatch) -> None:
+    """class_accuracy runs under no_grad; the first call on an empty cache trains the classifier
+    (with gradients enabled) instead of failing in backward()."""
+    monkeypatch.setenv("BENCH_CACHE_DIR", str(tmp_path / "fresh"))
+    _, test = digits
+    assert class_accuracy(test.images, test.labels, "domain:digits") >= 0.95

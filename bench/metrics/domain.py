@@ -165,7 +165,8 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.15)
     x_all, y_all = train.images, train.labels
     net.train()
-    with _few_threads(train.image_size), tqdm(
+    # enable_grad: the first caller may be a no_grad metric (class_accuracy) on a fresh cache
+    with torch.enable_grad(), _few_threads(train.image_size), tqdm(
         total=steps, desc=f"training domain:{dataset} classifier", disable=not progress
     ) as bar:
         for _ in range(epochs):
