@@ -63,6 +63,10 @@ def run_study(path: str | Path, *, tracking_uri: str | None = None, devices: str
         return None
     pool = make_pool(executor, devices, progress, **(executor_options or {}))
     summary = run_plan(plan, pool, tracker, done, retries=retries, progress=progress)
+    # the grid ended, nothing of this driver is in flight: a run of it still RUNNING is a stray copy
+    # (a create_run the MLflow client retried across a tracking-server restart), not a record
+    tracker.mark_orphans_killed("left RUNNING by its driver after the grid ended (a write retried across a "
+                                "tracking-server outage); the job's FINISHED run is its record")
     print(summary)
     store = tracker.uri or "sqlite:///mlflow.db"
     served = store.startswith(("http://", "https://"))

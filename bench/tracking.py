@@ -139,8 +139,9 @@ class Tracker:
     def finished_keys(self) -> set[str]:
         return {r.data.tags[KEY_TAG] for r in self.runs(status="FINISHED") if KEY_TAG in r.data.tags}
 
-    def mark_orphans_killed(self) -> int:
-        """RUNNING runs whose driver process on this host is gone were cut off: mark them KILLED."""
+    def mark_orphans_killed(self, reason: str = "cut off: its driver stopped before the job ended") -> int:
+        """RUNNING runs whose driver process on this host is gone were cut off: mark them KILLED.
+        This driver's own RUNNING runs count too (called after its grid ended, none is in flight)."""
         n = 0
         host = socket.gethostname()
         for r in self.runs(status="RUNNING"):
@@ -150,7 +151,7 @@ class Tracker:
                 continue  # another live driver on this machine owns it
             if drv_host and drv_host != host:
                 continue  # a driver on another machine owns it
-            self.client.set_tag(r.info.run_id, ERROR_TAG, "cut off: its driver stopped before the job ended")
+            self.client.set_tag(r.info.run_id, ERROR_TAG, reason)
             self.client.set_terminated(r.info.run_id, "KILLED")
             n += 1
         return n
