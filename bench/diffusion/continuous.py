@@ -79,25 +79,33 @@ class ProcessMath:
             return self.objective.to_eps_x0(out, x, lv.k.alpha, lv.k.sigma, lv.k)
         return self.objective.to_eps_x0(out, x * lv.r, lv.k.alpha, lv.k.sigma, lv.k)
 
-    def _process_loss(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None, p_uncond: float,
-                      generator: torch.Generator | None) -> torch.Tensor:
-        """A continuous process's loss: the objective's target at x_t = alpha x0 + sigma eps, t from
-        ``t_sampler`` (uniform in unit time by default); for ``velocity`` the flow-matching loss
-        E |v_theta(x_t, t) - (alpha' x0 + sigma' eps)|^2 (Lipman et al. 2023, eq. 23)."""
+    def _training_draws(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None, p_uncond: float,
+                        generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One training batch's t (``train.t_sampling``'s density, else uniform: the process's own
+        draw, or integer t on the vp chain), noise and label dropout, drawn in this order."""
         b, dev = x0.shape[0], x0.device
         gen_dev = generator.device if generator is not None else dev
-        p = self.process
-        if self.continuous:
-            t = (self.t_sampler or p.sample_t)(b, generator, dev)
-        else:  # vp with a rate objective: today's integer t
-            t = (self.t_sampler(b, generator, dev) if self.t_sampler is not None
-                 else torch.randint(0, self.timesteps, (b,), generator=generator, device=gen_dev).to(dev))
+        if self.t_sampler is not None:
+            t = self.t_sampler(b, generator, dev)
+        elif self.continuous:
+            t = self.process.sample_t(b, generator, dev)
+        else:
+            t = torch.randint(0, self.timesteps, (b,), generator=generator, device=gen_dev).to(dev)
         noise = torch.randn(x0.shape, generator=generator, device=gen_dev, dtype=x0.dtype).to(dev)
         if y is not None and p_uncond > 0.0:
             if not is_conditional(model):
                 raise BenchError("p_uncond > 0 needs a class-conditional model (an int `num_classes`)")
             drop = torch.rand(b, generator=generator, device=gen_dev).to(dev) < p_uncond
             y = torch.where(drop, torch.full_like(y, null_label(model)), y)
+        return t, noise, y
+
+    def _process_loss(self, model: Model, x0: torch.Tensor, y: torch.Tensor | None, p_uncond: float,
+                      generator: torch.Generator | None) -> torch.Tensor:
+        """A continuous process's loss: the objective's target at x_t = alpha x0 + sigma eps, t from
+        ``t_sampler`` (uniform in unit time by default); for ``velocity`` the flow-matching loss
+        E |v_theta(x_t, t) - (alpha' x0 + sigma' eps)|^2 (Lipman et al. 2023, eq. 23)."""
+        p = self.process
+        t, noise, y = self._training_draws(model, x0, y, p_uncond, generator)
         td = t.double()
         k = self.rates(td, x0)
         x_t = k.alpha * x0 + k.sigma * noise

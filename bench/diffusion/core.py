@@ -245,17 +245,7 @@ class Diffusion(ProcessMath, VariationalBound):
         """Mean loss over the batch at uniformly drawn t (label dropout p_uncond for guidance)."""
         if self.continuous or self._needs_rates:
             return self._process_loss(model, x0, y, p_uncond, generator)
-        b = x0.shape[0]
-        dev = x0.device
-        gen_dev = generator.device if generator is not None else dev
-        t = (self.t_sampler(b, generator, dev) if self.t_sampler is not None  # train.t_sampling
-             else torch.randint(0, self.timesteps, (b,), generator=generator, device=gen_dev).to(dev))
-        noise = torch.randn(x0.shape, generator=generator, device=gen_dev, dtype=x0.dtype).to(dev)
-        if y is not None and p_uncond > 0.0:
-            if not is_conditional(model):
-                raise BenchError("p_uncond > 0 needs a class-conditional model (an int `num_classes`)")
-            drop = torch.rand(b, generator=generator, device=gen_dev).to(dev) < p_uncond
-            y = torch.where(drop, torch.full_like(y, null_label(model)), y)
+        t, noise, y = self._training_draws(model, x0, y, p_uncond, generator)
         x_t = self.q_sample(x0, t, noise)
         pred, var_out = self._call(model, x_t, t, y)
         loss = self.loss_fn(self, x0, x_t, t, noise, pred, var_out)
