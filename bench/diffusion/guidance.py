@@ -24,8 +24,8 @@ from typing import Any
 import torch
 
 from bench.core.errors import BenchError
-from bench.core.registry import Registry, did_you_mean
-from bench.diffusion.samplers.registry import Option
+from bench.core.registry import Registry
+from bench.diffusion.samplers.registry import Option, apply_options
 
 __all__ = ["GUIDANCE", "Guided", "OptionOrder", "WEIGHT_SCHEDULES", "register_guidance", "check_guidance",
            "guidance_weight", "guided_by_model"]
@@ -112,12 +112,7 @@ def check_guidance(method: str, options: Mapping[str, Any] | None,
                    where: str = "sample.guidance_options") -> dict[str, Any]:
     """The method's options with ``options`` applied, every name declared and value in range."""
     declared = GUIDANCE.meta(GUIDANCE.check(method, "sample.guidance_method"))["options"]
-    out = {name: o.default for name, o in declared.items()}
-    for name, value in (options or {}).items():
-        if name not in declared:
-            raise BenchError(f"{where}.{name}: guidance method {method!r} has no option {name!r}."
-                             f"{did_you_mean(name, declared)} Its options: {', '.join(declared)}.")
-        out[name] = declared[name].check(value, f"{where}.{name}")
+    out = apply_options(declared, options, where, f"guidance method {method!r}")
     for rule in GUIDANCE.meta(method)["constraints"]:
         rule.check(out, where)
     return out

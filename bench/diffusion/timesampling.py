@@ -36,8 +36,8 @@ from typing import Any
 import torch
 
 from bench.core.errors import BenchError
-from bench.core.registry import Registry, did_you_mean
-from bench.diffusion.samplers.registry import Option
+from bench.core.registry import Registry
+from bench.diffusion.samplers.registry import Option, apply_options
 
 __all__ = ["TIME_SAMPLING", "TimeDensity", "TimeSampler", "check_t_sampling", "register_density", "WEIGHTINGS"]
 
@@ -99,13 +99,7 @@ def check_t_sampling(name: str, options: Mapping[str, Any] | None,
     """The density's options with ``options`` applied: every name declared, every value in range
     (one BenchError naming ``where`` otherwise)."""
     declared = TIME_SAMPLING.meta(TIME_SAMPLING.check(name, "train.t_sampling"))["options"]
-    out = {k: o.default for k, o in declared.items()}
-    for k, value in (options or {}).items():
-        if k not in declared:
-            raise BenchError(f"{where}.{k}: timestep density {name!r} has no option {k!r}."
-                             f"{did_you_mean(k, declared)} Its options: {', '.join(declared)}.")
-        out[k] = declared[k].check(value, f"{where}.{k}")
-    return out
+    return apply_options(declared, options, where, f"timestep density {name!r}")
 
 
 def _rand(n: int, generator: torch.Generator | None, device: torch.device | str | None) -> torch.Tensor:

@@ -101,17 +101,23 @@ def declared_options(sampler: str) -> dict[str, Option]:
     return SAMPLERS.meta(SAMPLERS.check(sampler, "sample.sampler"))["options"]
 
 
-def check_options(sampler: str, options: Mapping[str, Any] | None, where: str = "sample.options") -> dict[str, Any]:
-    """The sampler's options with ``options`` applied: every name declared, every value in range."""
-    declared = declared_options(sampler)
+def apply_options(declared: Mapping[str, Option], options: Mapping[str, Any] | None, where: str,
+                  owner: str) -> dict[str, Any]:
+    """The declared options' defaults with ``options`` applied: every name declared, every value
+    checked by its ``Option`` (one BenchError naming ``where`` and ``owner``, e.g. "sampler 'ddim'")."""
     out = {name: o.default for name, o in declared.items()}
     for name, value in (options or {}).items():
         if name not in declared:
             have = ", ".join(declared) or "none"
-            raise BenchError(f"{where}.{name}: sampler {sampler!r} has no option {name!r}."
+            raise BenchError(f"{where}.{name}: {owner} has no option {name!r}."
                              f"{did_you_mean(name, declared)} Its options: {have}.")
         out[name] = declared[name].check(value, f"{where}.{name}")
     return out
+
+
+def check_options(sampler: str, options: Mapping[str, Any] | None, where: str = "sample.options") -> dict[str, Any]:
+    """The sampler's options with ``options`` applied: every name declared, every value in range."""
+    return apply_options(declared_options(sampler), options, where, f"sampler {sampler!r}")
 
 
 @dataclass
