@@ -1,4 +1,10 @@
+import glob
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,3 +57,60 @@ def foundation_weights(tmp_path_factory) -> dict[str, str]:
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
         return {name: str(save_random_weights(name, folder / official_file(name)))
                 for name in FOUNDATION_MODELS.values()}
+
+
+def _pg_bin(name: str) -> str | None:
+    found = shutil.which(name) or sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found if isinstance(found, str) else (found[-1] if found else None)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1:<free port> (initdb into a temporary folder, as the
+    ``postgres`` user when run as root); yields its URL; stopped and deleted after the module. Skipped,
+    with the reason, where the server binaries or SQLAlchemy's PostgreSQL driver are missing."""
+    from sqlalchemy.engine import make_url
+
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql")
+    try:
+        make_url("postgresql://u@h/db").get_dialect().import_dbapi()
+    except ImportError as e:
+        pytest.skip(f"no PostgreSQL driver for SQLAlchemy ({e}): pip install -e .[postgres]")
+    run_as: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))  # outside pytest's root-only folders
+    if os.geteuid() == 0:  # the server refuses to run as root
+        import pwd
+
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            pytest.skip("running as root and there is no 'postgres' user to run the server as")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    data, log = root / "data", root / "server.log"
+
+    def pg(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run([*run_as, *cmd], capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 or not check, f"{' '.join(cmd)}:\n{out.stdout[-2000:]}{out.stderr[-2000:]}"
+        return out
+
+    try:
+        pg(initdb, "-D", str(data), "-U", "bench", "--auth=trust", "-E", "UTF8", "--no-sync")
+        for _ in range(3):  # a free port can be taken by another process before the server binds it
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            started = pg(pg_ctl, "-D", str(data), "-l", str(log), "-w", "-t", "180", "-o",
+                         f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start", check=False)
+            text = log.read_text(errors="replace") if log.exists() else ""
+            if started.returncode == 0 or "already in use" not in text:
+                break
+        assert started.returncode == 0, f"pg_ctl start:\n{started.stdout}{started.stderr}{text[-2000:]}"
+        try:
+            yield f"postgresql://bench@127.0.0.1:{port}/postgres"
+        finally:
+            pg(pg_ctl, "-D", str(data), "-m", "immediate", "-w", "stop", check=False)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -8,12 +8,9 @@ Optuna study (and MLflow parent run) in the same experiment.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -303,52 +300,6 @@ def test_killed_search_resumes_without_duplicates(ws: Any) -> None:
     assert {t.number: t.state.name for t in trials}[cut[0].number] == "FAIL"  # the stale trial
     killed = [r for r in trial_runs(ws.uri, study) if r.data.tags["optuna.trial_number"] == str(cut[0].number)]
     assert [r.info.status for r in killed] == ["KILLED"]
-
-
-@pytest.fixture(scope="module")
-def postgres() -> Any:
-    """A throwaway PostgreSQL server on 127.0.0.1 (skipped without psycopg2 or the server binaries)."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        make_url("postgresql://u@h/db").get_dialect().import_dbapi()
-    except ImportError as e:
-        pytest.skip(f"no PostgreSQL driver for SQLAlchemy ({e}): pip install 'psycopg[binary]'")
-    found = shutil.which("initdb") or next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))), None)
-    if not found:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed: apt-get install postgresql")
-    bindir = Path(found).parent
-    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))  # outside pytest's root-only folders
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        import pwd
-
-        pw = pwd.getpwnam("postgres")
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = root / "data"
-    try:
-        subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                        "--no-sync"], check=True, capture_output=True)
-        for _ in range(3):  # a free port can be taken by another process before the server binds it
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            started = subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"),
-                                      "-w", "-t", "180", "-o",
-                                      f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
-                                     capture_output=True, text=True)
-            log = (root / "log").read_text(errors="replace") if (root / "log").exists() else ""
-            if started.returncode == 0 or "already in use" not in log:
-                break
-        assert started.returncode == 0, f"pg_ctl start:\n{started.stdout}{started.stderr}{log[-2000:]}"
-        try:
-            yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        finally:
-            subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                           capture_output=True)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.parametrize("kind", ["journal", "postgresql"])
