@@ -305,16 +305,19 @@ def test_killed_search_resumes_without_duplicates(ws: Any) -> None:
 @pytest.mark.parametrize("kind", ["journal", "postgresql"])
 def test_two_workers_share_a_storage(ws: Any, kind: str, request: pytest.FixtureRequest) -> None:
     """A CLI worker and this process on one journal file (one machine) or one PostgreSQL database
-    (several machines) complete 6 trials between them, each trial number run once."""
+    (several machines) complete 6 trials between them, each trial number run once. This process
+    completes trial 0 before the CLI starts and joins again once the CLI has claimed a trial, so each
+    owns a trial whichever is faster from there on."""
     from bench.search import run_search
 
     path = write_study(ws, f"workers-{kind}", high={"journal": 5.0, "postgresql": 6.0}[kind])
     study = load_study(path)
     storage = f"journal:{ws.root / 'workers.log'}" if kind == "journal" else request.getfixturevalue("postgres")
     log = ws.root / f"workers-{kind}.out"
+    run_search(study, tracking_uri=ws.uri, storage=storage, devices="cpu", n_trials=1, progress=False)
     proc = cli(ws, path, storage, 6, log)
     try:
-        wait_for(lambda: len(optuna_trials(storage, study)) >= 1, proc, log)
+        wait_for(lambda: len(optuna_trials(storage, study)) >= 2, proc, log)
         run_search(study, tracking_uri=ws.uri, storage=storage, devices="cpu", progress=False)
         assert proc.wait(timeout=300) == 0, log.read_text()[-3000:]
     finally:
