@@ -108,12 +108,14 @@ def assert_consistent(uri: str, storage: str, study: Any, n: int) -> list[Any]:
     return trials
 
 
-def cli(ws: Any, path: Path, storage: str, n_trials: int, log: Path) -> subprocess.Popen:
+def cli(ws: Any, path: Path, storage: str, n_trials: int, log: Path, session: bool = False) -> subprocess.Popen:
+    """``run_ablation.py search`` in a subprocess (in a process group of its own with ``session``)."""
     env = dict(os.environ, BENCH_CACHE_DIR=ws.cache, MLFLOW_DISABLE_TELEMETRY="true", OMP_NUM_THREADS="1",
                BENCH_THREADS="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(ROOT / "run_ablation.py"), "search", str(path), "--tracking-uri", ws.uri,
            "--storage", storage, "--devices", "cpu", "--n-trials", str(n_trials)]
-    return subprocess.Popen(cmd, cwd=ws.root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=ws.root, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=session)
 
 
 def wait_for(cond: Any, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
@@ -300,6 +302,50 @@ def test_killed_search_resumes_without_duplicates(ws: Any) -> None:
     assert {t.number: t.state.name for t in trials}[cut[0].number] == "FAIL"  # the stale trial
     killed = [r for r in trial_runs(ws.uri, study) if r.data.tags["optuna.trial_number"] == str(cut[0].number)]
     assert [r.info.status for r in killed] == ["KILLED"]
+
+
+def trial_in_flight(ws: Any, storage: str, study: Any, complete: int) -> Any:
+    """A condition: ``complete`` trials done and one RUNNING in Optuna with its MLflow run started."""
+    def holds() -> bool:
+        trials = optuna_trials(storage, study)
+        running = [t.number for t in trials if t.state.name == "RUNNING"]
+        started = {r.data.tags.get("optuna.trial_number") for r in trial_runs(ws.uri, study)
+                   if r.info.status == "RUNNING"}
+        return states(trials)["COMPLETE"] >= complete and len(running) == 1 and str(running[0]) in started
+    return holds
+
+
+@pytest.mark.parametrize(("signum", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c", "sigterm"])
+def test_signal_stops_a_search_cleanly(ws: Any, signum: int, group: bool) -> None:
+    """Ctrl-C (SIGINT to the process group) or SIGTERM mid-trial: exit 128 + signal, no traceback, one
+    line saying what finished, what was cut and how to resume; the cut trial FAIL, its run KILLED."""
+    name = signal.Signals(signum).name
+    path = write_study(ws, f"stop-{name}", high=2.0, sample_steps=30)  # trials of about a second
+    study = load_study(path)
+    storage = str(ws.root / f"stop-{name}.db")
+    log = ws.root / f"stop-{name}.out"
+    proc = cli(ws, path, storage, 6, log, session=group)
+    try:
+        wait_for(trial_in_flight(ws, storage, study, complete=1), proc, log)
+        os.killpg(proc.pid, signum) if group else proc.send_signal(signum)
+        rc = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = log.read_text()
+    assert rc == 128 + signum, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out, out[-3000:]
+    last = out.strip().splitlines()[-1]
+    trials = optuna_trials(storage, study)
+    done = states(trials)["COMPLETE"]
+    assert last.startswith(f"stopped by {name}: {done} trial(s) finished and kept; 1 cut off (marked KILLED)"), last
+    assert last.endswith(f"run_ablation.py search {path} --tracking-uri {ws.uri} --storage {storage} "
+                         f"--devices cpu --n-trials 6"), last
+    assert states(trials)["RUNNING"] == 0 and states(trials)["FAIL"] == 1, states(trials)
+    cut = next(t.number for t in trials if t.state.name == "FAIL")
+    status = {r.data.tags["optuna.trial_number"]: r.info.status for r in trial_runs(ws.uri, study)}
+    assert status.pop(str(cut)) == "KILLED" and set(status.values()) == {"FINISHED"}, status
 
 
 @pytest.mark.parametrize("kind", ["journal", "postgresql"])
