@@ -1,7 +1,7 @@
 """Every value a registry declares a domain for is refused by ``plan`` outside that domain, before
-any work, as one BenchError naming the file and the key: every option of every sampler and
-guidance method, the noise-level spacings' rho, the guidance weight's declared range, the metric
-settings of ``eval``. The cases are generated from the registries, so a new entry is walked the
+any work, as one BenchError naming the file and the key: every option of every sampler, guidance
+method and timestep density, the noise-level spacings' rho, the guidance weight's declared range,
+every metric's declared ``eval`` settings and the estimator sizes, a continuous process's shift. The cases are generated from the registries, so a new entry is walked the
 day it is registered. And a table's ``where:`` value that selects no run is refused with the
 values that exist."""
 
@@ -16,7 +16,9 @@ import yaml
 from tiny import tiny_study
 
 from bench.core.errors import BenchError
-from bench.diffusion import GUIDANCE, SAMPLERS, SPACINGS
+from bench.core.sections import EvalSpec
+from bench.diffusion import GUIDANCE, SAMPLERS, SPACINGS, TIME_SAMPLING
+from bench.metrics import METRICS
 from bench.pipeline import load_with_overrides
 
 NAN, INF = float("nan"), float("inf")
@@ -68,8 +70,20 @@ def _cases() -> list[Any]:
             for what, v in {"zero": 0.0, "negative": -7.0, "NaN": NAN, "inf": INF, "text": "abc"}.items():
                 cases.append(pytest.param({"sample": {"spacing": name, "rho": v}}, "sample.rho",
                                           id=f"spacing:{name}.rho={what}"))
-    settings = {"num_samples": [0, -5, NAN, "abc"], "kid_subset_size": [0, -1, INF], "bootstrap": [-1, 1, NAN],
+    for name in TIME_SAMPLING.names():
+        for o in TIME_SAMPLING.meta(name)["options"].values():
+            for what, v in out_of_domain(o).items():
+                cases.append(pytest.param({"train": {"t_sampling": name, "t_sampling_options": {o.name: v}}},
+                                          f"train.t_sampling_options.{o.name}", id=f"t_sampling:{name}.{o.name}={what}"))
+    for what, v in {"zero": 0.0, "negative": -3.0, "NaN": NAN, "inf": INF, "text": "abc"}.items():
+        cases.append(pytest.param({"diffusion": {"process": "rectified-flow", "objective": "velocity", "shift": v}},
+                                  "diffusion.shift", id=f"diffusion.shift={what}"))
+    settings = {"num_samples": [0, -5, NAN, "abc"], "bootstrap": [-1, 1, NAN],  # estimator sizes
                 "nll_samples": [-1, NAN], "nll_timesteps": [1, -3, INF]}
+    for _, metric in METRICS.items():  # the settings each metric declares, walked the day it is registered
+        for setting in metric.settings:
+            default = getattr(EvalSpec(), setting.key)
+            settings[setting.key] = ["no-such-choice", 1.5] if isinstance(default, str) else [0, -1, NAN, INF, "abc"]
     for key, values in settings.items():
         for v in values:
             cases.append(pytest.param({"eval": {key: v}}, f"eval.{key}", id=f"eval.{key}={v}"))
@@ -102,6 +116,9 @@ def test_the_walk_covers_every_declared_option() -> None:
         assert {f"{name}.{o}" for o in SAMPLERS.meta(name)["options"]} <= ids
     for name in GUIDANCE.names():
         assert {f"guidance:{name}.{o}" for o in GUIDANCE.meta(name)["options"]} | {f"guidance:{name}.weight"} <= ids
+    for name in TIME_SAMPLING.names():
+        assert {f"t_sampling:{name}.{o}" for o in TIME_SAMPLING.meta(name)["options"]} <= ids
+    assert {f"eval.{s.key}" for _, m in METRICS.items() for s in m.settings} <= {i.partition("=")[0] for i in ids}
 
 
 def test_cfgpp_weight_above_its_documented_range_is_refused(tmp_path) -> None:
