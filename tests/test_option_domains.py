@@ -1,8 +1,8 @@
 """Every value a registry declares a domain for is refused by ``plan`` outside that domain, before
 any work, as one BenchError naming the file and the key: every option of every sampler, guidance
 method and timestep density, the noise-level spacings' rho, the guidance weight's declared range,
-every metric's declared ``eval`` settings and the estimator sizes, a continuous process's shift. The cases are generated from the registries, so a new entry is walked the
-day it is registered. And a table's ``where:`` value that selects no run is refused with the
+every metric's declared ``eval`` settings and the estimator sizes, a continuous process's shift.
+The cases are generated from the registries, so a new entry is walked the day it is registered. And a table's ``where:`` value that selects no run is refused with the
 values that exist."""
 
 from __future__ import annotations

@@ -272,6 +272,17 @@ def test_guidance_option_ranges_are_checked_before_work() -> None:
         build_study(study_dict(params=bad))
 
 
+def trial_in_flight(ws: Any, storage: str, study: Any, complete: int) -> Any:
+    """A condition: ``complete`` trials done and one RUNNING in Optuna with its MLflow run started."""
+    def holds() -> bool:
+        trials = optuna_trials(storage, study)
+        running = [t.number for t in trials if t.state.name == "RUNNING"]
+        started = {r.data.tags.get("optuna.trial_number") for r in trial_runs(ws.uri, study)
+                   if r.info.status == "RUNNING"}
+        return states(trials)["COMPLETE"] >= complete and len(running) == 1 and str(running[0]) in started
+    return holds
+
+
 def test_killed_search_resumes_without_duplicates(ws: Any) -> None:
     """kill -9 mid-trial after 3 complete trials; the rerun ends with 6 COMPLETE, no duplicates."""
     from bench.search import run_search
@@ -283,14 +294,7 @@ def test_killed_search_resumes_without_duplicates(ws: Any) -> None:
     log = ws.root / "kill.out"
     proc = cli(ws, path, storage, 6, log)
     try:
-        def mid_trial() -> bool:  # 3 trials done, one running in Optuna with its MLflow run started
-            running = [t.number for t in optuna_trials(storage, study) if t.state.name == "RUNNING"]
-            started = {r.data.tags.get("optuna.trial_number") for r in trial_runs(ws.uri, study)
-                       if r.info.status == "RUNNING"}
-            return states(optuna_trials(storage, study))["COMPLETE"] >= 3 and len(running) == 1 \
-                and str(running[0]) in started
-
-        kill_when(mid_trial, proc, log)
+        kill_when(trial_in_flight(ws, storage, study, complete=3), proc, log)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -302,17 +306,6 @@ def test_killed_search_resumes_without_duplicates(ws: Any) -> None:
     assert {t.number: t.state.name for t in trials}[cut[0].number] == "FAIL"  # the stale trial
     killed = [r for r in trial_runs(ws.uri, study) if r.data.tags["optuna.trial_number"] == str(cut[0].number)]
     assert [r.info.status for r in killed] == ["KILLED"]
-
-
-def trial_in_flight(ws: Any, storage: str, study: Any, complete: int) -> Any:
-    """A condition: ``complete`` trials done and one RUNNING in Optuna with its MLflow run started."""
-    def holds() -> bool:
-        trials = optuna_trials(storage, study)
-        running = [t.number for t in trials if t.state.name == "RUNNING"]
-        started = {r.data.tags.get("optuna.trial_number") for r in trial_runs(ws.uri, study)
-                   if r.info.status == "RUNNING"}
-        return states(trials)["COMPLETE"] >= complete and len(running) == 1 and str(running[0]) in started
-    return holds
 
 
 @pytest.mark.parametrize(("signum", "group"), [(signal.SIGINT, True), (signal.SIGTERM, False)],
