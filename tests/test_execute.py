@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 from tiny import tiny_study
+
+from bench.perf.drill import store_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -47,27 +48,6 @@ def finish(proc: subprocess.Popen, timeout: float = 600) -> str:
     return out
 
 
-def runs(db: Path) -> list[dict]:
-    """Every run as {key, kind, status, error, attempts} read straight from MLflow's SQLite store."""
-    if not db.exists():
-        return []
-    con = sqlite3.connect(db)
-    try:
-        rows = con.execute("select run_uuid, status from runs").fetchall()
-        tags = con.execute("select run_uuid, key, value from tags").fetchall()
-    except sqlite3.OperationalError:
-        return []
-    finally:
-        con.close()
-    by_run: dict[str, dict] = {r: {"status": s} for r, s in rows}
-    for r, k, v in tags:
-        if r in by_run:
-            by_run[r][k] = v
-    return [{"run": r, "key": d.get("bench.key"), "kind": d.get("bench.kind"), "status": d["status"],
-             "error": d.get("bench.error"), "attempts": d.get("bench.attempts"),
-             "resumed_from": d.get("bench.resumed_from")} for r, d in by_run.items()]
-
-
 def wait_for(cond, timeout: float = 400, what: str = "") -> None:
     t0 = time.time()
     while time.time() - t0 < timeout:
@@ -82,17 +62,17 @@ def test_kill_driver_then_resume_finishes_everything_once(tmp_path, env):
                                                   "sample.steps": [5, 10, 20]}))
     db = tmp_path / "mlflow.db"
     proc = start(study, db, env)
-    wait_for(lambda: sum(r["kind"] == "eval" and r["status"] == "FINISHED" for r in runs(db)) >= 2,
+    wait_for(lambda: sum(r["kind"] == "eval" and r["status"] == "FINISHED" for r in store_runs(db)) >= 2,
              what="two finished evaluations")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    first = runs(db)
+    first = store_runs(db)
     finished_trains = {r["key"] for r in first if r["kind"] == "train" and r["status"] == "FINISHED"}
     assert finished_trains and len(first) < 8  # really cut off mid-grid
 
     cut_off = {r["run"] for r in first if r["status"] == "RUNNING"}
     out = finish(start(study, db, env))
-    final = runs(db)
+    final = store_runs(db)
     if cut_off:  # runs in flight when the driver died are KILLED, never FINISHED
         assert "marked KILLED" in out
         assert {r["status"] for r in final if r["run"] in cut_off} == {"KILLED"}
@@ -133,7 +113,7 @@ def test_killed_worker_job_is_retried_and_resumes(tmp_path, env):
         except psutil.NoSuchProcess:
             pass
     out = finish(proc)
-    final = runs(db)
+    final = store_runs(db)
     train = [r for r in final if r["kind"] == "train"]
     assert len(train) == 1 and train[0]["status"] == "FINISHED", out
     assert train[0]["attempts"] == "2"
@@ -146,7 +126,7 @@ def test_nan_loss_fails_with_reason_and_the_rest_finishes(tmp_path, env):
                                        train_steps=20))
     db = tmp_path / "mlflow.db"
     out = finish(start(study, db, env, "cpu*2"))
-    final = runs(db)
+    final = store_runs(db)
     failed = [r for r in final if r["status"] == "FAILED"]
     ok = [r for r in final if r["status"] == "FINISHED"]
     assert len(ok) == 3, out  # the good model: 1 train + 2 evals
@@ -161,7 +141,7 @@ def test_two_workers_on_sqlite_lose_no_run(tmp_path, env):
                                                        "sample.steps": [5, 10]}, train_steps=15))
     db = tmp_path / "mlflow.db"
     out = finish(start(study, db, env, "cpu*2"))
-    final = runs(db)
+    final = store_runs(db)
     assert sorted(r["kind"] for r in final) == ["eval"] * 6 + ["train"] * 3, out
     assert all(r["status"] == "FINISHED" for r in final)
     assert len({r["key"] for r in final}) == 9
@@ -173,7 +153,7 @@ def test_dry_run_and_plan_run_nothing(tmp_path, env):
     out = finish(start(study, db, env, "cpu", "--dry-run"))
     assert "train" in out and "eval" in out
     assert not (tmp_path / "cache" / "train").exists()
-    assert not [r for r in runs(db)]
+    assert not [r for r in store_runs(db)]
 
 
 def test_unknown_device_is_one_clear_error(tmp_path, env):

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from without_package import make_pool_without
 
 from bench.core.config import from_dict
 from bench.core.errors import BenchError
+from bench.perf.drill import store_runs
 from bench.plan import Job
 
 ray = pytest.importorskip("ray", reason="Ray is an extra: pip install -e .[ray]")
@@ -214,15 +214,7 @@ def test_cli_run_on_the_cluster_by_address(cluster, tmp_path):
          cluster, "--shared-dir", str(tmp_path / "shared"), "--tracking-uri", f"sqlite:///{db}", "--no-report",
          "--quiet"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=480)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    con = sqlite3.connect(db)
-    try:
-        status = dict(con.execute("select run_uuid, status from runs").fetchall())
-        tags = con.execute("select run_uuid, key, value from tags where key like 'bench.%'").fetchall()
-    finally:
-        con.close()
-    by_run: dict[str, dict[str, str]] = {r: {} for r in status}
-    for run, key, value in tags:
-        by_run[run][key] = value
-    assert sorted(t["bench.kind"] for t in by_run.values()) == ["eval", "eval", "train"]
-    assert set(status.values()) == {"FINISHED"}
-    assert all(t["bench.executor"] == "ray" and t["bench.gpu_ids"] in ("0", "1") for t in by_run.values())
+    runs = store_runs(db)
+    assert sorted(r["kind"] for r in runs) == ["eval", "eval", "train"]
+    assert {r["status"] for r in runs} == {"FINISHED"}
+    assert all(r["executor"] == "ray" and r["gpu_ids"] in ("0", "1") for r in runs)

@@ -12,8 +12,10 @@ import subprocess
 import sys
 
 import psutil
-from test_execute import ROOT, runs, wait_for, write
+from test_execute import ROOT, wait_for, write
 from tiny import tiny_study
+
+from bench.perf.drill import store_runs
 
 
 def start(study, db, env) -> subprocess.Popen:
@@ -53,24 +55,24 @@ def test_sigint_mid_training_and_sigterm_mid_eval_stop_cleanly_and_resume(tmp_pa
     wait_for(lambda: any(ckpts.glob("*/checkpoint.pt")), what="a first training checkpoint")
     rc, out, err = stopped(proc, signal.SIGINT, group=True)
     check_stop_output(rc, out, err, 130)
-    first = runs(db)
+    first = store_runs(db)
     assert {r["status"] for r in first if r["kind"] == "train"} == {"KILLED"}, first
     assert not any(r["status"] == "RUNNING" for r in first)
 
     # SIGTERM to the driver alone, mid-evaluation
     proc = start(study, db, env)
-    wait_for(lambda: any(r["kind"] == "eval" and r["status"] == "RUNNING" for r in runs(db)),
+    wait_for(lambda: any(r["kind"] == "eval" and r["status"] == "RUNNING" for r in store_runs(db)),
              what="an evaluation running")
     rc, out, err = stopped(proc, signal.SIGTERM, group=False)
     check_stop_output(rc, out, err, 143)
-    second = runs(db)
+    second = store_runs(db)
     cut = {r["run"] for r in second if r["kind"] == "eval" and r["status"] == "KILLED"}
     assert cut and not any(r["status"] == "RUNNING" for r in second), second
 
     proc = start(study, db, env)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    final = runs(db)
+    final = store_runs(db)
     assert {r["status"] for r in final if r["run"] in cut} == {"KILLED"}
     keys = [r["key"] for r in final if r["status"] == "FINISHED"]
     assert len(keys) == len(set(keys)) == 4  # 2 trainings + 2 evaluations, each once

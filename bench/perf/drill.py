@@ -102,8 +102,11 @@ class Server:
             self.proc.wait()
 
 
-def _runs(db: Path) -> list[dict[str, Any]]:
-    """Every run as {status, key, kind, attempts, error}, read straight from the store's database."""
+def store_runs(db: Path) -> list[dict[str, Any]]:
+    """Every run of an MLflow SQLite store, read straight from its database (read-only; no MLflow
+    client, so it can poll a store that workers are writing): ``{"run": id, "status": ...}`` plus the
+    run's ``bench.*`` tags without the prefix (``key``, ``kind``, ``error``, ``attempts``,
+    ``resumed_from`` always there, None where the run has no such tag)."""
     if not db.exists():
         return []
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
@@ -114,13 +117,13 @@ def _runs(db: Path) -> list[dict[str, Any]]:
         return []
     finally:
         con.close()
-    out: dict[str, dict[str, Any]] = {r: {"status": s} for r, s in rows}
+    out: dict[str, dict[str, Any]] = {
+        r: {"run": r, "status": s, **dict.fromkeys(("key", "kind", "error", "attempts", "resumed_from"))}
+        for r, s in rows}
     for r, k, v in tags:
         if r in out:
-            out[r][k] = v
-    return [{"status": d["status"], "key": d.get("bench.key"), "kind": d.get("bench.kind"),
-             "attempts": int(d.get("bench.attempts") or 1), "error": d.get("bench.error") or ""}
-            for d in out.values()]
+            out[r][k.removeprefix("bench.")] = v
+    return list(out.values())
 
 
 def _busy_workers(driver: int, cpu: dict[int, float]) -> list[Any]:
@@ -168,7 +171,7 @@ def run_scenario(name: str, n_jobs: int, root: Path, *, server: bool = False, ki
         try:
             while driver.poll() is None:
                 time.sleep(0.25)
-                done = sum(r["status"] == "FINISHED" and r["kind"] == "eval" for r in _runs(db))
+                done = sum(r["status"] == "FINISHED" and r["kind"] == "eval" for r in store_runs(db))
                 if next_kill is not None and kill_every is not None and done >= next_kill:
                     workers = _busy_workers(driver.pid, cpu)
                     if workers:
@@ -187,15 +190,15 @@ def run_scenario(name: str, n_jobs: int, root: Path, *, server: bool = False, ki
             if srv is not None:
                 srv.kill()
     seconds = time.perf_counter() - t0
-    runs = [r for r in _runs(db) if r["key"] in keys]
+    runs = [r for r in store_runs(db) if r["key"] in keys]
     finished: dict[str, int] = {}
     for r in runs:
         if r["status"] == "FINISHED":
             finished[r["key"]] = finished.get(r["key"], 0) + 1
     text = log.read_text(errors="replace")
-    return Row(name, len(keys), faults, sum(r["attempts"] - 1 for r in runs), len(keys - set(finished)),
+    return Row(name, len(keys), faults, sum(int(r["attempts"] or 1) - 1 for r in runs), len(keys - set(finished)),
                sum(n > 1 for n in finished.values()), sum(r["status"] == "RUNNING" for r in runs),
-               LOCKED in text or any(LOCKED in r["error"] for r in runs), seconds, driver.returncode)
+               LOCKED in text or any(LOCKED in (r["error"] or "") for r in runs), seconds, driver.returncode)
 
 
 def run_drill(n_jobs: int = 200, kill_every: int = 20, root: Path | None = None) -> list[Row]:
